@@ -1,0 +1,42 @@
+#include "kvm/vcpu.hh"
+
+#include <sys/ioctl.h>
+
+#include <cerrno>
+
+namespace ferry::kvm {
+
+Status Vcpu::run_once() {
+  if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
+    if (errno == EINTR) {
+      run().exit_reason = KVM_EXIT_INTR;
+      return {};
+    }
+    return std::unexpected(sys_error(fmt::format("KVM_RUN vCPU {}", id_)));
+  }
+  return {};
+}
+
+Result<kvm_regs> Vcpu::get_regs() const {
+  kvm_regs r{};
+  if (::ioctl(fd_.get(), KVM_GET_REGS, &r) < 0) return std::unexpected(sys_error(fmt::format("KVM_GET_REGS vCPU {}", id_)));
+  return r;
+}
+
+Status Vcpu::set_regs(const kvm_regs& r) {
+  if (::ioctl(fd_.get(), KVM_SET_REGS, &r) < 0) return std::unexpected(sys_error(fmt::format("KVM_SET_REGS vCPU {}", id_)));
+  return {};
+}
+
+Result<kvm_sregs> Vcpu::get_sregs() const {
+  kvm_sregs s{};
+  if (::ioctl(fd_.get(), KVM_GET_SREGS, &s) < 0) return std::unexpected(sys_error(fmt::format("KVM_GET_SREGS vCPU {}", id_)));
+  return s;
+}
+
+Status Vcpu::set_sregs(const kvm_sregs& s) {
+  if (::ioctl(fd_.get(), KVM_SET_SREGS, &s) < 0) return std::unexpected(sys_error(fmt::format("KVM_SET_SREGS vCPU {}", id_)));
+  return {};
+}
+
+}  // namespace ferry::kvm

@@ -1,0 +1,46 @@
+#pragma once
+// One virtual CPU: its fd, its kvm_run page (the kernel's exit report) and,
+// when the VM uses the dirty ring, its ring.
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "base/error.hh"
+#include "base/unique_fd.hh"
+#include "kvm/dirty_ring.hh"
+#include "kvm/mapping.hh"
+
+namespace ferry::kvm {
+
+class Vcpu {
+ public:
+  Vcpu(Vcpu&&) noexcept = default;
+  Vcpu& operator=(Vcpu&&) noexcept = default;
+
+  std::uint32_t id() const { return id_; }
+  int fd() const { return fd_.get(); }
+
+  // One KVM_RUN. On success the exit is described by run(). EINTR (a signal
+  // asked us to stop) is reported as success with exit_reason KVM_EXIT_INTR.
+  Status run_once();
+  kvm_run& run() const { return *run_.as<kvm_run>(); }
+
+  Result<kvm_regs> get_regs() const;
+  Status set_regs(const kvm_regs& r);
+  Result<kvm_sregs> get_sregs() const;
+  Status set_sregs(const kvm_sregs& s);
+
+  DirtyRing* dirty_ring() { return ring_ ? &*ring_ : nullptr; }
+
+ private:
+  friend class Vm;
+  Vcpu(std::uint32_t id, UniqueFd fd, Mapping run, std::optional<DirtyRing> ring)
+      : id_(id), fd_(std::move(fd)), run_(std::move(run)), ring_(std::move(ring)) {}
+  std::uint32_t id_ = 0;
+  UniqueFd fd_;
+  Mapping run_;
+  std::optional<DirtyRing> ring_;
+};
+
+}  // namespace ferry::kvm

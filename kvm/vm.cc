@@ -1,0 +1,77 @@
+#include "kvm/vm.hh"
+
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include <bit>
+
+#include "kvm/guest_memory.hh"
+
+namespace ferry::kvm {
+
+int Vm::check_extension(unsigned cap) const {
+  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  return r < 0 ? 0 : r;
+}
+
+Status Vm::enable_dirty_ring(std::uint32_t bytes) {
+  if (vcpus_created_ > 0) return fail("dirty ring: must be enabled before any vCPU is created");
+  if (!std::has_single_bit(bytes) || bytes < sizeof(kvm_dirty_gfn))
+    return fail("dirty ring: size {} bytes is not a power of two >= {}", bytes, sizeof(kvm_dirty_gfn));
+  unsigned cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
+  int max = check_extension(cap);
+  DirtyRingMode mode = DirtyRingMode::kAcqRel;
+  if (max == 0) {
+    cap = KVM_CAP_DIRTY_LOG_RING;
+    max = check_extension(cap);
+    mode = DirtyRingMode::kPlain;
+  }
+  if (max == 0) return fail("dirty ring: KVM_CAP_DIRTY_LOG_RING not supported by this kernel");
+  if (bytes > static_cast<std::uint32_t>(max))
+    return fail("dirty ring: {} bytes requested, kernel maximum is {}", bytes, max);
+  kvm_enable_cap ec{};
+  ec.cap = cap;
+  ec.args[0] = bytes;
+  if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &ec) < 0)
+    return std::unexpected(sys_error(fmt::format("KVM_ENABLE_CAP dirty ring ({} bytes)", bytes)));
+  ring_mode_ = mode;
+  ring_bytes_ = bytes;
+  return {};
+}
+
+Status Vm::set_memory_region(const GuestRegion& region, bool log_dirty) {
+  kvm_userspace_memory_region r{};
+  r.slot = region.slot();
+  r.flags = log_dirty ? KVM_MEM_LOG_DIRTY_PAGES : 0;
+  r.guest_phys_addr = region.gpa();
+  r.memory_size = region.size();
+  r.userspace_addr = reinterpret_cast<std::uint64_t>(region.host());
+  if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &r) < 0)
+    return std::unexpected(sys_error(
+        fmt::format("KVM_SET_USER_MEMORY_REGION slot {} gpa {:#x} size {:#x}", r.slot, r.guest_phys_addr, r.memory_size)));
+  return {};
+}
+
+Result<Vcpu> Vm::create_vcpu(std::uint32_t id) {
+  UniqueFd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id)));
+  if (!fd) return std::unexpected(sys_error(fmt::format("KVM_CREATE_VCPU {}", id)));
+  auto run = Mapping::map(vcpu_mmap_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0,
+                          fmt::format("kvm_run of vCPU {}", id));
+  if (!run) return std::unexpected(run.error());
+  std::optional<DirtyRing> ring;
+  if (ring_mode_ != DirtyRingMode::kOff) {
+    auto r = DirtyRing::map(fd.get(), ring_bytes_, id);
+    if (!r) return std::unexpected(r.error());
+    ring.emplace(std::move(*r));
+  }
+  ++vcpus_created_;
+  return Vcpu(id, std::move(fd), std::move(*run), std::move(ring));
+}
+
+Result<std::uint32_t> Vm::reset_dirty_rings() {
+  int r = ::ioctl(fd_.get(), KVM_RESET_DIRTY_RINGS, 0);
+  if (r < 0) return fail_sys("KVM_RESET_DIRTY_RINGS");
+  return static_cast<std::uint32_t>(r);
+}
+
+}  // namespace ferry::kvm

@@ -1,0 +1,55 @@
+#pragma once
+// One KVM virtual machine (the fd from KVM_CREATE_VM). Owns VM-wide setup:
+// memory slots, the dirty-ring mode, and vCPU creation.
+#include <cstdint>
+
+#include "base/error.hh"
+#include "base/unique_fd.hh"
+#include "kvm/vcpu.hh"
+
+namespace ferry::kvm {
+
+class GuestRegion;
+
+enum class DirtyRingMode { kOff, kPlain, kAcqRel };
+
+class Vm {
+ public:
+  Vm(Vm&&) noexcept = default;
+  Vm& operator=(Vm&&) noexcept = default;
+
+  // KVM_CHECK_EXTENSION on the VM fd. Some caps (the dirty ring among them)
+  // are only meaningful per VM, so ask here rather than on /dev/kvm.
+  int check_extension(unsigned cap) const;
+
+  // Enables the per-vCPU dirty ring. The kernel only accepts this before the
+  // first vCPU exists, and `bytes` must be a power of two multiple of
+  // sizeof(kvm_dirty_gfn) within the advertised maximum. Prefers the ACQ_REL
+  // flavour (explicit memory ordering) when offered.
+  Status enable_dirty_ring(std::uint32_t bytes);
+  DirtyRingMode dirty_ring_mode() const { return ring_mode_; }
+  std::uint32_t dirty_ring_bytes() const { return ring_bytes_; }
+
+  // Registers `region` as memory slot region.slot(). With log_dirty the
+  // kernel tracks writes (ring or bitmap) for that slot.
+  Status set_memory_region(const GuestRegion& region, bool log_dirty);
+
+  Result<Vcpu> create_vcpu(std::uint32_t id);
+
+  // KVM_RESET_DIRTY_RINGS: re-arms write protection for every harvested
+  // (flag = RESET) entry in every ring; returns how many were reset.
+  Result<std::uint32_t> reset_dirty_rings();
+
+  int fd() const { return fd_.get(); }
+
+ private:
+  friend class Kvm;
+  Vm(UniqueFd fd, std::size_t vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
+  UniqueFd fd_;
+  std::size_t vcpu_mmap_size_ = 0;
+  DirtyRingMode ring_mode_ = DirtyRingMode::kOff;
+  std::uint32_t ring_bytes_ = 0;
+  std::uint32_t vcpus_created_ = 0;
+};
+
+}  // namespace ferry::kvm

@@ -1,0 +1,37 @@
+// `ferry demo` as a user runs it, forced into the sandbox so it exercises the
+// re-exec path that users without /dev/kvm get.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "e2e/process.hh"
+
+namespace ferry::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(Sandbox, DemoShowsExactDirtyTracking) {
+  auto r = run_process({FERRY_BIN, "demo", "--sandbox", "--json"}, 600s);
+  ASSERT_FALSE(r.timed_out) << r.describe();
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.describe();
+  EXPECT_EQ(j["where"], "kvm-sandbox");
+  EXPECT_TRUE(j["exact"].get<bool>()) << j.dump(2);
+  ASSERT_EQ(j["rounds"].size(), 3u);
+  EXPECT_EQ(j["rounds"][0]["pages_reported"], 64);
+  EXPECT_EQ(j["rounds"][1]["pages_reported"], 16);
+  EXPECT_GE(j["rounds"][2]["ring_full_exits"].get<int>(), 1);
+}
+
+TEST(Sandbox, DemoTextSaysWhereItRan) {
+  auto r = run_process({FERRY_BIN, "demo", "--sandbox"}, 600s);
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.err.find("running the demo inside tools/kvm-sandbox"), std::string::npos) << r.describe();
+  EXPECT_NE(r.out.find("inside tools/kvm-sandbox: nested KVM"), std::string::npos) << r.describe();
+  EXPECT_NE(r.out.find("Every guest write was reported once and only once"), std::string::npos) << r.describe();
+}
+
+}  // namespace
+}  // namespace ferry::test

@@ -1,0 +1,16 @@
+#pragma once
+// One function per subcommand file: each adds its CLI11 subcommand and the
+// callback that runs it. The callback stores the exit status in `rc`.
+#include <CLI/CLI.hpp>
+
+namespace ferry::cli {
+
+struct Globals {
+  std::string log_level;
+  int rc = 0;
+};
+
+void add_doctor(CLI::App& app, Globals& g);
+void add_demo(CLI::App& app, Globals& g);
+
+}  // namespace ferry::cli

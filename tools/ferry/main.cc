@@ -1,0 +1,26 @@
+// The ferry CLI. Subcommands live one per file (cmd_*.cc); main only wires
+// them together and sets up logging.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "base/log.hh"
+#include "ferry/commands.hh"
+
+int main(int argc, char** argv) {
+  ferry::cli::Globals g;
+  CLI::App app{"Ferry: live migration of KVM virtual machines.\n"
+               "Start with `ferry doctor` (can this host migrate?) and `ferry demo` (see it work)."};
+  app.name("ferry");
+  app.set_version_flag("--version", std::string("ferry ") + FERRY_VERSION);
+  app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error, off (default: info; env FERRY_LOG)");
+  app.require_subcommand(1);
+  ferry::cli::add_doctor(app, g);
+  ferry::cli::add_demo(app, g);
+  app.parse_complete_callback([&] { ferry::init_logging(g.log_level); });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return g.rc;
+}

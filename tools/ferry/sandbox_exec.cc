@@ -1,0 +1,40 @@
+#include "ferry/sandbox_exec.hh"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "kvm/system.hh"
+
+namespace ferry::cli {
+
+bool native_kvm_usable(const std::string& device) { return kvm::Kvm::open(device).has_value(); }
+
+Error exec_in_sandbox(const std::vector<std::string>& ferry_args) {
+  namespace fs = std::filesystem;
+  const char* env_sandbox = std::getenv("FERRY_SANDBOX");
+  const std::string sandbox = env_sandbox ? env_sandbox : FERRY_SANDBOX_PATH;
+  std::error_code ec;
+  if (!fs::exists(sandbox, ec))
+    return Error(fmt::format("the KVM sandbox runner {} is missing (set FERRY_SANDBOX)", sandbox));
+  if (!std::getenv("FERRY_SANDBOX_INITRAMFS")) {
+    if (!fs::exists(FERRY_SANDBOX_INITRAMFS_PATH, ec))
+      return Error(fmt::format("the sandbox initramfs {} is not built: run tools/bootstrap.sh, then "
+                               "cmake --build <build-dir> --target sandbox-initramfs",
+                               FERRY_SANDBOX_INITRAMFS_PATH));
+    ::setenv("FERRY_SANDBOX_INITRAMFS", FERRY_SANDBOX_INITRAMFS_PATH, 1);
+  }
+  const auto self = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return Error(fmt::format("cannot find this binary: {}", ec.message()));
+
+  std::vector<std::string> argv{sandbox, "--", self.string()};
+  argv.insert(argv.end(), ferry_args.begin(), ferry_args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  ::execv(sandbox.c_str(), cargv.data());
+  return sys_error(fmt::format("exec {}", sandbox));
+}
+
+}  // namespace ferry::cli

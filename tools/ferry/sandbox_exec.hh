@@ -1,0 +1,18 @@
+#pragma once
+// Re-running a ferry command inside tools/kvm-sandbox when this host has no
+// usable /dev/kvm, so that users in containers and VMs can still try Ferry.
+#include <string>
+#include <vector>
+
+#include "base/error.hh"
+
+namespace ferry::cli {
+
+// True when /dev/kvm opens and answers KVM_GET_API_VERSION.
+bool native_kvm_usable(const std::string& device = "/dev/kvm");
+
+// Replaces this process with `kvm-sandbox -- <this ferry binary> args...`;
+// returns only on failure, with the reason (sandbox missing, not built...).
+Error exec_in_sandbox(const std::vector<std::string>& ferry_args);
+
+}  // namespace ferry::cli
