@@ -64,8 +64,12 @@ Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestO
   if (!vm) return std::unexpected(vm.error());
   // Order matters: the ring must exist before the first vCPU.
   if (auto ok = vm->enable_dirty_ring(opts.ring_bytes); !ok) return std::unexpected(ok.error());
-  auto mem = GuestRegion::create(0, 0, kSelftestMemoryBytes, "ferry-selftest-ram");
+  const std::uint64_t code_bytes = kSelftestCodePages * kPageSize;
+  auto code_mem = GuestRegion::create(kSelftestCodeSlot, 0, code_bytes, "ferry-selftest-code");
+  if (!code_mem) return std::unexpected(code_mem.error());
+  auto mem = GuestRegion::create(kSelftestDataSlot, code_bytes, kSelftestMemoryBytes - code_bytes, "ferry-selftest-data");
   if (!mem) return std::unexpected(mem.error());
+  if (auto ok = vm->set_memory_region(*code_mem, /*log_dirty=*/false); !ok) return std::unexpected(ok.error());
   if (auto ok = vm->set_memory_region(*mem, /*log_dirty=*/true); !ok) return std::unexpected(ok.error());
   auto vcpu = vm->create_vcpu(0);
   if (!vcpu) return std::unexpected(vcpu.error());
@@ -82,7 +86,7 @@ Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestO
     // these writes, so they never appear in the ring (the point of the test).
     const auto code = write_pages_code(rr.written, round);
     const std::uint64_t code_gpa = round * kPageSize;
-    std::memcpy(mem->host_at(code_gpa), code.data(), code.size());
+    std::memcpy(code_mem->host_at(code_gpa), code.data(), code.size());
 
     auto sregs = vcpu->get_sregs();
     if (!sregs) return std::unexpected(sregs.error());

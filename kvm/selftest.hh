@@ -24,7 +24,7 @@ struct DirtyRingSelftestOptions {
 
 struct DirtyRingRound {
   std::vector<std::uint64_t> written;  // what the guest was told to write
-  std::vector<DirtyGfn> reported;      // what the ring reported, in order
+  std::vector<DirtyGfn> reported;      // what the ring reported, in order (slot, offset)
   std::uint32_t harvested = 0;         // entries harvested from the ring
   std::uint32_t reset = 0;             // what KVM_RESET_DIRTY_RINGS returned
   std::uint32_t ring_full_exits = 0;   // KVM_EXIT_DIRTY_RING_FULL seen
@@ -39,8 +39,18 @@ struct DirtyRingSelftestReport {
   double elapsed_ms = 0;
 };
 
-inline constexpr std::uint64_t kSelftestCodePages = 8;  // one code page per round, at most 8 rounds
+// Memory layout: gfns 0..7 are a code slot WITHOUT dirty logging (one code
+// page per round); gfns 8..255 are the data slot, logged. Keeping code out
+// of the logged slot matters: under nested SVM emulated by QEMU/TCG, an
+// instruction fetch from a fresh page is reported dirty, which is harmless
+// for pre-copy (a page sent twice) but would blur a test of exactness.
+inline constexpr std::uint64_t kSelftestCodePages = 8;
 inline constexpr std::uint64_t kSelftestMemoryBytes = 1 << 20;
+inline constexpr std::uint32_t kSelftestCodeSlot = 0;
+inline constexpr std::uint32_t kSelftestDataSlot = 1;
+
+// The guest page number a ring entry of the data slot names.
+inline std::uint64_t selftest_gfn(const DirtyGfn& g) { return kSelftestCodePages + g.offset; }
 
 Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestOptions& opts);
 

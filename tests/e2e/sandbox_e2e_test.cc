@@ -11,7 +11,7 @@ using namespace std::chrono_literals;
 
 TEST(Sandbox, RunnerPassesArgumentsAndReturnsExitStatus) {
   auto r = run_process({FERRY_SANDBOX_BIN, "--", "/bin/sh", "-c",
-                        "test -c /dev/kvm && echo \"kvm:$1|$2\"; mountpoint -q /sys/kernel/tracing && echo tracefs; exit 7",
+                        "test -c /dev/kvm && echo \"kvm:$1|$2\"; grep -q ' /sys/kernel/tracing tracefs ' /proc/mounts && echo tracefs; exit 7",
                         "sh", "one", "two words"},
                        600s);
   ASSERT_FALSE(r.timed_out) << r.describe();

@@ -14,7 +14,7 @@ namespace {
 
 std::multiset<std::uint64_t> reported_gfns(const DirtyRingRound& r) {
   std::multiset<std::uint64_t> out;
-  for (const auto& g : r.reported) out.insert(g.offset);
+  for (const auto& g : r.reported) out.insert(selftest_gfn(g));
   return out;
 }
 
@@ -29,7 +29,7 @@ TEST(DirtyRingSmoke, RingReportsExactlyTheWrittenPages) {
   const auto& r = rep->rounds[0];
   EXPECT_TRUE(r.memory_matches) << "the guest's writes did not reach guest memory: did it run?";
   EXPECT_EQ(reported_gfns(r), as_set(o.rounds[0]));  // exactly, each once
-  for (const auto& g : r.reported) EXPECT_EQ(g.slot, 0u) << "page " << g.offset << " reported in wrong slot";
+  for (const auto& g : r.reported) EXPECT_EQ(g.slot, kSelftestDataSlot) << "page " << g.offset << " reported in wrong slot";
   EXPECT_EQ(r.harvested, r.reported.size());
   EXPECT_EQ(r.reset, r.harvested) << "KVM_RESET_DIRTY_RINGS must return the harvested count";
   EXPECT_EQ(r.ring_full_exits, 0u);
@@ -54,9 +54,11 @@ TEST(DirtyRingSmoke, ResetRearmsTrackingForTheNextRound) {
 }
 
 TEST(DirtyRingSmoke, RingFullExitsAreHandledWithoutLosingPages) {
-  // 4 KiB = 256 entries, the smallest ring; KVM reserves some entries and
-  // exits with DIRTY_RING_FULL before the ring is truly full, so 248 pages
-  // force at least one ring-full exit mid-run.
+  // 4 KiB = 256 entries, the smallest ring. KVM keeps 64 entries in reserve
+  // and exits with DIRTY_RING_FULL once 192 are used, so 248 pages cross the
+  // soft limit mid-run. The store that hit the limit is re-executed after our
+  // harvest + reset and so is reported again: one duplicate per ring-full
+  // exit is correct (over-reporting is safe, a lost page is not).
   DirtyRingSelftestOptions o;
   o.ring_bytes = 4096;
   std::vector<std::uint64_t> all;
@@ -65,9 +67,18 @@ TEST(DirtyRingSmoke, RingFullExitsAreHandledWithoutLosingPages) {
   auto rep = run_dirty_ring_selftest(o);
   ASSERT_TRUE(rep) << rep.error().what();
   const auto& r = rep->rounds[0];
-  EXPECT_GE(r.ring_full_exits, 1u);
-  EXPECT_EQ(reported_gfns(r), as_set(all));
+  const auto got = reported_gfns(r);
+  for (auto g : all) EXPECT_GE(got.count(g), 1u) << "page " << g << " was written but never reported";
+  for (auto g : got) EXPECT_EQ(std::count(all.begin(), all.end(), g), 1) << "page " << g << " reported but never written";
+  EXPECT_LE(got.size(), all.size() + r.ring_full_exits) << "more duplicates than ring-full exits";
   EXPECT_EQ(r.reset, r.harvested);
+  EXPECT_TRUE(r.memory_matches);
+  // Either KVM stopped the vCPU at the soft limit, or every entry fitted in
+  // the ring without one (seen with the PVM flavour of KVM, which defers the
+  // exit to the vCPU's next exit); both lose nothing.
+  EXPECT_TRUE(r.ring_full_exits >= 1 || r.harvested <= rep->ring_entries)
+      << "harvested " << r.harvested << " from a " << rep->ring_entries << "-entry ring without a ring-full exit";
+  RecordProperty("ring_full_exits", static_cast<int>(r.ring_full_exits));
 }
 
 }  // namespace

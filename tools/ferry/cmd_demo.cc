@@ -20,16 +20,21 @@ struct RoundVerdict {
   std::size_t missing = 0;     // written but not reported: a lost write
   std::size_t unexpected = 0;  // reported but never written
   std::size_t duplicates = 0;  // reported twice within one round
-  bool exact() const { return missing == 0 && unexpected == 0 && duplicates == 0; }
+  std::size_t ring_full_exits = 0;
+  // The store that hits the ring's soft limit is re-executed after the
+  // harvest + reset, so one re-report per ring-full exit is correct.
+  bool exact() const { return missing == 0 && unexpected == 0 && duplicates <= ring_full_exits; }
 };
 
 RoundVerdict judge(const kvm::DirtyRingRound& r) {
   RoundVerdict v;
+  v.ring_full_exits = r.ring_full_exits;
   std::set<std::uint64_t> written(r.written.begin(), r.written.end());
   std::set<std::uint64_t> seen;
   for (const auto& g : r.reported) {
-    if (!seen.insert(g.offset).second) ++v.duplicates;
-    if (g.slot != 0 || !written.contains(g.offset)) ++v.unexpected;
+    const auto gfn = kvm::selftest_gfn(g);
+    if (!seen.insert(gfn).second) ++v.duplicates;
+    if (g.slot != kvm::kSelftestDataSlot || !written.contains(gfn)) ++v.unexpected;
   }
   for (auto w : written) v.missing += !seen.contains(w);
   return v;
@@ -92,12 +97,13 @@ int run_demo(bool json, bool in_sandbox) {
     const auto v = judge(r);
     fmt::print("  round {} ({}): guest wrote {:>3} pages -> ring reported {:>3}: {}; reset re-armed {}{}\n", i + 1,
                what[i % 3], r.written.size(), r.reported.size(),
-               v.exact() ? "exactly those"
+               v.exact() ? (v.duplicates ? fmt::format("all of them ({} re-reported after a ring-full exit)", v.duplicates)
+                                         : std::string("exactly those"))
                          : fmt::format("{} missing, {} unexpected, {} duplicates", v.missing, v.unexpected, v.duplicates),
                r.reset, r.ring_full_exits ? fmt::format(" ({} ring-full exits handled)", r.ring_full_exits) : "");
   }
   fmt::print("  {} in {:.1f} ms.\n",
-             all_exact ? "Every guest write was reported once and only once: this is what pre-copy relies on"
+             all_exact ? "Every guest write was reported, and nothing else: this is what pre-copy relies on"
                        : "MISMATCH: dirty tracking on this host is not exact",
              report->elapsed_ms);
   fmt::print("  Next: `ferry doctor` checks the rest of this host; live migration itself is on the roadmap "
