@@ -29,7 +29,7 @@ const std::vector<std::string>& required_tracepoints() {
       "kvmmmu/fast_page_fault",    // write-protect faults (dirty-bitmap VMs)
       "tcp/tcp_probe",             // RTT, cwnd, send window per connection
       "tcp/tcp_retransmit_skb",    // retransmissions
-      "io_uring/io_uring_submit_req",
+      "io_uring/io_uring_submit_req|io_uring_submit_sqe",  // renamed after 6.1
       "io_uring/io_uring_complete",  // send completion latency
   };
   return tps;
@@ -51,13 +51,31 @@ std::vector<Check> check_bpf(const std::string& tracefs) {
                      tracefs_ok ? "" : fmt::format("mount -t tracefs nodev {}", tracefs), tracefs_ok));
 
   if (tracefs_ok) {
-    for (const auto& tp : required_tracepoints()) {
-      const bool present = fs::exists(fs::path(tracefs) / "events" / tp / "id", ec);
+    for (const auto& spec : required_tracepoints()) {
+      // "group/name|other_name": any of the names will do (kernels rename).
+      const auto slash = spec.find('/');
+      const std::string group = spec.substr(0, slash);
+      std::vector<std::string> names;
+      for (std::size_t pos = slash + 1;;) {
+        const auto bar = spec.find('|', pos);
+        names.push_back(spec.substr(pos, bar - pos));
+        if (bar == std::string::npos) break;
+        pos = bar + 1;
+      }
+      std::string tp = group + "/" + names.front();
+      bool present = false;
+      for (const auto& name : names) {
+        if (fs::exists(fs::path(tracefs) / "events" / group / name / "id", ec)) {
+          present = true;
+          tp = group + "/" + name;
+          break;
+        }
+      }
       std::string remedy;
       if (!present)
         remedy = tp.starts_with("kvm") ? "load the kvm module (its tracepoints come with it)"
                                        : "kernel lacks this tracepoint; `ferry trace` loses that measurement";
-      out.push_back(make(fmt::format("tp:{}", tp), present ? Level::kOk : Level::kWarn,
+      out.push_back(make(fmt::format("tp:{}", spec.substr(0, spec.find('|'))), present ? Level::kOk : Level::kWarn,
                          present ? fmt::format("tracepoint {} present", tp) : fmt::format("tracepoint {} missing", tp), remedy,
                          present));
     }

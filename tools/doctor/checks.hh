@@ -14,7 +14,8 @@ std::vector<Check> check_io_uring();
 std::vector<Check> check_bpf(const std::string& tracefs = "/sys/kernel/tracing");
 std::vector<Check> check_system();
 
-// Tracepoints Ferry's eBPF programs attach to ("group/name").
+// Tracepoints Ferry's eBPF programs attach to: "group/name", or
+// "group/name|old_name" when kernels renamed it (any one present will do).
 const std::vector<std::string>& required_tracepoints();
 
 // Runs every area into one report.

@@ -102,7 +102,7 @@ int run_demo(bool json, bool in_sandbox) {
                          : fmt::format("{} missing, {} unexpected, {} duplicates", v.missing, v.unexpected, v.duplicates),
                r.reset, r.ring_full_exits ? fmt::format(" ({} ring-full exits handled)", r.ring_full_exits) : "");
   }
-  fmt::print("  {} in {:.1f} ms.\n",
+  fmt::print("  {} ({:.1f} ms in all).\n",
              all_exact ? "Every guest write was reported, and nothing else: this is what pre-copy relies on"
                        : "MISMATCH: dirty tracking on this host is not exact",
              report->elapsed_ms);
@@ -130,7 +130,7 @@ void add_demo(CLI::App& app, Globals& g) {
   cmd->callback([opts, &g] {
     if (!opts->in_sandbox && (opts->force_sandbox || !native_kvm_usable())) {
       if (!opts->json)
-        fmt::print(stderr, "{}; running the demo inside tools/kvm-sandbox (boots a nested KVM under QEMU, ~10 s)...\n",
+        fmt::print(stderr, "{}; running the demo inside tools/kvm-sandbox (boots a nested KVM under QEMU, a few seconds)...\n",
                    opts->force_sandbox ? "--sandbox given" : "No usable /dev/kvm on this host");
       std::vector<std::string> args{"demo", "--in-sandbox"};
       if (opts->json) args.push_back("--json");

@@ -1,6 +1,8 @@
 // `ferry doctor`: can live migration work on this host, and if not, why.
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include "doctor/checks.hh"
@@ -25,7 +27,7 @@ void add_doctor(CLI::App& app, Globals& g) {
     if (opts->json)
       fmt::print("{}\n", report.to_json().dump(2));
     else
-      fmt::print("{}", report.render_text(::isatty(STDOUT_FILENO) == 1));
+      fmt::print("{}", report.render_text(::isatty(STDOUT_FILENO) == 1 && !std::getenv("NO_COLOR")));
     g.rc = report.migration_possible() ? 0 : 1;
   });
 }
