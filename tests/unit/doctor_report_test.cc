@@ -1,6 +1,12 @@
 // The doctor's verdict logic and output formats, on hand-made check lists,
 // plus the real KVM probe against a device that does not exist.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
 
 #include "doctor/checks.hh"
 #include "doctor/report.hh"
@@ -62,6 +68,31 @@ TEST(DoctorChecks, TracefsAbsenceIsAWarningWithTheMountCommand) {
   EXPECT_EQ(t->level, Level::kWarn);
   EXPECT_EQ(t->remedy, "mount -t tracefs nodev /nonexistent/tracing");
   EXPECT_TRUE(r.migration_possible()) << "eBPF problems must never block migration";
+}
+
+TEST(DoctorChecks, TracepointsAreFoundUnderTheirOldNamesToo) {
+  // A fake tracefs tree (a directory is all the check reads): the 6.1 name
+  // of the io_uring submit tracepoint, and no tcp group at all.
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / fmt::format("ferry-tracefs-{}", ::getpid());
+  fs::remove_all(root);
+  fs::create_directories(root / "events/io_uring/io_uring_submit_sqe");
+  std::ofstream(root / "events/io_uring/io_uring_submit_sqe/id") << "42\n";
+  const auto checks = check_bpf(root.string());
+  fs::remove_all(root);
+  Report r;
+  r.add_all(checks);
+  const auto* submit = r.find("ebpf", "tp:io_uring/io_uring_submit_req");
+  ASSERT_NE(submit, nullptr);
+  EXPECT_EQ(submit->level, Level::kOk);
+  EXPECT_EQ(submit->detail, "tracepoint io_uring/io_uring_submit_sqe present");
+  const auto* probe = r.find("ebpf", "tp:tcp/tcp_probe");
+  ASSERT_NE(probe, nullptr);
+  EXPECT_EQ(probe->level, Level::kWarn);
+  EXPECT_NE(probe->remedy.find("ferry trace"), std::string::npos);
+  const auto* kvm = r.find("ebpf", "tp:kvm/kvm_dirty_ring_push");
+  ASSERT_NE(kvm, nullptr);
+  EXPECT_EQ(kvm->remedy, "load the kvm module (its tracepoints come with it)");
 }
 
 TEST(DoctorChecks, SystemChecksCoverTheDocumentedFacilities) {
