@@ -4,7 +4,7 @@
 #include <linux/kvm.h>
 #include <unistd.h>
 
-#include <optional>
+#include <cerrno>
 
 #include "doctor/checks.hh"
 #include "kvm/system.hh"
@@ -52,12 +52,16 @@ std::vector<Check> check_kvm(const std::string& device) {
   std::vector<Check> out;
   auto kvm = kvm::Kvm::open(device);
   if (!kvm) {
-    const bool absent = kvm.error().sys_errno() == ENOENT;
-    out.push_back(make("device", Level::kFail,
-                       absent ? fmt::format("{} does not exist", device) : kvm.error().what(),
-                       absent ? "load kvm-intel/kvm-amd (needs VT-x/AMD-V), or run Ferry inside tools/kvm-sandbox"
-                              : fmt::format("check permissions on {} (root or the kvm group)", device),
-                       false));
+    const int err = kvm.error().sys_errno();
+    std::string detail = kvm.error().what();
+    std::string remedy = fmt::format("{} is not a working KVM device: run Ferry inside tools/kvm-sandbox", device);
+    if (err == ENOENT) {
+      detail = fmt::format("{} does not exist", device);
+      remedy = "load kvm-intel/kvm-amd (needs VT-x/AMD-V), or run Ferry inside tools/kvm-sandbox";
+    } else if (err == EACCES || err == EPERM) {
+      remedy = fmt::format("run as root or add the user to the group owning {}", device);
+    }
+    out.push_back(make("device", Level::kFail, std::move(detail), std::move(remedy), false));
     return out;
   }
   out.push_back(make("device", Level::kOk, fmt::format("{} opened", device), "", true));
