@@ -68,8 +68,9 @@ Result<DoctorProbe> DoctorProbe::load(pid_t target_tgid) {
   // kernel identifies by the nsfs device and inode.
   struct stat pidns {};
   if (::stat("/proc/self/ns/pid", &pidns) != 0) {
+    const int e = errno;
     return std::unexpected(
-        sys_error(fmt::format("load {}: stat /proc/self/ns/pid", kProgram)));
+        sys_error(fmt::format("load {}: stat /proc/self/ns/pid", kProgram), e));
   }
 
   SkeletonPtr skel(doctor_probe_bpf__open());

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <utility>
 
 #include "base/error.hh"
 #include "kvm/mapping.hh"
@@ -29,8 +30,16 @@ class DirtyRing {
  public:
   static Result<DirtyRing> map(int vcpu_fd, std::uint32_t bytes, std::uint32_t vcpu_id);
 
-  DirtyRing(DirtyRing&&) noexcept = default;
-  DirtyRing& operator=(DirtyRing&&) noexcept = default;
+  // Hand-written moves: a moved-from ring must harvest nothing, not walk a
+  // null mapping with a stale entry count.
+  DirtyRing(DirtyRing&& o) noexcept
+      : mapping_(std::move(o.mapping_)), entries_(std::exchange(o.entries_, 0)), fetch_(std::exchange(o.fetch_, 0)) {}
+  DirtyRing& operator=(DirtyRing&& o) noexcept {
+    mapping_ = std::move(o.mapping_);
+    entries_ = std::exchange(o.entries_, 0);
+    fetch_ = std::exchange(o.fetch_, 0);
+    return *this;
+  }
 
   std::uint32_t entries() const { return entries_; }
 
@@ -40,6 +49,7 @@ class DirtyRing {
   std::uint32_t harvest(F&& on_gfn) {
     auto* ring = mapping_.as<kvm_dirty_gfn>();
     std::uint32_t n = 0;
+    if (ring == nullptr || entries_ == 0) return 0;
     for (;;) {
       kvm_dirty_gfn& e = ring[fetch_ & (entries_ - 1)];
       std::atomic_ref<std::uint32_t> flags(e.flags);

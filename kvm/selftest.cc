@@ -5,31 +5,11 @@
 
 #include "kvm/exit_reason.hh"
 #include "kvm/guest_memory.hh"
+#include "kvm/real_mode_code.hh"
 #include "kvm/system.hh"
 
 namespace ferry::kvm {
 namespace {
-
-// The byte the guest stores into page `gfn`; never zero, so a page that was
-// not written is distinguishable from one that was.
-std::uint8_t marker(std::uint64_t gfn, std::size_t round) {
-  return static_cast<std::uint8_t>(((gfn * 7 + round * 13) & 0xfe) | 1);
-}
-
-// Real-mode code: for each page, load DS with the page's paragraph and store
-// one byte at offset 0, then HLT. Hand-encoded because the guest is five
-// instructions; the full test guest of later work is compiled C.
-std::vector<std::uint8_t> write_pages_code(const std::vector<std::uint64_t>& gfns, std::size_t round) {
-  std::vector<std::uint8_t> code;
-  for (std::uint64_t gfn : gfns) {
-    const auto seg = static_cast<std::uint16_t>(gfn << 8);  // gfn * 4096 / 16
-    code.insert(code.end(), {0xB8, static_cast<std::uint8_t>(seg), static_cast<std::uint8_t>(seg >> 8)});  // mov ax, seg
-    code.insert(code.end(), {0x8E, 0xD8});                                                              // mov ds, ax
-    code.insert(code.end(), {0xC6, 0x06, 0x00, 0x00, marker(gfn, round)});                             // mov byte [0], imm8
-  }
-  code.push_back(0xF4);  // hlt
-  return code;
-}
 
 Status validate(const DirtyRingSelftestOptions& o) {
   if (o.rounds.empty()) return fail("self-test: no rounds given");
@@ -58,19 +38,28 @@ Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestO
   if (auto ok = validate(opts); !ok) return std::unexpected(ok.error());
   const auto start = std::chrono::steady_clock::now();
 
-  auto kvm = Kvm::open(opts.kvm_path);
-  if (!kvm) return std::unexpected(kvm.error());
-  auto vm = kvm->create_vm();
-  if (!vm) return std::unexpected(vm.error());
-  // Order matters: the ring must exist before the first vCPU.
-  if (auto ok = vm->enable_dirty_ring(opts.ring_bytes); !ok) return std::unexpected(ok.error());
+  // Guest memory first, so it is unmapped only after the VM (and its memory
+  // slots pointing at it) is gone.
   const std::uint64_t code_bytes = kSelftestCodePages * kPageSize;
   auto code_mem = GuestRegion::create(kSelftestCodeSlot, 0, code_bytes, "ferry-selftest-code");
-  if (!code_mem) return std::unexpected(code_mem.error());
+  if (!code_mem) return std::unexpected(std::move(code_mem.error()).context("self-test"));
   auto mem = GuestRegion::create(kSelftestDataSlot, code_bytes, kSelftestMemoryBytes - code_bytes, "ferry-selftest-data");
-  if (!mem) return std::unexpected(mem.error());
-  if (auto ok = vm->set_memory_region(*code_mem, /*log_dirty=*/false); !ok) return std::unexpected(ok.error());
-  if (auto ok = vm->set_memory_region(*mem, /*log_dirty=*/true); !ok) return std::unexpected(ok.error());
+  if (!mem) return std::unexpected(std::move(mem.error()).context("self-test"));
+
+  auto kvm = Kvm::open(opts.kvm_path);
+  if (!kvm) return std::unexpected(std::move(kvm.error()).context("self-test"));
+  auto vm = kvm->create_vm();
+  if (!vm) return std::unexpected(std::move(vm.error()).context("self-test"));
+  // Order matters: the ring must exist before the first vCPU.
+  if (opts.ring_bytes == 0) {
+    if (auto ok = vm->enable_smallest_dirty_ring(); !ok) return std::unexpected(std::move(ok.error()).context("self-test"));
+  } else if (auto ok = vm->enable_dirty_ring(opts.ring_bytes); !ok) {
+    return std::unexpected(std::move(ok.error()).context("self-test"));
+  }
+  if (auto ok = vm->set_memory_region(*code_mem, /*log_dirty=*/false); !ok)
+    return std::unexpected(std::move(ok.error()).context("self-test code slot"));
+  if (auto ok = vm->set_memory_region(*mem, /*log_dirty=*/true); !ok)
+    return std::unexpected(std::move(ok.error()).context("self-test data slot"));
   auto vcpu = vm->create_vcpu(0);
   if (!vcpu) return std::unexpected(vcpu.error());
 
@@ -84,19 +73,11 @@ Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestO
     rr.written = opts.rounds[round];
     // The VMM writes the code through its own mapping: KVM does not see
     // these writes, so they never appear in the ring (the point of the test).
-    const auto code = write_pages_code(rr.written, round);
+    const auto code = real_mode_write_pages(rr.written, round);
     const std::uint64_t code_gpa = round * kPageSize;
     std::memcpy(code_mem->host_at(code_gpa), code.data(), code.size());
 
-    auto sregs = vcpu->get_sregs();
-    if (!sregs) return std::unexpected(sregs.error());
-    sregs->cs.base = 0;
-    sregs->cs.selector = 0;
-    if (auto ok = vcpu->set_sregs(*sregs); !ok) return std::unexpected(ok.error());
-    kvm_regs regs{};
-    regs.rip = code_gpa;
-    regs.rflags = 0x2;  // bit 1 is reserved-as-one
-    if (auto ok = vcpu->set_regs(regs); !ok) return std::unexpected(ok.error());
+    if (auto ok = real_mode_enter(*vcpu, code_gpa); !ok) return std::unexpected(ok.error());
 
     auto collect = [&] {
       rr.harvested += vcpu->dirty_ring()->harvest([&](const DirtyGfn& g) { rr.reported.push_back(g); });
@@ -123,7 +104,7 @@ Result<DirtyRingSelftestReport> run_dirty_ring_selftest(const DirtyRingSelftestO
     if (auto ok = collect(); !ok) return std::unexpected(ok.error());
     rr.memory_matches = true;
     for (auto g : rr.written)
-      if (static_cast<std::uint8_t>(*mem->host_at(g * kPageSize)) != marker(g, round)) rr.memory_matches = false;
+      if (static_cast<std::uint8_t>(*mem->host_at(g * kPageSize)) != real_mode_marker(g, round)) rr.memory_matches = false;
     report.rounds.push_back(std::move(rr));
   }
   report.elapsed_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

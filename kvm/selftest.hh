@@ -19,6 +19,8 @@ struct DirtyRingSelftestOptions {
   // that round. Real mode reaches 1 MiB, and gfns 0..kCodePages-1 hold code,
   // so valid gfns are kCodePages..255.
   std::vector<std::vector<std::uint64_t>> rounds;
+  // 0 = the smallest ring this host accepts (4 KiB on AMD/PVM, 16 KiB with
+  // Intel PML), for rounds that must overflow it.
   std::uint32_t ring_bytes = 64 * 1024;
 };
 

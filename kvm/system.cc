@@ -13,9 +13,15 @@ namespace ferry::kvm {
 
 Result<Kvm> Kvm::open(const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd) return std::unexpected(sys_error(fmt::format("open {}", path)));
+  if (!fd) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("open {}", path), e));
+  }
   int api = ::ioctl(fd.get(), KVM_GET_API_VERSION, 0);
-  if (api < 0) return std::unexpected(sys_error(fmt::format("KVM_GET_API_VERSION on {}", path)));
+  if (api < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_GET_API_VERSION on {}", path), e));
+  }
   if (api != kExpectedApiVersion)
     return fail("{}: KVM API version {} (Ferry needs {})", path, api, kExpectedApiVersion);
   return Kvm(std::move(fd), path, api);
@@ -28,7 +34,8 @@ int Kvm::check_extension(unsigned cap) const {
 
 Result<std::size_t> Kvm::vcpu_mmap_size() const {
   int r = ::ioctl(fd_.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
-  if (r <= 0) return fail_sys("KVM_GET_VCPU_MMAP_SIZE");
+  if (r < 0) return fail_sys("KVM_GET_VCPU_MMAP_SIZE");
+  if (r == 0) return fail("KVM_GET_VCPU_MMAP_SIZE returned 0");
   return static_cast<std::size_t>(r);
 }
 
@@ -64,7 +71,10 @@ Result<Vm> Kvm::create_vm() const {
   auto mmap_size = vcpu_mmap_size();
   if (!mmap_size) return std::unexpected(mmap_size.error());
   UniqueFd vm(::ioctl(fd_.get(), KVM_CREATE_VM, 0));
-  if (!vm) return fail_sys("KVM_CREATE_VM");
+  if (!vm) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_CREATE_VM on {}", path_), e));
+  }
   return Vm(std::move(vm), *mmap_size);
 }
 

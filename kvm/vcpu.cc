@@ -12,30 +12,45 @@ Status Vcpu::run_once() {
       run().exit_reason = KVM_EXIT_INTR;
       return {};
     }
-    return std::unexpected(sys_error(fmt::format("KVM_RUN vCPU {}", id_)));
+    {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_RUN vCPU {}", id_), e));
+  }
   }
   return {};
 }
 
 Result<kvm_regs> Vcpu::get_regs() const {
   kvm_regs r{};
-  if (::ioctl(fd_.get(), KVM_GET_REGS, &r) < 0) return std::unexpected(sys_error(fmt::format("KVM_GET_REGS vCPU {}", id_)));
+  if (::ioctl(fd_.get(), KVM_GET_REGS, &r) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_GET_REGS vCPU {}", id_), e));
+  }
   return r;
 }
 
 Status Vcpu::set_regs(const kvm_regs& r) {
-  if (::ioctl(fd_.get(), KVM_SET_REGS, &r) < 0) return std::unexpected(sys_error(fmt::format("KVM_SET_REGS vCPU {}", id_)));
+  if (::ioctl(fd_.get(), KVM_SET_REGS, &r) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_SET_REGS vCPU {}", id_), e));
+  }
   return {};
 }
 
 Result<kvm_sregs> Vcpu::get_sregs() const {
   kvm_sregs s{};
-  if (::ioctl(fd_.get(), KVM_GET_SREGS, &s) < 0) return std::unexpected(sys_error(fmt::format("KVM_GET_SREGS vCPU {}", id_)));
+  if (::ioctl(fd_.get(), KVM_GET_SREGS, &s) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_GET_SREGS vCPU {}", id_), e));
+  }
   return s;
 }
 
 Status Vcpu::set_sregs(const kvm_sregs& s) {
-  if (::ioctl(fd_.get(), KVM_SET_SREGS, &s) < 0) return std::unexpected(sys_error(fmt::format("KVM_SET_SREGS vCPU {}", id_)));
+  if (::ioctl(fd_.get(), KVM_SET_SREGS, &s) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_SET_SREGS vCPU {}", id_), e));
+  }
   return {};
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #include "base/error.hh"
 #include "base/unique_fd.hh"
@@ -32,6 +33,8 @@ class Vcpu {
   Status set_sregs(const kvm_sregs& s);
 
   DirtyRing* dirty_ring() { return ring_ ? &*ring_ : nullptr; }
+  // Hands the ring to a DirtyTracker, which then owns the harvest cursor.
+  std::optional<DirtyRing> take_dirty_ring() { return std::exchange(ring_, std::nullopt); }
 
  private:
   friend class Vm;

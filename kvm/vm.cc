@@ -1,7 +1,10 @@
+#include <cerrno>
+
 #include "kvm/vm.hh"
 
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <bit>
 
@@ -16,8 +19,8 @@ int Vm::check_extension(unsigned cap) const {
 
 Status Vm::enable_dirty_ring(std::uint32_t bytes) {
   if (vcpus_created_ > 0) return fail("dirty ring: must be enabled before any vCPU is created");
-  if (!std::has_single_bit(bytes) || bytes < sizeof(kvm_dirty_gfn))
-    return fail("dirty ring: size {} bytes is not a power of two >= {}", bytes, sizeof(kvm_dirty_gfn));
+  if (!std::has_single_bit(bytes) || bytes < static_cast<std::uint32_t>(::getpagesize()))
+    return fail("dirty ring: size {} bytes is not a power of two >= the page size {}", bytes, ::getpagesize());
   unsigned cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
   int max = check_extension(cap);
   DirtyRingMode mode = DirtyRingMode::kAcqRel;
@@ -33,10 +36,25 @@ Status Vm::enable_dirty_ring(std::uint32_t bytes) {
   ec.cap = cap;
   ec.args[0] = bytes;
   if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &ec) < 0)
-    return std::unexpected(sys_error(fmt::format("KVM_ENABLE_CAP dirty ring ({} bytes)", bytes)));
+    {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_ENABLE_CAP dirty ring ({} bytes)", bytes), e));
+  }
   ring_mode_ = mode;
   ring_bytes_ = bytes;
   return {};
+}
+
+Result<std::uint32_t> Vm::enable_smallest_dirty_ring() {
+  Error last("dirty ring: no size accepted");
+  for (std::uint32_t bytes = static_cast<std::uint32_t>(::getpagesize()); bytes <= (1u << 20); bytes *= 2) {
+    auto ok = enable_dirty_ring(bytes);
+    if (ok) return bytes;
+    // EINVAL = below this CPU's reserve; anything else is a real failure.
+    if (ok.error().sys_errno() != EINVAL) return std::unexpected(ok.error());
+    last = ok.error();
+  }
+  return std::unexpected(last);
 }
 
 Status Vm::set_memory_region(const GuestRegion& region, bool log_dirty) {
@@ -54,7 +72,10 @@ Status Vm::set_memory_region(const GuestRegion& region, bool log_dirty) {
 
 Result<Vcpu> Vm::create_vcpu(std::uint32_t id) {
   UniqueFd fd(::ioctl(fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id)));
-  if (!fd) return std::unexpected(sys_error(fmt::format("KVM_CREATE_VCPU {}", id)));
+  if (!fd) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_CREATE_VCPU {}", id), e));
+  }
   auto run = Mapping::map(vcpu_mmap_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0,
                           fmt::format("kvm_run of vCPU {}", id));
   if (!run) return std::unexpected(run.error());

@@ -23,10 +23,15 @@ class Vm {
   int check_extension(unsigned cap) const;
 
   // Enables the per-vCPU dirty ring. The kernel only accepts this before the
-  // first vCPU exists, and `bytes` must be a power of two multiple of
-  // sizeof(kvm_dirty_gfn) within the advertised maximum. Prefers the ACQ_REL
-  // flavour (explicit memory ordering) when offered.
+  // first vCPU exists; `bytes` must be a power of two, at least one page, at
+  // most the advertised maximum, and large enough for KVM's reserved entries
+  // (64 plus the CPU's own log: 512 with Intel PML, so 16 KiB is the smallest
+  // size every x86 host accepts; AMD and PVM accept 4 KiB). Prefers the
+  // ACQ_REL flavour (explicit memory ordering) when offered.
   Status enable_dirty_ring(std::uint32_t bytes);
+  // The smallest ring this host accepts, found by asking (the reserve is not
+  // exposed); enables it. For tests that must overflow a ring.
+  Result<std::uint32_t> enable_smallest_dirty_ring();
   DirtyRingMode dirty_ring_mode() const { return ring_mode_; }
   std::uint32_t dirty_ring_bytes() const { return ring_bytes_; }
 

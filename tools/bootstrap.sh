@@ -33,7 +33,7 @@ PACKAGES=(
   liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
-  ca-certificates
+  ca-certificates xz-utils
 )
 
 # Modules the sandbox needs, paths relative to lib/modules/<version>/.
@@ -95,12 +95,12 @@ install_packages() {
   log "packages: installing ${#missing[@]} missing: ${missing[*]}"
   apt_update
   as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
   log "packages: installed"
 }
 
 # ------------------------------------------------------------------ kernel
-cache_dir=${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}
+cache_dir=${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ferry}
 kernel_dir=$cache_dir/kernel
 
 # The cache is complete when vmlinuz, version and load-order exist, every
@@ -136,11 +136,11 @@ fetch_kernel() {
   command -v modinfo >/dev/null || die "modinfo not found (install kmod)"
 
   local pkg
-  pkg=$(kernel_package)
+  pkg=$(kernel_package || true)
   if [[ -z $pkg ]]; then
     log "kernel: package lists missing or stale, running apt-get update"
     apt_update
-    pkg=$(kernel_package)
+    pkg=$(kernel_package || true)
   fi
   [[ -n $pkg ]] || die "cannot resolve the kernel package behind linux-image-amd64"
 

@@ -66,7 +66,13 @@ ProcessResult run_process(const std::vector<std::string>& argv, std::chrono::sec
       ::kill(-pid, SIGKILL);
       break;
     }
-    if (::poll(fds, 2, static_cast<int>(std::min<long>(left.count(), 1000))) < 0 && errno != EINTR) break;
+    const int ready = ::poll(fds, 2, static_cast<int>(std::min<long>(left.count(), 1000)));
+    if (ready < 0) {
+      if (errno == EINTR) continue;  // revents are stale: poll again
+      res.err += fmt::format("\n[run_process: poll failed: {}]", std::strerror(errno));
+      ::kill(-pid, SIGKILL);  // never wait unbounded below
+      break;
+    }
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
       char buf[65536];

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include "kvm/selftest.hh"
@@ -60,7 +61,7 @@ TEST(DirtyRingSmoke, RingFullExitsAreHandledWithoutLosingPages) {
   // harvest + reset and so is reported again: one duplicate per ring-full
   // exit is correct (over-reporting is safe, a lost page is not).
   DirtyRingSelftestOptions o;
-  o.ring_bytes = 4096;
+  o.ring_bytes = 0;  // smallest accepted: 4 KiB on AMD/PVM, 16 KiB with Intel PML
   std::vector<std::uint64_t> all;
   for (std::uint64_t g = kSelftestCodePages; g < 256; ++g) all.push_back(g);
   o.rounds = {all};
@@ -73,11 +74,16 @@ TEST(DirtyRingSmoke, RingFullExitsAreHandledWithoutLosingPages) {
   EXPECT_LE(got.size(), all.size() + r.ring_full_exits) << "more duplicates than ring-full exits";
   EXPECT_EQ(r.reset, r.harvested);
   EXPECT_TRUE(r.memory_matches);
-  // Either KVM stopped the vCPU at the soft limit, or every entry fitted in
-  // the ring without one (seen with the PVM flavour of KVM, which defers the
-  // exit to the vCPU's next exit); both lose nothing.
-  EXPECT_TRUE(r.ring_full_exits >= 1 || r.harvested <= rep->ring_entries)
-      << "harvested " << r.harvested << " from a " << rep->ring_entries << "-entry ring without a ring-full exit";
+  // With a 256-entry ring (no Intel PML reserve) KVM's soft limit is 192
+  // entries, so 248 pages MUST stop the vCPU at least once. A larger minimum
+  // ring (Intel PML: 1024 entries) cannot be overflowed from real mode. The
+  // PVM flavour of KVM (module kvm_pvm) was seen to defer the exit until the
+  // guest's next exit; that is recorded, not asserted, until a long-mode guest
+  // can probe whether it ever loses entries.
+  const bool pvm = std::filesystem::exists("/sys/module/kvm_pvm");
+  if (rep->ring_entries == 256 && !pvm) {
+    EXPECT_GE(r.ring_full_exits, 1u) << "248 pages through a 256-entry ring without a DIRTY_RING_FULL exit";
+  }
   RecordProperty("ring_full_exits", static_cast<int>(r.ring_full_exits));
 }
 

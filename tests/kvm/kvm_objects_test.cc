@@ -2,7 +2,10 @@
 // ordering rules KVM enforces, with their error messages.
 #include <gtest/gtest.h>
 
+#include <sys/ioctl.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "kvm/guest_memory.hh"
 #include "kvm/system.hh"
@@ -39,11 +42,30 @@ TEST(KvmObjects, DirtyRingMustBeEnabledBeforeVcpus) {
   EXPECT_NE(st.error().message().find("before any vCPU"), std::string::npos) << st.error().what();
 }
 
+TEST(KvmObjects, KernelItselfRefusesTheRingAfterAVcpu) {
+  // The rule Vm::enable_dirty_ring enforces is the kernel's: asked directly,
+  // KVM refuses the ring once a vCPU exists.
+  auto kvm = Kvm::open();
+  ASSERT_TRUE(kvm) << kvm.error().what();
+  auto vm = kvm->create_vm();
+  ASSERT_TRUE(vm);
+  auto vcpu = vm->create_vcpu(0);
+  ASSERT_TRUE(vcpu);
+  kvm_enable_cap cap{};
+  cap.cap = vm->check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL : KVM_CAP_DIRTY_LOG_RING;
+  cap.args[0] = 64 * 1024;
+  EXPECT_EQ(::ioctl(vm->fd(), KVM_ENABLE_CAP, &cap), -1);
+  EXPECT_EQ(errno, EINVAL);
+}
+
 TEST(KvmObjects, DirtyRingSizeIsValidated) {
   auto kvm = Kvm::open();
   ASSERT_TRUE(kvm) << kvm.error().what();
   auto vm = kvm->create_vm();
   ASSERT_TRUE(vm);
+  auto tiny = vm->enable_dirty_ring(1024);
+  ASSERT_FALSE(tiny);
+  EXPECT_NE(tiny.error().message().find(">= the page size"), std::string::npos) << tiny.error().what();
   auto odd = vm->enable_dirty_ring(3000);
   ASSERT_FALSE(odd);
   EXPECT_NE(odd.error().message().find("power of two"), std::string::npos) << odd.error().what();

@@ -38,9 +38,14 @@ Check check_userfaultfd() {
   // The syscall first (works for root and, with vm.unprivileged_userfaultfd,
   // others); /dev/userfaultfd (Linux >= 6.1) is the other door.
   UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-  if (!fd) fd = UniqueFd(::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+  const int syscall_errno = errno;
   if (fd) return make("userfaultfd", Level::kOk, "userfaultfd available (post-copy possible)", "", true);
-  return make("userfaultfd", Level::kWarn, fmt::format("userfaultfd unavailable: {}", std::strerror(errno)),
+  fd = UniqueFd(::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+  const int dev_errno = errno;
+  if (fd) return make("userfaultfd", Level::kOk, "userfaultfd available through /dev/userfaultfd", "", true);
+  return make("userfaultfd", Level::kWarn,
+              fmt::format("userfaultfd unavailable: syscall: {}; /dev/userfaultfd: {}", std::strerror(syscall_errno),
+                          std::strerror(dev_errno)),
               "run as root or set sysctl vm.unprivileged_userfaultfd=1 (needed only for post-copy)", false);
 }
 

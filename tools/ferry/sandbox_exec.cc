@@ -9,7 +9,11 @@
 
 namespace ferry::cli {
 
-bool native_kvm_usable(const std::string& device) { return kvm::Kvm::open(device).has_value(); }
+Status native_kvm_usable(const std::string& device) {
+  auto kvm = kvm::Kvm::open(device);
+  if (!kvm) return std::unexpected(kvm.error());
+  return {};
+}
 
 Error exec_in_sandbox(const std::vector<std::string>& ferry_args) {
   namespace fs = std::filesystem;
@@ -34,7 +38,8 @@ Error exec_in_sandbox(const std::vector<std::string>& ferry_args) {
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
   ::execv(sandbox.c_str(), cargv.data());
-  return sys_error(fmt::format("exec {}", sandbox));
+  const int e = errno;
+  return sys_error(fmt::format("exec {}", sandbox), e);
 }
 
 }  // namespace ferry::cli

@@ -8,8 +8,9 @@
 
 namespace ferry::cli {
 
-// True when /dev/kvm opens and answers KVM_GET_API_VERSION.
-bool native_kvm_usable(const std::string& device = "/dev/kvm");
+// Succeeds when /dev/kvm opens and answers KVM_GET_API_VERSION; otherwise
+// the reason (absent, permission denied, not a KVM device...).
+Status native_kvm_usable(const std::string& device = "/dev/kvm");
 
 // Replaces this process with `kvm-sandbox -- <this ferry binary> args...`;
 // returns only on failure, with the reason (sandbox missing, not built...).

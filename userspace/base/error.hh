@@ -35,7 +35,9 @@ template <class T>
 using Result = std::expected<T, Error>;
 using Status = std::expected<void, Error>;
 
-// An Error from the current errno: sys_error("KVM_CREATE_VM").
+// An Error from the current errno: sys_error("KVM_CREATE_VM"). When the
+// message needs formatting, save errno FIRST (formatting allocates, and the
+// allocator may change errno): `const int e = errno; sys_error(fmt::format(...), e)`.
 Error sys_error(std::string_view what);
 Error sys_error(std::string_view what, int err);
 
