@@ -94,8 +94,8 @@ namespace {
 
 class RingTracker final : public DirtyTracker {
  public:
-  RingTracker(Vm& vm, std::vector<DirtyRing> rings, std::vector<TrackedSlot> slots)
-      : DirtyTracker(std::move(slots)), vm_(vm), rings_(std::move(rings)) {}
+  RingTracker(int vm_fd, std::vector<DirtyRing> rings, std::vector<TrackedSlot> slots)
+      : DirtyTracker(std::move(slots)), vm_fd_(vm_fd), rings_(std::move(rings)) {}
   DirtyBackend backend() const override { return DirtyBackend::kRing; }
 
  protected:
@@ -114,8 +114,7 @@ class RingTracker final : public DirtyTracker {
         bits->set(g.offset);
       });
     }
-    auto n = vm_.reset_dirty_rings();
-    if (!n) return std::unexpected(n.error());
+    if (::ioctl(vm_fd_, KVM_RESET_DIRTY_RINGS, 0) < 0) return fail_sys("KVM_RESET_DIRTY_RINGS");
     if (stray)
       return fail("dirty ring reported {} page(s) outside tracked memory (first: slot {:#x} offset {})", stray,
                   first_stray.slot, first_stray.offset);
@@ -123,13 +122,13 @@ class RingTracker final : public DirtyTracker {
   }
 
  private:
-  Vm& vm_;
+  int vm_fd_;  // borrowed: the Vm owns it (and may move; the fd does not)
   std::vector<DirtyRing> rings_;
 };
 
 class BitmapTracker final : public DirtyTracker {
  public:
-  BitmapTracker(Vm& vm, std::vector<TrackedSlot> slots) : DirtyTracker(std::move(slots)), vm_(vm) {
+  BitmapTracker(int vm_fd, std::vector<TrackedSlot> slots) : DirtyTracker(std::move(slots)), vm_fd_(vm_fd) {
     for (const auto& s : slots_) scratch_.emplace_back(s.pages);
   }
   DirtyBackend backend() const override { return DirtyBackend::kBitmap; }
@@ -144,7 +143,7 @@ class BitmapTracker final : public DirtyTracker {
       kvm_dirty_log get{};
       get.slot = s.slot;
       get.dirty_bitmap = bits.words();
-      if (::ioctl(vm_.fd(), KVM_GET_DIRTY_LOG, &get) < 0)
+      if (::ioctl(vm_fd_, KVM_GET_DIRTY_LOG, &get) < 0)
         {
     const int e = errno;
     return std::unexpected(sys_error(fmt::format("KVM_GET_DIRTY_LOG slot {}", s.slot), e));
@@ -157,7 +156,7 @@ class BitmapTracker final : public DirtyTracker {
       clear.first_page = 0;
       clear.num_pages = static_cast<std::uint32_t>(s.pages);
       clear.dirty_bitmap = bits.words();
-      if (::ioctl(vm_.fd(), KVM_CLEAR_DIRTY_LOG, &clear) < 0)
+      if (::ioctl(vm_fd_, KVM_CLEAR_DIRTY_LOG, &clear) < 0)
         {
     const int e = errno;
     return std::unexpected(sys_error(fmt::format("KVM_CLEAR_DIRTY_LOG slot {}", s.slot), e));
@@ -168,7 +167,7 @@ class BitmapTracker final : public DirtyTracker {
   }
 
  private:
-  Vm& vm_;
+  int vm_fd_;  // borrowed, as above
   std::vector<DirtyBitmap> scratch_;
 };
 
@@ -178,7 +177,7 @@ Result<std::unique_ptr<DirtyTracker>> make_ring_tracker(Vm& vm, std::vector<Dirt
                                                         std::vector<TrackedSlot> slots) {
   if (vm.dirty_ring_mode() == DirtyRingMode::kOff) return fail("ring tracker: the VM has no dirty ring enabled");
   if (rings.empty()) return fail("ring tracker: no vCPU rings given");
-  return std::unique_ptr<DirtyTracker>(new RingTracker(vm, std::move(rings), std::move(slots)));
+  return std::unique_ptr<DirtyTracker>(new RingTracker(vm.fd(), std::move(rings), std::move(slots)));
 }
 
 Result<std::unique_ptr<DirtyTracker>> make_bitmap_tracker(Vm& vm, std::vector<TrackedSlot> slots) {
@@ -192,7 +191,7 @@ Result<std::unique_ptr<DirtyTracker>> make_bitmap_tracker(Vm& vm, std::vector<Tr
   // only; pre-copy's round 0 sends everything anyway.
   cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
   if (::ioctl(vm.fd(), KVM_ENABLE_CAP, &cap) < 0) return fail_sys("KVM_ENABLE_CAP MANUAL_DIRTY_LOG_PROTECT2");
-  return std::unique_ptr<DirtyTracker>(new BitmapTracker(vm, std::move(slots)));
+  return std::unique_ptr<DirtyTracker>(new BitmapTracker(vm.fd(), std::move(slots)));
 }
 
 }  // namespace ferry::kvm

@@ -96,7 +96,8 @@ class DirtyTracker {
 
 // The ring backend takes ownership of every vCPU's ring (Vcpu::take_dirty_ring)
 // so that the harvest cursors live in one place, whatever happens to the
-// Vcpu objects. `vm` must outlive the tracker.
+// Vcpu objects. The tracker borrows the VM's fd: the Vm may be moved, but
+// must outlive the tracker.
 Result<std::unique_ptr<DirtyTracker>> make_ring_tracker(Vm& vm, std::vector<DirtyRing> rings,
                                                         std::vector<TrackedSlot> slots);
 
