@@ -2,6 +2,9 @@
 
 #include "kvm/vcpu.hh"
 
+#include <array>
+#include <initializer_list>
+
 namespace ferry::kvm {
 
 std::uint8_t real_mode_marker(std::uint64_t gfn, std::uint64_t round) {
@@ -22,12 +25,35 @@ std::vector<std::uint8_t> real_mode_write_pages(const std::vector<std::uint64_t>
   return code;
 }
 
+std::vector<std::uint8_t> real_mode_write_range(std::uint32_t first_gpa, std::uint32_t pages, std::uint8_t value) {
+  auto le32 = [](std::uint32_t v) {
+    return std::array<std::uint8_t, 4>{static_cast<std::uint8_t>(v), static_cast<std::uint8_t>(v >> 8),
+                                       static_cast<std::uint8_t>(v >> 16), static_cast<std::uint8_t>(v >> 24)};
+  };
+  std::vector<std::uint8_t> code;
+  auto put = [&](std::initializer_list<std::uint8_t> b) { code.insert(code.end(), b); };
+  const auto a = le32(first_gpa), n = le32(pages);
+  put({0x66, 0xBB, a[0], a[1], a[2], a[3]});              // mov ebx, first_gpa
+  put({0x66, 0xB9, n[0], n[1], n[2], n[3]});              // mov ecx, pages
+  put({0xB0, value});                                     // mov al, value
+  put({0x67, 0x88, 0x03});                                // loop: mov [ebx], al
+  put({0x66, 0x81, 0xC3, 0x00, 0x10, 0x00, 0x00});        //   add ebx, 4096
+  put({0x66, 0x49});                                      //   dec ecx
+  put({0x75, 0xF2});                                      //   jnz loop (-14)
+  put({0xF4});                                            // hlt
+  return code;
+}
+
 Status real_mode_enter(Vcpu& vcpu, std::uint64_t code_gpa) {
   auto sregs = vcpu.get_sregs();
   if (!sregs) return std::unexpected(sregs.error());
   // Reset state has CS base 0xffff0000 (the BIOS reset vector); flatten it.
   sregs->cs.base = 0;
   sregs->cs.selector = 0;
+  sregs->ds.base = 0;
+  sregs->ds.selector = 0;
+  sregs->ds.limit = 0xffffffff;
+  sregs->ds.g = 1;
   if (auto ok = vcpu.set_sregs(*sregs); !ok) return ok;
   kvm_regs regs{};
   regs.rip = code_gpa;

@@ -20,7 +20,14 @@ std::uint8_t real_mode_marker(std::uint64_t gfn, std::uint64_t round);
 std::vector<std::uint8_t> real_mode_write_pages(const std::vector<std::uint64_t>& gfns, std::uint64_t round,
                                                 std::uint16_t byte_offset = 0);
 
-// Points the vCPU at `code_gpa` in real mode with flat (base 0) CS.
+// Code that stores `value` into the first byte of `pages` consecutive pages
+// from `first_gpa` (anywhere below 4 GiB), then HLT. Needs a flat 4 GiB DS
+// ("unreal mode", see real_mode_enter): it addresses with 32-bit registers.
+std::vector<std::uint8_t> real_mode_write_range(std::uint32_t first_gpa, std::uint32_t pages, std::uint8_t value);
+
+// Points the vCPU at `code_gpa` in real mode with flat (base 0) CS, and DS
+// with base 0 and a 4 GiB limit. The limit is harmless for 16-bit code and
+// lets 32-bit addressing reach all guest memory below 4 GiB.
 Status real_mode_enter(Vcpu& vcpu, std::uint64_t code_gpa);
 
 }  // namespace ferry::kvm
