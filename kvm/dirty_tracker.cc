@@ -5,7 +5,10 @@
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
 
+#include <spdlog/spdlog.h>
+
 #include "kvm/guest_memory.hh"
+#include "kvm/quirks.hh"
 #include "kvm/vm.hh"
 
 namespace ferry::kvm {
@@ -29,7 +32,12 @@ Result<DirtyBackend> parse_dirty_backend(std::string_view name) {
 DirtyBackend resolve_dirty_backend(const Vm& vm, DirtyBackend requested) {
   if (requested != DirtyBackend::kAuto) return requested;
   const bool ring = vm.check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0 || vm.check_extension(KVM_CAP_DIRTY_LOG_RING) > 0;
-  return ring ? DirtyBackend::kRing : DirtyBackend::kBitmap;
+  if (!ring) return DirtyBackend::kBitmap;
+  if (auto why = dirty_ring_unreliable_reason()) {
+    spdlog::info("dirty tracking: using the bitmap, not the ring: {}", *why);
+    return DirtyBackend::kBitmap;
+  }
+  return DirtyBackend::kRing;
 }
 
 // ---------------------------------------------------------------- DirtyLog

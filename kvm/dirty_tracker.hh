@@ -28,7 +28,9 @@ enum class DirtyBackend { kAuto, kRing, kBitmap };
 std::string_view dirty_backend_name(DirtyBackend b);
 Result<DirtyBackend> parse_dirty_backend(std::string_view name);  // "auto", "ring", "bitmap"
 
-// kAuto resolves to the ring when this VM's KVM offers it, else the bitmap.
+// kAuto resolves to the ring when this VM's KVM offers it and the ring is
+// trustworthy here (see kvm/quirks.hh), else the bitmap. An explicit choice
+// is returned as is.
 DirtyBackend resolve_dirty_backend(const Vm& vm, DirtyBackend requested);
 
 struct TrackedSlot {

@@ -1,10 +1,16 @@
 // The userspace side of dirty tracking: bitmaps and per-slot logs.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "kvm/dirty_bitmap.hh"
 #include "kvm/dirty_tracker.hh"
+#include "kvm/quirks.hh"
 
 namespace ferry::kvm {
 namespace {
@@ -66,6 +72,19 @@ TEST(DirtyBackendNames, ParseRoundTripsAndRejectsUnknown) {
   auto bad = parse_dirty_backend("pml");
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().message(), "unknown dirty-tracking backend 'pml' (expected auto, ring or bitmap)");
+}
+
+TEST(KvmQuirks, PvmDirtyRingIsNotTrusted) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / fmt::format("ferry-sysfs-{}", ::getpid());
+  fs::remove_all(root);
+  fs::create_directories(root / "module/kvm");
+  EXPECT_FALSE(dirty_ring_unreliable_reason(root.string()));
+  fs::create_directories(root / "module/kvm_pvm");
+  auto why = dirty_ring_unreliable_reason(root.string());
+  fs::remove_all(root);
+  ASSERT_TRUE(why);
+  EXPECT_NE(why->find("PVM"), std::string::npos) << *why;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "doctor/checks.hh"
+#include "kvm/quirks.hh"
 #include "kvm/system.hh"
 #include "kvm/vm.hh"
 
@@ -79,7 +80,14 @@ std::vector<Check> check_kvm(const std::string& device) {
   const int ring = vm->check_extension(KVM_CAP_DIRTY_LOG_RING);
   const int ring_acq_rel = vm->check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
   const int ring_max = std::max(ring, ring_acq_rel);
-  if (ring_max > 0) {
+  const auto untrusted = kvm::dirty_ring_unreliable_reason();
+  if (ring_max > 0 && untrusted) {
+    out.push_back(make("dirty_ring", Level::kWarn,
+                       fmt::format("dirty ring offered (max {} KiB per vCPU) but not trusted: {}; Ferry tracks dirty "
+                                   "pages with the bitmap instead",
+                                   ring_max / 1024, *untrusted),
+                       "nothing to do (the bitmap is exact); hardware-virtualized KVM gets the cheaper ring", ring_max));
+  } else if (ring_max > 0) {
     out.push_back(make("dirty_ring", Level::kOk,
                        fmt::format("dirty ring available, max {} KiB per vCPU ({} entries)", ring_max / 1024,
                                    ring_max / static_cast<int>(sizeof(kvm_dirty_gfn))),

@@ -1,0 +1,16 @@
+#include "kvm/quirks.hh"
+
+#include <filesystem>
+
+namespace ferry::kvm {
+
+std::optional<std::string> dirty_ring_unreliable_reason(const std::string& sysfs_root) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(sysfs_root) / "module/kvm_pvm", ec))
+    return std::string("PVM (kvm_pvm) drops dirty-ring entries when the ring overflows");
+  return std::nullopt;
+}
+
+std::optional<std::string> dirty_ring_unreliable_reason() { return dirty_ring_unreliable_reason("/sys"); }
+
+}  // namespace ferry::kvm
