@@ -1,0 +1,149 @@
+#include "kvm/vcpu_runner.hh"
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cerrno>
+
+#include "kvm/exit_reason.hh"
+
+namespace ferry::kvm {
+namespace {
+
+// The kick signal. Its handler does nothing: delivery alone makes KVM_RUN
+// return EINTR. SA_RESTART keeps other syscalls on the vCPU thread (an exit
+// handler's write(), say) from failing with EINTR; KVM_RUN is never restarted.
+constexpr int kKickSignal = SIGUSR1;
+
+void on_kick(int) {}
+
+Status install_kick_handler() {
+  static const int rc = [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_kick;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return ::sigaction(kKickSignal, &sa, nullptr) == 0 ? 0 : errno;
+  }();
+  if (rc != 0) return std::unexpected(sys_error("sigaction(SIGUSR1) for vCPU kicks", rc));
+  return {};
+}
+
+void set_immediate_exit(Vcpu& v, bool on) {
+  std::atomic_ref<std::uint8_t>(v.run().immediate_exit).store(on ? 1 : 0, std::memory_order_seq_cst);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<VcpuRunner>> VcpuRunner::start(std::vector<Vcpu*> vcpus, ExitHandler handler) {
+  if (vcpus.empty()) return fail("vCPU runner: no vCPUs");
+  if (!handler) return fail("vCPU runner: no exit handler");
+  if (auto ok = install_kick_handler(); !ok) return std::unexpected(ok.error());
+  std::unique_ptr<VcpuRunner> r(new VcpuRunner(std::move(vcpus), std::move(handler)));
+  return r;
+}
+
+VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler) : handler_(std::move(handler)) {
+  for (auto* v : vcpus) {
+    auto s = std::make_unique<Slot>();
+    s->vcpu = v;
+    set_immediate_exit(*v, false);
+    slots_.push_back(std::move(s));
+  }
+  live_ = slots_.size();
+  for (auto& s : slots_) s->thread = std::thread([this, slot = s.get()] { thread_main(*slot); });
+}
+
+VcpuRunner::~VcpuRunner() {
+  if (!joined_) stop_and_join();
+}
+
+void VcpuRunner::thread_main(Slot& slot) {
+  Vcpu& v = *slot.vcpu;
+  Status result;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (pause_requested_ && !stop_requested_) {
+        ++acked_;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !pause_requested_ || stop_requested_; });
+        --acked_;
+      }
+      if (stop_requested_) break;
+    }
+    if (auto ok = v.run_once(); !ok) {
+      result = std::unexpected(ok.error());
+      break;
+    }
+    const auto reason = v.run().exit_reason;
+    if (reason == KVM_EXIT_INTR) continue;  // our kick (or immediate_exit): re-check the flags
+    slot.exits.fetch_add(1, std::memory_order_relaxed);
+    auto action = handler_(v);
+    if (!action) {
+      result = std::unexpected(std::move(action.error()).context(fmt::format("vCPU {} exit {}", v.id(), exit_reason_name(reason))));
+      break;
+    }
+    if (*action == ExitAction::kStop) break;
+  }
+  std::lock_guard lock(mu_);
+  slot.result = std::move(result);
+  --live_;
+  cv_.notify_all();  // a pause() waiting for acks counts live threads only
+}
+
+void VcpuRunner::kick_all() {
+  // Order matters: immediate_exit first, then the signal (see the header).
+  for (auto& s : slots_) set_immediate_exit(*s->vcpu, true);
+  for (auto& s : slots_)
+    if (s->thread.joinable()) ::pthread_kill(s->thread.native_handle(), kKickSignal);
+}
+
+Status VcpuRunner::pause(std::chrono::milliseconds timeout) {
+  {
+    std::lock_guard lock(mu_);
+    if (stop_requested_) return fail("vCPU runner: pause after stop");
+    pause_requested_ = true;
+  }
+  kick_all();
+  std::unique_lock lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return acked_ == live_; }))
+    return fail("vCPU runner: only {} of {} vCPUs acknowledged the pause within {} ms", acked_, live_, timeout.count());
+  return {};
+}
+
+void VcpuRunner::resume() {
+  std::lock_guard lock(mu_);
+  // Every live thread is parked: clearing immediate_exit cannot race with a
+  // KVM_RUN, and a later pause() sets it again before kicking.
+  for (auto& s : slots_) set_immediate_exit(*s->vcpu, false);
+  pause_requested_ = false;
+  cv_.notify_all();
+}
+
+bool VcpuRunner::paused() const {
+  std::lock_guard lock(mu_);
+  return pause_requested_ && acked_ == live_;
+}
+
+std::vector<Status> VcpuRunner::join() {
+  std::vector<Status> out;
+  for (auto& s : slots_)
+    if (s->thread.joinable()) s->thread.join();
+  joined_ = true;
+  for (auto& s : slots_) out.push_back(s->result);
+  return out;
+}
+
+std::vector<Status> VcpuRunner::stop_and_join() {
+  {
+    std::lock_guard lock(mu_);
+    stop_requested_ = true;
+    cv_.notify_all();
+  }
+  kick_all();
+  return join();
+}
+
+}  // namespace ferry::kvm

@@ -1,0 +1,81 @@
+#pragma once
+// Runs a VM's vCPUs, one thread each, and pauses/resumes them all promptly
+// and without races.
+//
+// Pausing (as kvmtool and QEMU do): set kvm_run.immediate_exit, then signal
+// the vCPU thread. The signal kicks a thread that is inside KVM_RUN out with
+// EINTR; immediate_exit makes a thread that is just about to enter KVM_RUN
+// return at once instead, so there is no window in which a kick is lost.
+// Each thread then acknowledges under a mutex, and pause() returns only when
+// every live vCPU has acknowledged: after it returns no guest instruction
+// runs until resume().
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "base/error.hh"
+#include "kvm/vcpu.hh"
+
+namespace ferry::kvm {
+
+enum class ExitAction { kContinue, kStop };
+
+// Called on the vCPU's thread for every exit except the runner's own kicks
+// (KVM_EXIT_INTR). Errors stop that vCPU and are reported by join().
+using ExitHandler = std::function<Result<ExitAction>(Vcpu&)>;
+
+class VcpuRunner {
+ public:
+  // The vCPUs must outlive the runner and stay where they are (the threads
+  // hold pointers). Threads start running the guest immediately.
+  static Result<std::unique_ptr<VcpuRunner>> start(std::vector<Vcpu*> vcpus, ExitHandler handler);
+
+  ~VcpuRunner();  // stops and joins
+  VcpuRunner(const VcpuRunner&) = delete;
+  VcpuRunner& operator=(const VcpuRunner&) = delete;
+
+  // Kicks every vCPU out of the guest and waits until each live one has
+  // acknowledged. Call pause/resume/stop from one controlling thread.
+  Status pause(std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  void resume();
+  bool paused() const;
+
+  // Asks every vCPU thread to end (kicking them), then waits for them.
+  // Returns each vCPU's outcome: ok, or the error that stopped it.
+  std::vector<Status> stop_and_join();
+  // Waits for every vCPU to stop on its own (handler said kStop, or error).
+  std::vector<Status> join();
+
+  std::uint64_t exits(std::size_t i) const { return slots_[i]->exits.load(std::memory_order_relaxed); }
+  std::size_t size() const { return slots_.size(); }
+
+ private:
+  struct Slot {
+    Vcpu* vcpu = nullptr;
+    std::thread thread;
+    std::atomic<std::uint64_t> exits{0};
+    Status result;
+  };
+
+  VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler);
+  void thread_main(Slot& slot);
+  void kick_all();
+
+  ExitHandler handler_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool pause_requested_ = false;
+  bool stop_requested_ = false;
+  std::size_t acked_ = 0;  // live threads parked in the pause
+  std::size_t live_ = 0;   // threads still running their loop
+  bool joined_ = false;
+};
+
+}  // namespace ferry::kvm
