@@ -13,4 +13,11 @@ std::optional<std::string> dirty_ring_unreliable_reason(const std::string& sysfs
 
 std::optional<std::string> dirty_ring_unreliable_reason() { return dirty_ring_unreliable_reason("/sys"); }
 
+std::optional<std::string> kvm_emulates_guests_reason(const std::string& sysfs_root) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(sysfs_root) / "module/kvm_pvm", ec))
+    return std::string("KVM here is PVM (kvm_pvm): guests that are not PVM-aware run through its instruction emulator");
+  return std::nullopt;
+}
+
 }  // namespace ferry::kvm

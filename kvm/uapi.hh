@@ -47,4 +47,29 @@ static_assert(kSetMsrs == 0x4008ae89);
 static_assert(kSetCpuid2 == 0x4008ae90);
 static_assert(kGetCpuid2 == 0xc008ae91);
 
+// struct kvm_xsave ends in `extra` (a flexible array), so in C++ it is 4100
+// bytes, not 4096, and KVM_GET_XSAVE & co. from <linux/kvm.h> are wrong.
+// The fixed part is the 4 KiB legacy region; KVM_GET_XSAVE2/KVM_SET_XSAVE
+// move KVM_CAP_XSAVE2 bytes (>= 4096) whatever the number says.
+struct XsaveRegion {
+  std::uint32_t region[1024];
+};
+static_assert(sizeof(XsaveRegion) == 4096);
+inline constexpr unsigned long kGetXsave = _IOR(KVMIO, 0xa4, XsaveRegion);
+inline constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveRegion);
+inline constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveRegion);
+static_assert(kGetXsave == 0x9000aea4);
+static_assert(kSetXsave == 0x5000aea5);
+static_assert(kGetXsave2 == 0x9000aecf);
+
+// Fixed-size vCPU state structs: no flexible array, so the C++ sizes and
+// the numbers <linux/kvm.h> builds from them are right. Pinned anyway, so a
+// header that changes them fails here rather than as EINVAL at run time.
+static_assert(KVM_GET_XCRS == 0x8188aea6 && KVM_SET_XCRS == 0x4188aea7);
+static_assert(KVM_GET_LAPIC == 0x8400ae8e && KVM_SET_LAPIC == 0x4400ae8f);
+static_assert(KVM_GET_VCPU_EVENTS == 0x8040ae9f && KVM_SET_VCPU_EVENTS == 0x4040aea0);
+static_assert(KVM_GET_MP_STATE == 0x8004ae98 && KVM_SET_MP_STATE == 0x4004ae99);
+static_assert(KVM_GET_DEBUGREGS == 0x8080aea1 && KVM_SET_DEBUGREGS == 0x4080aea2);
+static_assert(KVM_GET_SREGS == 0x8138ae83 && KVM_CREATE_IRQCHIP == 0xae60);
+
 }  // namespace ferry::kvm::uapi

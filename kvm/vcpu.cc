@@ -20,6 +20,20 @@ Status Vcpu::run_once() {
   return {};
 }
 
+Status Vcpu::complete_pending_exit() {
+  auto& r = run();
+  r.immediate_exit = 1;
+  const int rc = ::ioctl(fd_.get(), KVM_RUN, 0);
+  const int e = errno;
+  r.immediate_exit = 0;
+  // The kernel finishes the pending operation first, then sees immediate_exit
+  // and returns EINTR without entering the guest.
+  if (rc == 0) return fail("KVM_RUN with immediate_exit on vCPU {} entered the guest", id_);
+  if (e != EINTR) return std::unexpected(sys_error(fmt::format("KVM_RUN (immediate_exit) vCPU {}", id_), e));
+  r.exit_reason = KVM_EXIT_INTR;
+  return {};
+}
+
 Result<kvm_regs> Vcpu::get_regs() const {
   kvm_regs r{};
   if (::ioctl(fd_.get(), KVM_GET_REGS, &r) < 0) {

@@ -32,6 +32,16 @@ class Vcpu {
   Result<kvm_sregs> get_sregs() const;
   Status set_sregs(const kvm_sregs& s);
 
+  // Bytes KVM_GET_XSAVE2/KVM_SET_XSAVE move for this vCPU: 4096, or more
+  // when the process enabled dynamic xfeatures (AMX) before creating it.
+  std::size_t xsave_bytes() const { return xsave_bytes_; }
+
+  // Finishes an exit the kernel has not completed yet without running guest
+  // code: KVM_RUN with immediate_exit set. After KVM_EXIT_IO or _MMIO the
+  // instruction completes (RIP advances, IN data lands in RAX) only on the
+  // next KVM_RUN, so state captured before that would replay the access.
+  Status complete_pending_exit();
+
   DirtyRing* dirty_ring() { return ring_ ? &*ring_ : nullptr; }
   // Hands the ring to a DirtyTracker, which then owns the harvest cursor.
   std::optional<DirtyRing> take_dirty_ring() { return std::exchange(ring_, std::nullopt); }
@@ -44,6 +54,7 @@ class Vcpu {
   UniqueFd fd_;
   Mapping run_;
   std::optional<DirtyRing> ring_;
+  std::size_t xsave_bytes_ = 4096;
 };
 
 }  // namespace ferry::kvm

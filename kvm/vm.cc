@@ -6,9 +6,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 
 #include "kvm/guest_memory.hh"
+#include "kvm/uapi.hh"
 
 namespace ferry::kvm {
 
@@ -86,7 +88,19 @@ Result<Vcpu> Vm::create_vcpu(std::uint32_t id) {
     ring.emplace(std::move(*r));
   }
   ++vcpus_created_;
-  return Vcpu(id, std::move(fd), std::move(*run), std::move(ring));
+  Vcpu vcpu(id, std::move(fd), std::move(*run), std::move(ring));
+  // The XSAVE area's size is fixed when the vCPU is created and is only
+  // answered on the VM fd (0 = no KVM_CAP_XSAVE2, i.e. the 4 KiB legacy size).
+  const auto xsave2 = static_cast<std::size_t>(check_extension(KVM_CAP_XSAVE2));
+  vcpu.xsave_bytes_ = std::max(sizeof(uapi::XsaveRegion), xsave2);
+  return vcpu;
+}
+
+Status Vm::create_irqchip() {
+  if (vcpus_created_ > 0) return fail("KVM_CREATE_IRQCHIP: must be created before any vCPU");
+  if (::ioctl(fd_.get(), KVM_CREATE_IRQCHIP, 0) < 0) return fail_sys("KVM_CREATE_IRQCHIP");
+  irqchip_ = true;
+  return {};
 }
 
 Result<std::uint32_t> Vm::reset_dirty_rings() {

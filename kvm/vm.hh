@@ -39,6 +39,11 @@ class Vm {
   // kernel tracks writes (ring or bitmap) for that slot.
   Status set_memory_region(const GuestRegion& region, bool log_dirty);
 
+  // KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and a LAPIC per vCPU. Like
+  // the dirty ring, the kernel only accepts it before the first vCPU.
+  Status create_irqchip();
+  bool has_irqchip() const { return irqchip_; }
+
   Result<Vcpu> create_vcpu(std::uint32_t id);
 
   // KVM_RESET_DIRTY_RINGS: re-arms write protection for every harvested
@@ -55,6 +60,7 @@ class Vm {
   DirtyRingMode ring_mode_ = DirtyRingMode::kOff;
   std::uint32_t ring_bytes_ = 0;
   std::uint32_t vcpus_created_ = 0;
+  bool irqchip_ = false;
 };
 
 }  // namespace ferry::kvm

@@ -75,6 +75,13 @@ std::vector<Check> check_kvm(const std::string& device) {
     return out;
   }
   out.push_back(make("create_vm", Level::kOk, "a VM can be created", "", true));
+  if (auto slow = kvm::kvm_emulates_guests_reason()) {
+    out.push_back(make("hardware_virt", Level::kWarn, fmt::format("{}; guests run hundreds of times slower", *slow),
+                       "for real workloads use a host with VT-x/AMD-V; tools/kvm-sandbox is faster than this KVM",
+                       false));
+  } else {
+    out.push_back(make("hardware_virt", Level::kOk, "guests run on hardware virtualization", "", true));
+  }
 
   // Dirty logging: the ring is Ferry's default; the bitmap is the fallback.
   const int ring = vm->check_extension(KVM_CAP_DIRTY_LOG_RING);
