@@ -14,7 +14,7 @@ extern "C" const unsigned char ferry_guest_image_end[];
 namespace ferry::kvm {
 namespace {
 
-static_assert(sizeof(fg_params) == 80, "guest ABI drifted");
+static_assert(sizeof(fg_params) == 88, "guest ABI drifted");
 static_assert(sizeof(fg_status) == 64, "guest ABI drifted");
 static_assert(sizeof(fg_page_header) == 32, "guest ABI drifted");
 
@@ -80,6 +80,7 @@ Status load_test_guest(GuestRegion& ram, const TestGuestOptions& o, std::uint32_
   p.heartbeat_ticks = tsc_khz;  // 1 ms
   p.max_rewrites = o.max_rewrites;
   p.seed = o.seed;
+  p.poweroff_when_done = o.poweroff_when_done ? 1 : 0;
   put(ram, FG_PARAMS_GPA, p, tracker);
   const fg_status zero[FG_MAX_VCPUS] = {};
   put(ram, FG_STATUS_GPA, zero, tracker);
@@ -132,6 +133,20 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
   const kvm_run& run = vcpu.run();
   if (run.exit_reason == KVM_EXIT_SHUTDOWN) return fail("test guest on vCPU {} crashed (triple fault)", vcpu.id());
   if (run.exit_reason == KVM_EXIT_HLT) return ExitAction::kStop;  // the guest's terminal halt
+  if (run.exit_reason == KVM_EXIT_IO && run.io.port >= kCom1Base && run.io.port < kCom1Base + 8 && run.io.size == 1) {
+    auto* data = reinterpret_cast<std::uint8_t*>(const_cast<kvm_run*>(&run)) + run.io.data_offset;
+    const auto offset = static_cast<std::uint16_t>(run.io.port - kCom1Base);
+    for (std::uint32_t i = 0; i < run.io.count; ++i) {
+      // No UART attached: like an empty ISA slot, reads float to 0xff
+      // (which also reads as "transmitter ready") and writes vanish.
+      if (run.io.direction == KVM_EXIT_IO_OUT) {
+        if (serial_) serial_->write(offset, data[i]);
+      } else {
+        data[i] = serial_ ? serial_->read(offset) : 0xff;
+      }
+    }
+    return ExitAction::kContinue;
+  }
   if (run.exit_reason != KVM_EXIT_IO || run.io.direction != KVM_EXIT_IO_OUT || run.io.size != 4)
     return fail("test guest: unexpected exit {} on vCPU {}", run.exit_reason, vcpu.id());
   std::uint32_t value = 0;
@@ -150,7 +165,13 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
       ++f_.ready;
       return ExitAction::kContinue;
     case FG_PORT_DONE:
+      // Keep running: the guest may still power off, then halts for good
+      // (the HLT exit stops this vCPU).
       ++f_.done;
+      return ExitAction::kContinue;
+    case FG_PORT_POWEROFF:
+      f_.powered_off = true;
+      if (on_poweroff_) on_poweroff_();
       return ExitAction::kStop;
     case FG_PORT_FAIL: {
       const auto s = read_test_guest_status(ram_, value);

@@ -3,6 +3,7 @@
 // building the long-mode environment it is entered in, and watching its
 // ports (heartbeats, verification failures, completion).
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -11,6 +12,7 @@
 
 #include "base/error.hh"
 #include "kvm/guest/guest_abi.h"
+#include "kvm/devices/serial.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/vcpu.hh"
 #include "kvm/vcpu_runner.hh"
@@ -28,6 +30,7 @@ struct TestGuestOptions {
   double rate_mib_s = 0;  // whole VM; 0 = as fast as the vCPUs go
   std::uint64_t max_rewrites = 0;  // per vCPU; 0 = forever
   std::uint64_t seed = 1;
+  bool poweroff_when_done = false;  // the last vCPU to finish powers the VM off
 };
 
 // The embedded guest image (built from kvm/guest/guest.c by CMake).
@@ -57,7 +60,11 @@ fg_status read_test_guest_status(const GuestRegion& ram, std::uint32_t cpu);
 // saw (what migration downtime is measured by).
 class TestGuestMonitor {
  public:
-  explicit TestGuestMonitor(const GuestRegion& ram) : ram_(ram) {}
+  // `serial` (optional) receives the guest's COM1 port I/O; `on_poweroff`
+  // runs on the vCPU thread that powered off (e.g. VcpuRunner::request_stop).
+  explicit TestGuestMonitor(const GuestRegion& ram, Serial* serial = nullptr,
+                            std::function<void()> on_poweroff = {})
+      : ram_(ram), serial_(serial), on_poweroff_(std::move(on_poweroff)) {}
 
   // An ExitHandler for VcpuRunner: ports are handled, DONE stops the vCPU,
   // FAIL and anything unexpected (a triple fault, an unknown port) is an
@@ -70,6 +77,7 @@ class TestGuestMonitor {
     std::chrono::nanoseconds max_gap{0};
     std::uint32_t ready = 0;
     std::uint32_t done = 0;
+    bool powered_off = false;
   };
   Figures figures() const;
   // Forget the gap history (e.g. to measure only across one pause).
@@ -77,6 +85,8 @@ class TestGuestMonitor {
 
  private:
   const GuestRegion& ram_;
+  Serial* serial_ = nullptr;
+  std::function<void()> on_poweroff_;
   mutable std::mutex mu_;
   Figures f_;
   std::chrono::steady_clock::time_point last_beat_{};

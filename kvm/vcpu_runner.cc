@@ -51,8 +51,13 @@ VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler) : handler_
     set_immediate_exit(*v, false);
     slots_.push_back(std::move(s));
   }
+  std::lock_guard lock(mu_);  // threads start only once every handle is recorded
   live_ = slots_.size();
-  for (auto& s : slots_) s->thread = std::thread([this, slot = s.get()] { thread_main(*slot); });
+  for (auto& s : slots_) {
+    s->thread = std::thread([this, slot = s.get()] { thread_main(*slot); });
+    s->handle = s->thread.native_handle();
+    s->alive = true;
+  }
 }
 
 VcpuRunner::~VcpuRunner() {
@@ -89,15 +94,19 @@ void VcpuRunner::thread_main(Slot& slot) {
   }
   std::lock_guard lock(mu_);
   slot.result = std::move(result);
+  slot.alive = false;
   --live_;
   cv_.notify_all();  // a pause() waiting for acks counts live threads only
 }
 
 void VcpuRunner::kick_all() {
   // Order matters: immediate_exit first, then the signal (see the header).
+  // Under mu_, so no thread can finish (and be joined) between the alive
+  // check and the signal; callable from any thread, a vCPU's included.
+  std::lock_guard lock(mu_);
   for (auto& s : slots_) set_immediate_exit(*s->vcpu, true);
   for (auto& s : slots_)
-    if (s->thread.joinable()) ::pthread_kill(s->thread.native_handle(), kKickSignal);
+    if (s->alive) ::pthread_kill(s->handle, kKickSignal);
 }
 
 Status VcpuRunner::pause(std::chrono::milliseconds timeout) {
@@ -136,13 +145,17 @@ std::vector<Status> VcpuRunner::join() {
   return out;
 }
 
-std::vector<Status> VcpuRunner::stop_and_join() {
+void VcpuRunner::request_stop() {
   {
     std::lock_guard lock(mu_);
     stop_requested_ = true;
     cv_.notify_all();
   }
   kick_all();
+}
+
+std::vector<Status> VcpuRunner::stop_and_join() {
+  request_stop();
   return join();
 }
 

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <pthread.h>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -46,6 +47,10 @@ class VcpuRunner {
   void resume();
   bool paused() const;
 
+  // Asks every vCPU thread to end and kicks them; does not wait. Safe to
+  // call from a vCPU thread (an exit handler powering the VM off).
+  void request_stop();
+
   // Asks every vCPU thread to end (kicking them), then waits for them.
   // Returns each vCPU's outcome: ok, or the error that stopped it.
   std::vector<Status> stop_and_join();
@@ -59,6 +64,8 @@ class VcpuRunner {
   struct Slot {
     Vcpu* vcpu = nullptr;
     std::thread thread;
+    pthread_t handle{};  // for kicks: read without touching `thread`
+    bool alive = false;  // guarded by mu_; a kick only goes to a live thread
     std::atomic<std::uint64_t> exits{0};
     Status result;
   };

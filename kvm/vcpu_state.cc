@@ -74,9 +74,12 @@ Result<std::size_t> msr_io(const Vcpu& vcpu, unsigned long request, MsrBatch& ba
   return static_cast<std::size_t>(*r);
 }
 
+// MSRs in KVM's save list that are not vCPU state (see capture_vcpu_state).
+constexpr std::uint32_t kNotVcpuState[] = {msr::kHvTimeRefCount};
+
 Result<std::vector<kvm_msr_entry>> capture_msrs(const Vcpu& vcpu, const std::vector<std::uint32_t>& indices) {
   std::vector<std::uint32_t> todo;
-  std::unordered_set<std::uint32_t> seen;
+  std::unordered_set<std::uint32_t> seen(std::begin(kNotVcpuState), std::end(kNotVcpuState));
   for (auto i : indices)
     if (seen.insert(i).second) todo.push_back(i);
 
@@ -138,22 +141,21 @@ Status restore_msrs(const Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs) {
 // ---- CPUID ----
 
 Result<std::vector<kvm_cpuid_entry2>> capture_cpuid(const Vcpu& vcpu) {
+  // KVM_GET_CPUID2 reports the table's size badly: a failing call (E2BIG,
+  // "buffer too small") never copies the count back, and before Linux 6.4 a
+  // successful one leaves nent as the caller's capacity (Debian 12's 6.1
+  // answered "256" for a 30-entry table). So ask with room for the maximum
+  // and mark every slot first: the table ends at the first unwritten slot
+  // (a real entry never has flag bits beyond the three KVM defines).
   auto table = std::make_unique<CpuidTable>();
-  // Ask with room for none first: the kernel answers E2BIG and the real
-  // count. Needed because before Linux 6.4 a *successful* KVM_GET_CPUID2
-  // leaves nent as the caller's capacity (Debian 12's 6.1 does: a
-  // 256-entry buffer came back claiming 256 entries for a 30-entry table).
-  table->header.nent = 0;
-  if (::ioctl(vcpu.fd(), uapi::kGetCpuid2, table.get()) == 0) return std::vector<kvm_cpuid_entry2>{};
-  if (errno != E2BIG) {
-    const int e = errno;
-    return std::unexpected(sys_error(fmt::format("KVM_GET_CPUID2 (count) on vCPU {}", vcpu.id()), e));
-  }
-  const std::uint32_t n = table->header.nent;
-  if (n > kMaxCpuidEntries) return fail("KVM_GET_CPUID2 on vCPU {}: {} entries (limit {})", vcpu.id(), n, kMaxCpuidEntries);
-  table->header.nent = n;
+  kvm_cpuid_entry2 unwritten{};
+  std::memset(&unwritten, 0xff, sizeof unwritten);
+  std::fill(std::begin(table->entries), std::end(table->entries), unwritten);
+  table->header.nent = kMaxCpuidEntries;
   if (auto r = vcpu_ioctl(vcpu, uapi::kGetCpuid2, table.get(), "KVM_GET_CPUID2"); !r) return std::unexpected(r.error());
-  return std::vector<kvm_cpuid_entry2>(table->entries, table->entries + n);
+  const kvm_cpuid_entry2* end = std::find_if(table->entries, table->entries + std::min<std::size_t>(table->header.nent, kMaxCpuidEntries),
+                                 [&](const kvm_cpuid_entry2& e) { return std::memcmp(&e, &unwritten, sizeof e) == 0; });
+  return std::vector<kvm_cpuid_entry2>(static_cast<const kvm_cpuid_entry2*>(table->entries), end);
 }
 
 Status restore_cpuid(const Vcpu& vcpu, const std::vector<kvm_cpuid_entry2>& cpuid) {

@@ -42,6 +42,7 @@ inline constexpr std::uint32_t kVcpuStateVersion = 1;
 // save, KVM_MAX_CPUID_ENTRIES = 256 and an AMX XSAVE area is ~11 KiB).
 inline constexpr std::size_t kMaxVcpuMsrs = 4096;
 inline constexpr std::size_t kMaxCpuidEntries = 256;
+inline constexpr std::size_t kMinXsaveBytes = 4096;  // the legacy struct kvm_xsave
 inline constexpr std::size_t kMaxXsaveBytes = 64 * 1024;
 inline constexpr std::size_t kLapicBytes = sizeof(kvm_lapic_state);  // 1024
 
@@ -70,11 +71,15 @@ struct VcpuState {
 // I/O instruction and the destination would execute it a second time.
 //
 // msr_indices is normally Kvm::msr_index_list(): every MSR this KVM can save.
-// Capture keeps those the vCPU lets the host read and drops the others
-// (logged at debug level): KVM_GET_MSRS stops at the first index it refuses
-// (typically an MSR of a feature that is absent from this vCPU's CPUID or
-// from the host), and a value the kernel will not read is not guest state
-// that can move. Duplicate indices are read once.
+// Capture drops (logged at debug level):
+//  - MSRs the vCPU does not let the host read: KVM_GET_MSRS stops at the
+//    first index it refuses (typically an MSR of a feature absent from this
+//    vCPU's CPUID or from the host), and a value the kernel will not read is
+//    not guest state that can move;
+//  - HV_X64_MSR_TIME_REF_COUNT: a view of the VM-wide kvmclock (time since
+//    VM creation), not vCPU state; KVM ignores host writes to it, and it
+//    moves with the VM's clock (KVM_SET_CLOCK).
+// Duplicate indices are read once.
 Result<VcpuState> capture_vcpu_state(Vcpu& vcpu, const std::vector<std::uint32_t>& msr_indices);
 
 // Writes `state` into `vcpu`, which should be freshly created in a VM of the
@@ -122,6 +127,8 @@ inline constexpr std::uint32_t kKernelGsBase = 0xc0000102;
 inline constexpr std::uint32_t kTscAux = 0xc0000103;
 inline constexpr std::uint32_t kKvmAsyncPfEn = 0x4b564d02;
 inline constexpr std::uint32_t kKvmAsyncPfInt = 0x4b564d06;
+inline constexpr std::uint32_t kHvVpRuntime = 0x40000010;     // Hyper-V: this vCPU's run time (100 ns)
+inline constexpr std::uint32_t kHvTimeRefCount = 0x40000020;  // Hyper-V: VM-wide reference counter
 }  // namespace msr
 
 }  // namespace ferry::kvm

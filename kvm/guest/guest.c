@@ -21,6 +21,28 @@ __asm__(".section .text.entry, \"ax\"\n"
 
 static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
 
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) {
+  uint8_t v;
+  __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+
+/* Console output on COM1, polling LSR.THRE like any early console. */
+static void putc_serial(char c) {
+  while (!(inb(FG_COM1 + 5) & 0x20)) __asm__ volatile("pause");
+  outb(FG_COM1, (uint8_t)c);
+}
+static void puts_serial(const char* s) {
+  while (*s) putc_serial(*s++);
+}
+static void putu_serial(uint64_t v) {
+  char buf[21];
+  int n = 0;
+  do buf[n++] = (char)('0' + v % 10); while ((v /= 10) && n < 20);
+  while (n) putc_serial(buf[--n]);
+}
+
 static inline uint64_t rdtsc(void) {
   uint32_t lo, hi;
   __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
@@ -74,6 +96,13 @@ void guest_main(uint64_t cpu) {
   volatile struct fg_status* st = (volatile struct fg_status*)FG_STATUS_GPA + cpu;
   if (prm->magic != FG_MAGIC || cpu >= prm->vcpus || cpu >= FG_MAX_VCPUS) return;
   outl(FG_PORT_READY, (uint32_t)cpu);
+  if (cpu == 0) {
+    puts_serial("ferry test guest: ");
+    putu_serial(prm->vcpus);
+    puts_serial(" vCPUs, ");
+    putu_serial(prm->ws_pages);
+    puts_serial(prm->workload == FG_DIRTY ? " pages to dirty\n" : " pages, idle\n");
+  }
 
   /* This vCPU's slice of the working set: pages [first, first + count). */
   const uint64_t per = prm->ws_pages / prm->vcpus;
@@ -131,6 +160,8 @@ void guest_main(uint64_t cpu) {
     st->rewrites++;
     if (prm->max_rewrites && st->rewrites >= prm->max_rewrites) {
       outl(FG_PORT_DONE, (uint32_t)cpu);
+      const uint32_t finished = __atomic_add_fetch(&((struct fg_params*)prm)->finished, 1, __ATOMIC_SEQ_CST);
+      if (prm->poweroff_when_done && finished == prm->vcpus) outl(FG_PORT_POWEROFF, 0);
       return;
     }
   }

@@ -26,6 +26,8 @@
 #define FG_PORT_FAIL 0x501      /* a verification failed: value = vCPU; details in its status */
 #define FG_PORT_READY 0x502     /* value = vCPU: entered guest_main */
 #define FG_PORT_DONE 0x503      /* value = vCPU: max_rewrites reached, then halts */
+#define FG_PORT_POWEROFF 0x504  /* the last vCPU to finish powers the VM off (when asked to) */
+#define FG_COM1 0x3f8           /* 8250 UART: the guest prints a banner there */
 
 #define FG_MAGIC 0x46455252594755ull /* "FERRYGU" */
 
@@ -45,6 +47,8 @@ struct fg_params {
   uint64_t heartbeat_ticks; /* TSC ticks between heartbeats (about 1 ms) */
   uint64_t max_rewrites;    /* per vCPU; 0 = run forever */
   uint64_t seed;            /* for FG_RANDOM / FG_HOTCOLD */
+  uint32_t poweroff_when_done; /* 1: the last vCPU to reach max_rewrites powers off */
+  uint32_t finished;        /* vCPUs that reached max_rewrites (guest-maintained) */
 };
 
 /* Per-vCPU status the guest keeps up to date in its own memory; the VMM

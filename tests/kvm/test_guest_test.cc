@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <thread>
 
 #include <fmt/format.h>
@@ -29,7 +31,7 @@ struct GuestVm {
   fg_status status(std::uint32_t cpu) const { return read_test_guest_status(ram, cpu); }
 };
 
-Result<std::unique_ptr<GuestVm>> boot(const TestGuestOptions& o) {
+Result<std::unique_ptr<GuestVm>> boot(const TestGuestOptions& o, Serial* serial = nullptr) {
   auto ram = GuestRegion::create(0, 0, test_guest_min_memory(o), "ram");
   if (!ram) return std::unexpected(ram.error());
   auto kvm = Kvm::open();
@@ -49,7 +51,10 @@ Result<std::unique_ptr<GuestVm>> boot(const TestGuestOptions& o) {
   if (auto ok = load_test_guest(g->ram, o, *khz); !ok) return std::unexpected(ok.error());
   for (std::uint32_t i = 0; i < o.vcpus; ++i)
     if (auto ok = enter_test_guest(g->vcpus[i], i); !ok) return std::unexpected(ok.error());
-  g->monitor = std::make_unique<TestGuestMonitor>(g->ram);
+  // Power-off stops every vCPU; the runner does not exist yet, so the
+  // callback goes through the GuestVm that will own it.
+  auto* gp = g.get();
+  g->monitor = std::make_unique<TestGuestMonitor>(g->ram, serial, [gp] { gp->runner->request_stop(); });
   std::vector<Vcpu*> ptrs;
   for (auto& v : g->vcpus) ptrs.push_back(&v);
   auto* mon = g->monitor.get();
@@ -157,6 +162,27 @@ TEST(TestGuest, GuestCatchesAPageCorruptedBehindItsBack) {
             std::string::npos)
       << results[0].error().what();
   EXPECT_EQ((*g)->status(0).failures, 1u);
+}
+
+TEST(TestGuest, PrintsOnTheSerialConsoleAndPowersOff) {
+  std::mutex mu;
+  std::string console;
+  Serial com1([&](std::string_view s) {
+    std::lock_guard lock(mu);
+    console += s;
+  });
+  TestGuestOptions o;
+  o.vcpus = 2;
+  o.working_set_mib = 1;
+  o.max_rewrites = 100;
+  o.poweroff_when_done = true;
+  auto g = boot(o, &com1);
+  ASSERT_TRUE(g) << g.error().what();
+  for (const auto& st : (*g)->runner->join()) ASSERT_TRUE(st) << st.error().what();
+  EXPECT_TRUE((*g)->monitor->figures().powered_off);
+  EXPECT_EQ((*g)->monitor->figures().done, 2u);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(console, "ferry test guest: 2 vCPUs, 256 pages to dirty\n");
 }
 
 TEST(TestGuest, RefusesLayoutsThatDoNotFit) {
