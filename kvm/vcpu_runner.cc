@@ -68,7 +68,10 @@ void VcpuRunner::thread_main(Slot& slot) {
   Vcpu& v = *slot.vcpu;
   Status result;
   for (;;) {
-    {
+    // A thread that reads false here just before a pause is requested is
+    // still caught: the pauser sets immediate_exit before signalling, so the
+    // KVM_RUN below returns at once (see kick_all).
+    if (attention_.load(std::memory_order_acquire)) {
       std::unique_lock lock(mu_);
       if (pause_requested_ && !stop_requested_) {
         ++acked_;
@@ -114,6 +117,7 @@ Status VcpuRunner::pause(std::chrono::milliseconds timeout) {
     std::lock_guard lock(mu_);
     if (stop_requested_) return fail("vCPU runner: pause after stop");
     pause_requested_ = true;
+    attention_.store(true, std::memory_order_release);
   }
   kick_all();
   std::unique_lock lock(mu_);
@@ -128,6 +132,7 @@ void VcpuRunner::resume() {
   // KVM_RUN, and a later pause() sets it again before kicking.
   for (auto& s : slots_) set_immediate_exit(*s->vcpu, false);
   pause_requested_ = false;
+  attention_.store(stop_requested_, std::memory_order_release);
   cv_.notify_all();
 }
 
@@ -149,6 +154,7 @@ void VcpuRunner::request_stop() {
   {
     std::lock_guard lock(mu_);
     stop_requested_ = true;
+    attention_.store(true, std::memory_order_release);
     cv_.notify_all();
   }
   kick_all();

@@ -80,6 +80,9 @@ class VcpuRunner {
   std::condition_variable cv_;
   bool pause_requested_ = false;
   bool stop_requested_ = false;
+  // pause_requested_ || stop_requested_, readable without the lock: the run
+  // loop checks it on every exit and takes mu_ only when it is set.
+  std::atomic<bool> attention_{false};
   std::size_t acked_ = 0;  // live threads parked in the pause
   std::size_t live_ = 0;   // threads still running their loop
   bool joined_ = false;
