@@ -1,18 +1,21 @@
 // Capture and restore of x86 vCPU state: the ioctls and, above all, their
-// order. Encoding is in vcpu_state_codec.cc, comparison in vcpu_state_diff.cc.
+// order. Encoding and comparison are in vcpu_state_codec.cc.
 #include "kvm/vcpu_state.hh"
 
 #include <sys/ioctl.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <string_view>
 #include <unordered_set>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include "kvm/exit_reason.hh"
 #include "kvm/uapi.hh"
 #include "kvm/vcpu.hh"
 
@@ -88,7 +91,8 @@ Result<std::vector<kvm_msr_entry>> capture_msrs(const Vcpu& vcpu, const std::vec
   std::vector<std::uint32_t> dropped;
   for (std::size_t pos = 0; pos < todo.size();) {
     const std::size_t n = std::min(kMsrsPerIoctl, todo.size() - pos);
-    for (std::size_t k = 0; k < n; ++k) batch->entries[k] = kvm_msr_entry{.index = todo[pos + k], .reserved = 0, .data = 0};
+    for (std::size_t k = 0; k < n; ++k)
+      batch->entries[k] = kvm_msr_entry{.index = todo[pos + k], .reserved = 0, .data = 0};
     auto r = msr_io(vcpu, uapi::kGetMsrs, *batch, n, "KVM_GET_MSRS");
     if (!r) return std::unexpected(r.error());
     if (*r > n) return fail("KVM_GET_MSRS on vCPU {}: kernel read {} of {} MSRs", vcpu.id(), *r, n);
@@ -153,9 +157,12 @@ Result<std::vector<kvm_cpuid_entry2>> capture_cpuid(const Vcpu& vcpu) {
   std::fill(std::begin(table->entries), std::end(table->entries), unwritten);
   table->header.nent = kMaxCpuidEntries;
   if (auto r = vcpu_ioctl(vcpu, uapi::kGetCpuid2, table.get(), "KVM_GET_CPUID2"); !r) return std::unexpected(r.error());
-  const kvm_cpuid_entry2* end = std::find_if(table->entries, table->entries + std::min<std::size_t>(table->header.nent, kMaxCpuidEntries),
-                                 [&](const kvm_cpuid_entry2& e) { return std::memcmp(&e, &unwritten, sizeof e) == 0; });
-  return std::vector<kvm_cpuid_entry2>(static_cast<const kvm_cpuid_entry2*>(table->entries), end);
+  const kvm_cpuid_entry2* first = table->entries;
+  const kvm_cpuid_entry2* end = std::find_if(first, first + std::min<std::size_t>(table->header.nent, kMaxCpuidEntries),
+                                             [&](const kvm_cpuid_entry2& e) {
+                                               return std::memcmp(&e, &unwritten, sizeof e) == 0;
+                                             });
+  return std::vector<kvm_cpuid_entry2>(first, end);
 }
 
 Status restore_cpuid(const Vcpu& vcpu, const std::vector<kvm_cpuid_entry2>& cpuid) {
@@ -176,7 +183,8 @@ Result<std::vector<std::byte>> capture_xsave(const Vcpu& vcpu) {
   // Up to 4 KiB KVM_GET_XSAVE says the same as KVM_GET_XSAVE2 and exists on
   // every kernel; KVM_GET_XSAVE refuses (EINVAL) vCPUs with larger areas.
   const bool big = size > sizeof(uapi::XsaveRegion);
-  auto r = vcpu_ioctl(vcpu, big ? uapi::kGetXsave2 : uapi::kGetXsave, buf.data(), big ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE");
+  auto r = big ? vcpu_ioctl(vcpu, uapi::kGetXsave2, buf.data(), "KVM_GET_XSAVE2")
+               : vcpu_ioctl(vcpu, uapi::kGetXsave, buf.data(), "KVM_GET_XSAVE");
   if (!r) return std::unexpected(r.error());
   std::vector<std::byte> out(size);
   std::memcpy(out.data(), buf.data(), size);
@@ -189,9 +197,10 @@ Status restore_xsave(const Vcpu& vcpu, std::span<const std::byte> area) {
   // host without dynamic features) is zero-extended: those components stay
   // in their init state. A larger one fits only if the excess is unused.
   const std::size_t size = vcpu.xsave_bytes();
-  if (area.size() < sizeof(uapi::XsaveRegion)) return fail("XSAVE area of {} bytes is below the 4096-byte minimum", area.size());
-  if (area.size() > size &&
-      std::any_of(area.begin() + static_cast<std::ptrdiff_t>(size), area.end(), [](std::byte b) { return b != std::byte{0}; }))
+  if (area.size() < kMinXsaveBytes)
+    return fail("XSAVE area of {} bytes is below the {}-byte minimum", area.size(), kMinXsaveBytes);
+  const auto excess = area.size() > size ? area.subspan(size) : std::span<const std::byte>{};
+  if (std::any_of(excess.begin(), excess.end(), [](std::byte b) { return b != std::byte{0}; }))
     return fail("XSAVE area of {} bytes holds state beyond vCPU {}'s {}-byte area (dynamic xfeatures missing here)",
                 area.size(), vcpu.id(), size);
   std::vector<std::uint32_t> buf((size + 3) / 4);
@@ -220,9 +229,27 @@ Status restore_lapic(const Vcpu& vcpu, const std::optional<kvm_lapic_state>& lap
     return fail("vCPU {}: the state has an in-kernel LAPIC but this VM has none (Vm::create_irqchip before the vCPUs)",
                 vcpu.id());
   if (!lapic && *here)
-    return fail("vCPU {}: the state has no in-kernel LAPIC but this VM has one (the source VM had no irqchip)", vcpu.id());
+    return fail("vCPU {}: the state has no in-kernel LAPIC but this VM has one (the source VM had no irqchip)",
+                vcpu.id());
   if (lapic) return set(vcpu, KVM_SET_LAPIC, *lapic, "KVM_SET_LAPIC");
   return {};
+}
+
+// Exits whose instruction KVM finishes only when KVM_RUN is next entered
+// (api.rst, struct kvm_run): until then RIP may still point at it (kvm-amd
+// leaves it on an OUT; PVM's emulator has already moved past).
+bool exit_is_incomplete(std::uint32_t reason) {
+  switch (reason) {
+    case KVM_EXIT_IO:
+    case KVM_EXIT_MMIO:
+    case KVM_EXIT_HYPERCALL:
+    case KVM_EXIT_X86_RDMSR:
+    case KVM_EXIT_X86_WRMSR:
+    case KVM_EXIT_XEN:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -232,15 +259,13 @@ int msr_restore_rank(std::uint32_t index) {
     // QEMU writes it first: it decides whether VMX MSRs and nested state
     // are accepted at all.
     case msr::kFeatureControl: return 0;
-    // MSR_KVM_ASYNC_PF_EN validates against (and arms delivery through) the
-    // vector in MSR_KVM_ASYNC_PF_INT, so the vector must be there first;
-    // KVM's index list has them the other way round.
+    // Enabling MSR_KVM_ASYNC_PF_EN queues a "wake up all" notification that
+    // KVM delivers through the vector in MSR_KVM_ASYNC_PF_INT, so the vector
+    // goes first (as QEMU writes them); KVM's index list has them reversed.
     case msr::kKvmAsyncPfEn: return 2;
     // The deadline is an absolute guest-TSC value that KVM turns into a host
-    // timer when written: write it after IA32_TSC (else it is measured
-    // against the new vCPU's near-zero TSC) and, last of all, after
-    // everything else that could move the TSC (TSC_ADJUST is harmless since
-    // host writes to it do not touch the offset, but keep the rule simple).
+    // timer when it is written: after IA32_TSC, or it is measured against
+    // the new vCPU's near-zero TSC. Last, to be after anything else too.
     case msr::kTscDeadline: return 3;
     default: return 1;
   }
@@ -260,6 +285,10 @@ Result<VcpuState> capture_vcpu_state(Vcpu& vcpu, const std::vector<std::uint32_t
   //     state is what the other reads may have changed; the last word wins.
   VcpuState s;
   auto ctx = [&](Error e) { return std::unexpected(std::move(e).context("capture vCPU state")); };
+  if (const auto reason = vcpu.run().exit_reason; exit_is_incomplete(reason))
+    return ctx(Error(fmt::format("vCPU {} stopped at a KVM_EXIT_{} that KVM completes only on the next KVM_RUN: "
+                                 "call Vcpu::complete_pending_exit() first",
+                                 vcpu.id(), exit_reason_name(reason))));
   if (auto ok = get(vcpu, KVM_GET_MP_STATE, s.mp_state, "KVM_GET_MP_STATE"); !ok) return ctx(ok.error());
   if (auto ok = get(vcpu, KVM_GET_REGS, s.regs, "KVM_GET_REGS"); !ok) return ctx(ok.error());
   if (auto ok = get(vcpu, KVM_GET_SREGS, s.sregs, "KVM_GET_SREGS"); !ok) return ctx(ok.error());
@@ -298,8 +327,8 @@ Status restore_vcpu_state(Vcpu& vcpu, const VcpuState& s) {
   //     restores components XCR0 enables).
   //  5. XSAVE, then DEBUGREGS (no dependencies beyond CPUID).
   //  6. LAPIC: after SREGS (APIC_BASE, above) and before MSRs, because KVM
-  //     accepts IA32_TSC_DEADLINE only while the LVT timer is in
-  //     TSC-deadline mode, which the LAPIC registers set.
+  //     silently drops an IA32_TSC_DEADLINE write unless the LVT timer is
+  //     already in TSC-deadline mode, which the LAPIC registers set.
   //  7. MSRs, in msr_restore_rank order (IA32_TSC before TSC_DEADLINE,
   //     ASYNC_PF_INT before ASYNC_PF_EN).
   //  8. MP_STATE late (Firecracker sets it first; we follow QEMU): on the
@@ -312,7 +341,9 @@ Status restore_vcpu_state(Vcpu& vcpu, const VcpuState& s) {
   //     that clears or queues events.
   // Guest memory must already be registered (step 7: kvmclock, steal time
   // and async-PF MSRs are guest addresses that KVM resolves when written).
-  auto ctx = [&](Error e) { return std::unexpected(std::move(e).context(fmt::format("restore vCPU {} state", vcpu.id()))); };
+  auto ctx = [&](Error e) {
+    return std::unexpected(std::move(e).context(fmt::format("restore vCPU {} state", vcpu.id())));
+  };
   if (!s.cpuid.empty())
     if (auto ok = restore_cpuid(vcpu, s.cpuid); !ok) return ctx(ok.error());
   if (auto ok = set(vcpu, KVM_SET_REGS, s.regs, "KVM_SET_REGS"); !ok) return ctx(ok.error());

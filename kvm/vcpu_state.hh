@@ -66,9 +66,10 @@ struct VcpuState {
 };
 
 // Reads the state of a vCPU that is not running (its thread is parked, e.g.
-// by VcpuRunner::pause). If its last exit was KVM_EXIT_IO or _MMIO, call
-// Vcpu::complete_pending_exit() first: otherwise RIP still points at the
-// I/O instruction and the destination would execute it a second time.
+// by VcpuRunner::pause). Refuses a vCPU whose last exit was KVM_EXIT_IO,
+// _MMIO (and the other exits KVM completes on the next KVM_RUN): call
+// Vcpu::complete_pending_exit() first, or RIP may still point at the I/O
+// instruction and the destination would execute it a second time.
 //
 // msr_indices is normally Kvm::msr_index_list(): every MSR this KVM can save.
 // Capture drops (logged at debug level):

@@ -290,7 +290,8 @@ Status take_lapic(ByteReader& r, std::optional<kvm_lapic_state>& lapic) {
 
 Status take_events(ByteReader& r, kvm_vcpu_events& e) {
   if (auto ok = visit_events(e, [&](const char* name, auto& field) { return take(r, field, name); }); !ok) return ok;
-  if (e.flags & ~kKnownEventFlags) return fail("flags {:#x} has unknown bits {:#x}", e.flags, e.flags & ~kKnownEventFlags);
+  if (e.flags & ~kKnownEventFlags)
+    return fail("flags {:#x} has unknown bits {:#x}", e.flags, e.flags & ~kKnownEventFlags);
   if ((e.exception.injected || e.exception.pending) && e.exception.nr >= 32)
     return fail("exception.nr {} is not an exception vector (0..31)", e.exception.nr);
   if (e.interrupt.shadow & ~(KVM_X86_SHADOW_INT_MOV_SS | KVM_X86_SHADOW_INT_STI))
@@ -324,7 +325,9 @@ class Differ {
  public:
   template <class T>
   void scalar(const std::string& name, T a, T b) {
-    if (a != b) out_.push_back(fmt::format("{}: {:#x} != {:#x}", name, static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b)));
+    if (a == b) return;
+    out_.push_back(
+        fmt::format("{}: {:#x} != {:#x}", name, static_cast<std::uint64_t>(a), static_cast<std::uint64_t>(b)));
   }
   void note(std::string line) { out_.push_back(std::move(line)); }
   void bytes(const std::string& name, std::span<const std::byte> a, std::span<const std::byte> b) {
@@ -396,7 +399,8 @@ Result<VcpuState> decode_vcpu_state(std::span<const std::byte> bytes) {
   std::uint32_t version = 0;
   if (auto ok = take(r, version, "version"); !ok) return err(ok.error());
   if (version != kVcpuStateVersion)
-    return err(Error(fmt::format("version {} is not supported (this build reads version {})", version, kVcpuStateVersion)));
+    return err(Error(
+        fmt::format("version {} is not supported (this build reads version {})", version, kVcpuStateVersion)));
   Status ok = section("regs", [&]() -> Status {
     for (const auto& f : kRegs)
       if (auto st = take(r, s.regs.*f.member, f.name); !st) return st;
@@ -475,7 +479,8 @@ std::vector<std::string> vcpu_state_differences(const VcpuState& a, const VcpuSt
     for (std::size_t off = 0; off < kLapicBytes; off += 16)
       d.scalar(fmt::format("lapic[{:#x}]", off), lapic_reg(*a.lapic, off), lapic_reg(*b.lapic, off));
     if (d.count() == before)
-      d.bytes("lapic (reserved bytes)", std::as_bytes(std::span(a.lapic->regs)), std::as_bytes(std::span(b.lapic->regs)));
+      d.bytes("lapic (reserved bytes)", std::as_bytes(std::span(a.lapic->regs)),
+              std::as_bytes(std::span(b.lapic->regs)));
   }
 
   // Walk a's fields; find b's by the same name (the walk order is fixed).
@@ -493,7 +498,8 @@ std::vector<std::string> vcpu_state_differences(const VcpuState& a, const VcpuSt
 
   d.scalar("cpuid.count", a.cpuid.size(), b.cpuid.size());
   for (std::size_t i = 0; i < std::min(a.cpuid.size(), b.cpuid.size()); ++i)
-    for (const auto& f : kCpuidFields) d.scalar(fmt::format("cpuid[{}].{}", i, f.name), a.cpuid[i].*f.member, b.cpuid[i].*f.member);
+    for (const auto& f : kCpuidFields)
+      d.scalar(fmt::format("cpuid[{}].{}", i, f.name), a.cpuid[i].*f.member, b.cpuid[i].*f.member);
   return std::move(d).take();
 }
 
