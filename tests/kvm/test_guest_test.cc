@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "kvm/guest_memory.hh"
+#include "kvm/wait.hh"
 #include "kvm/system.hh"
 #include "kvm/test_guest.hh"
 #include "kvm/vcpu_runner.hh"
@@ -64,14 +65,7 @@ Result<std::unique_ptr<GuestVm>> boot(const TestGuestOptions& o, Serial* serial 
   return g;
 }
 
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return pred();
-}
+using test::wait_until;
 
 TEST(TestGuest, TwoVcpusRewriteAndVerifyTheirWorkingSet) {
   TestGuestOptions o;

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kvm/guest_memory.hh"
+#include "kvm/wait.hh"
 #include "kvm/real_mode_code.hh"
 #include "kvm/system.hh"
 #include "kvm/vcpu_runner.hh"
@@ -63,14 +64,7 @@ std::vector<Vcpu*> pointers(Machine& m) {
   return out;
 }
 
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(1ms);
-  }
-  return pred();
-}
+using test::wait_until;
 
 TEST(VcpuRunner, PauseFreezesEveryVcpuAndResumeRestartsThem) {
   constexpr std::size_t kVcpus = 2;
