@@ -6,6 +6,10 @@
 
 namespace ferry::kvm {
 
+// Whether KVM here is PVM (the kvm_pvm module): KVM without hardware
+// virtualization. `sysfs_root` is for tests.
+bool kvm_is_pvm(const std::string& sysfs_root = "/sys");
+
 // Why this host's dirty ring must not be trusted, or nullopt when it can be.
 //
 // PVM (the kvm_pvm module: KVM without hardware virtualization, found on the
@@ -15,10 +19,7 @@ namespace ferry::kvm {
 // (tests/kvm/dirty_tracker_test.cc, RingOverflowLosesNothing). A lost entry is
 // a page that live migration would never resend. The dirty bitmap on the same
 // host was exact in every run.
-std::optional<std::string> dirty_ring_unreliable_reason();
-
-// For tests: the same answer for a given sysfs root.
-std::optional<std::string> dirty_ring_unreliable_reason(const std::string& sysfs_root);
+std::optional<std::string> dirty_ring_unreliable_reason(const std::string& sysfs_root = "/sys");
 
 // PVM runs guests that are not PVM-aware (all of Ferry's, and ordinary
 // Linux) through its instruction emulator: the built-in test guest rewrote

@@ -5,9 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <set>
 
+#include "kvm/quirks.hh"
 #include "kvm/selftest.hh"
 
 namespace ferry::kvm {
@@ -80,8 +80,7 @@ TEST(DirtyRingSmoke, RingFullExitsAreHandledWithoutLosingPages) {
   // flavour of KVM (module kvm_pvm) exits later than the soft limit (no exit
   // for these 248 pages; 2 for 600), losing nothing:
   // DirtyTracker.RingOverflowLosesNothing overflows the ring on every host.
-  const bool pvm = std::filesystem::exists("/sys/module/kvm_pvm");
-  if (rep->ring_entries == 256 && !pvm) {
+  if (rep->ring_entries == 256 && !kvm_is_pvm()) {
     EXPECT_GE(r.ring_full_exits, 1u) << "248 pages through a 256-entry ring without a DIRTY_RING_FULL exit";
   }
   RecordProperty("ring_full_exits", static_cast<int>(r.ring_full_exits));

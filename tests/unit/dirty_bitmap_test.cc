@@ -80,7 +80,10 @@ TEST(KvmQuirks, PvmDirtyRingIsNotTrusted) {
   fs::remove_all(root);
   fs::create_directories(root / "module/kvm");
   EXPECT_FALSE(dirty_ring_unreliable_reason(root.string()));
+  EXPECT_FALSE(kvm_is_pvm(root.string()));
   fs::create_directories(root / "module/kvm_pvm");
+  EXPECT_TRUE(kvm_is_pvm(root.string()));
+  EXPECT_TRUE(kvm_emulates_guests_reason(root.string()));
   auto why = dirty_ring_unreliable_reason(root.string());
   fs::remove_all(root);
   ASSERT_TRUE(why);
