@@ -36,15 +36,20 @@ void set_immediate_exit(Vcpu& v, bool on) {
 
 }  // namespace
 
-Result<std::unique_ptr<VcpuRunner>> VcpuRunner::start(std::vector<Vcpu*> vcpus, ExitHandler handler) {
+Result<std::unique_ptr<VcpuRunner>> VcpuRunner::start(std::vector<Vcpu*> vcpus, ExitHandler handler,
+                                                      bool start_paused) {
   if (vcpus.empty()) return fail("vCPU runner: no vCPUs");
   if (!handler) return fail("vCPU runner: no exit handler");
   if (auto ok = install_kick_handler(); !ok) return std::unexpected(ok.error());
-  std::unique_ptr<VcpuRunner> r(new VcpuRunner(std::move(vcpus), std::move(handler)));
+  std::unique_ptr<VcpuRunner> r(new VcpuRunner(std::move(vcpus), std::move(handler), start_paused));
   return r;
 }
 
-VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler) : handler_(std::move(handler)) {
+VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused)
+    : handler_(std::move(handler)) {
+  // Set before any thread exists, so each parks before its first KVM_RUN.
+  pause_requested_ = start_paused;
+  attention_.store(start_paused, std::memory_order_release);
   for (auto* v : vcpus) {
     auto s = std::make_unique<Slot>();
     s->vcpu = v;
@@ -134,6 +139,11 @@ void VcpuRunner::resume() {
   pause_requested_ = false;
   attention_.store(stop_requested_, std::memory_order_release);
   cv_.notify_all();
+}
+
+std::size_t VcpuRunner::live() const {
+  std::lock_guard lock(mu_);
+  return live_;
 }
 
 bool VcpuRunner::paused() const {

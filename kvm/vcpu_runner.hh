@@ -34,8 +34,11 @@ using ExitHandler = std::function<Result<ExitAction>(Vcpu&)>;
 class VcpuRunner {
  public:
   // The vCPUs must outlive the runner and stay where they are (the threads
-  // hold pointers). Threads start running the guest immediately.
-  static Result<std::unique_ptr<VcpuRunner>> start(std::vector<Vcpu*> vcpus, ExitHandler handler);
+  // hold pointers). Threads start running the guest immediately, or, with
+  // start_paused, park before their first KVM_RUN until resume() (a VM
+  // restored to be inspected, or held until a migration commits).
+  static Result<std::unique_ptr<VcpuRunner>> start(std::vector<Vcpu*> vcpus, ExitHandler handler,
+                                                   bool start_paused = false);
 
   ~VcpuRunner();  // stops and joins
   VcpuRunner(const VcpuRunner&) = delete;
@@ -59,6 +62,8 @@ class VcpuRunner {
 
   std::uint64_t exits(std::size_t i) const { return slots_[i]->exits.load(std::memory_order_relaxed); }
   std::size_t size() const { return slots_.size(); }
+  // vCPU threads that have not ended (by kStop, an error or a stop request).
+  std::size_t live() const;
 
  private:
   struct Slot {
@@ -70,7 +75,7 @@ class VcpuRunner {
     Status result;
   };
 
-  VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler);
+  VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused);
   void thread_main(Slot& slot);
   void kick_all();
 

@@ -103,6 +103,15 @@ Status Vm::create_irqchip() {
   return {};
 }
 
+Status Vm::create_pit() {
+  if (!irqchip_) return fail("KVM_CREATE_PIT2: needs the in-kernel irqchip (create it first)");
+  kvm_pit_config c{};
+  c.flags = KVM_PIT_SPEAKER_DUMMY;
+  if (::ioctl(fd_.get(), KVM_CREATE_PIT2, &c) < 0) return fail_sys("KVM_CREATE_PIT2");
+  pit_ = true;
+  return {};
+}
+
 Result<std::uint32_t> Vm::reset_dirty_rings() {
   int r = ::ioctl(fd_.get(), KVM_RESET_DIRTY_RINGS, 0);
   if (r < 0) return fail_sys("KVM_RESET_DIRTY_RINGS");

@@ -43,6 +43,10 @@ class Vm {
   // the dirty ring, the kernel only accepts it before the first vCPU.
   Status create_irqchip();
   bool has_irqchip() const { return irqchip_; }
+  // KVM_CREATE_PIT2 (8254 timer at ports 0x40-0x43, IRQ 0 into the
+  // irqchip, which must exist). The PC speaker port is left to userspace.
+  Status create_pit();
+  bool has_pit() const { return pit_; }
 
   Result<Vcpu> create_vcpu(std::uint32_t id);
 
@@ -61,6 +65,7 @@ class Vm {
   std::uint32_t ring_bytes_ = 0;
   std::uint32_t vcpus_created_ = 0;
   bool irqchip_ = false;
+  bool pit_ = false;
 };
 
 }  // namespace ferry::kvm

@@ -12,5 +12,8 @@ struct Globals {
 
 void add_doctor(CLI::App& app, Globals& g);
 void add_demo(CLI::App& app, Globals& g);
+void add_run(CLI::App& app, Globals& g);
+void add_restore(CLI::App& app, Globals& g);
+void add_vm_control(CLI::App& app, Globals& g);
 
 }  // namespace ferry::cli

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   ferry::cli::add_doctor(app, g);
   ferry::cli::add_demo(app, g);
+  ferry::cli::add_run(app, g);
+  ferry::cli::add_restore(app, g);
+  ferry::cli::add_vm_control(app, g);
   app.parse_complete_callback([&] { ferry::init_logging(g.log_level); });
   try {
     app.parse(argc, argv);

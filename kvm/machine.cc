@@ -1,0 +1,365 @@
+#include "kvm/machine.hh"
+
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvm/state/bytes.hh"
+#include "kvm/state/format.hh"
+
+namespace ferry::kvm {
+namespace {
+
+using state::SectionType;
+
+// The test guest's RAM is one slot at gpa 0 and must stay below the 32-bit
+// MMIO hole, where the in-kernel IOAPIC (0xfec00000) and LAPICs
+// (0xfee00000) live: RAM mapped over them would shadow the devices.
+constexpr std::uint64_t kMaxLowRam = 3ull << 30;
+constexpr std::uint64_t kTwoMiB = 2ull << 20;
+
+Status set_mp_state(Vcpu& v, std::uint32_t state) {
+  kvm_mp_state mp{state};
+  if (::ioctl(v.fd(), KVM_SET_MP_STATE, &mp) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_SET_MP_STATE vCPU {}", v.id()), e));
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string_view run_state_name(RunState s) {
+  switch (s) {
+    case RunState::kRunning: return "running";
+    case RunState::kPaused: return "paused";
+    case RunState::kStopped: return "stopped";
+  }
+  return "?";
+}
+
+// kVmConfig v1: u32 version, u32 kind, u32 vcpus, u8 irqchip, u8 pit, u32 tsc_khz
+std::vector<std::byte> encode_vm_config(const VmConfigState& c) {
+  state::ByteWriter w;
+  w.put_u32(kVmConfigVersion);
+  w.put_u32(static_cast<std::uint32_t>(c.kind));
+  w.put_u32(c.vcpus);
+  w.put_u8(c.irqchip ? 1 : 0);
+  w.put_u8(c.pit ? 1 : 0);
+  w.put_u32(c.tsc_khz);
+  return std::move(w).take();
+}
+
+Result<VmConfigState> decode_vm_config(std::span<const std::byte> bytes) {
+  state::ByteReader r(bytes);
+  std::uint32_t version = 0, kind = 0, vcpus = 0, khz = 0;
+  std::uint8_t irqchip = 0, pit = 0;
+  if (auto ok = r.get(version); !ok) return std::unexpected(ok.error().context("VM config"));
+  if (version != kVmConfigVersion)
+    return fail("VM config: version {} is not supported (this build reads {})", version, kVmConfigVersion);
+  if (auto ok = r.get(kind, vcpus, irqchip, pit, khz); !ok) return std::unexpected(ok.error().context("VM config"));
+  if (auto ok = r.expect_end(); !ok) return std::unexpected(ok.error().context("VM config"));
+  if (kind != static_cast<std::uint32_t>(GuestKind::kTestGuest)) return fail("VM config: unknown guest kind {}", kind);
+  if (vcpus == 0 || vcpus > FG_MAX_VCPUS) return fail("VM config: {} vCPUs (1..{})", vcpus, FG_MAX_VCPUS);
+  if (irqchip > 1 || pit > 1) return fail("VM config: irqchip/pit flags must be 0 or 1");
+  if (pit && !irqchip) return fail("VM config: a PIT without an irqchip");
+  return VmConfigState{GuestKind::kTestGuest, vcpus, irqchip == 1, pit == 1, khz};
+}
+
+Machine::~Machine() {
+  if (runner_) (void)stop("VM destroyed");
+}
+
+Status Machine::create_vm(std::uint64_t memory_bytes, bool irqchip, std::uint32_t vcpus) {
+  auto kvm = Kvm::open();
+  if (!kvm) return std::unexpected(kvm.error());
+  kvm_.emplace(std::move(*kvm));
+  auto msrs = kvm_->msr_index_list();
+  if (!msrs) return std::unexpected(msrs.error());
+  msr_indices_ = std::move(*msrs);
+  auto vm = kvm_->create_vm();
+  if (!vm) return std::unexpected(vm.error());
+  vm_.emplace(std::move(*vm));
+  if (regions_.empty()) {
+    auto ram = GuestRegion::create(0, 0, memory_bytes, "ferry-ram");
+    if (!ram) return std::unexpected(ram.error());
+    regions_.push_back(std::make_unique<GuestRegion>(std::move(*ram)));
+  }
+  for (const auto& r : regions_)
+    if (auto ok = vm_->set_memory_region(*r, false); !ok) return ok;
+  // Both must exist before the first vCPU (KVM creates each vCPU's LAPIC
+  // with it, and refuses KVM_CREATE_IRQCHIP afterwards).
+  if (irqchip) {
+    if (auto ok = vm_->create_irqchip(); !ok) return ok;
+    if (auto ok = vm_->create_pit(); !ok) return ok;
+  }
+  vcpus_.reserve(vcpus);  // the runner keeps pointers: no reallocation later
+  for (std::uint32_t i = 0; i < vcpus; ++i) {
+    auto v = vm_->create_vcpu(i);
+    if (!v) return std::unexpected(v.error());
+    vcpus_.push_back(std::move(*v));
+  }
+  return {};
+}
+
+Status Machine::start_vcpus(bool paused) {
+  monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), serial_.get(),
+                                                [this] { on_vcpu_ended("the guest powered off"); });
+  std::vector<Vcpu*> ptrs;
+  for (auto& v : vcpus_) ptrs.push_back(&v);
+  auto runner = VcpuRunner::start(
+      ptrs,
+      [this](Vcpu& v) -> Result<ExitAction> {
+        auto r = monitor_->on_exit(v);
+        if (!r) {
+          on_vcpu_ended(fmt::format("vCPU {}: {}", v.id(), r.error().what()));
+        } else if (*r == ExitAction::kStop) {
+          bool all = false;
+          {
+            std::lock_guard lock(mu_);
+            all = ++halted_ == vcpus_.size();
+          }
+          if (all) on_vcpu_ended("every vCPU halted");
+        }
+        return r;
+      },
+      paused);
+  if (!runner) return std::unexpected(runner.error());
+  runner_ = std::move(*runner);
+  paused_ = paused;
+  started_ = std::chrono::steady_clock::now();
+  return {};
+}
+
+void Machine::on_vcpu_ended(const std::string& why) {
+  {
+    std::lock_guard lock(mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    stop_reason_ = why;
+  }
+  // Safe from a vCPU thread: request_stop only flags and kicks.
+  if (runner_) runner_->request_stop();
+  if (notify_) notify_();
+}
+
+Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Serial::Sink console, Notify stopped) {
+  const auto& g = config.guest;
+  std::uint64_t mem = config.memory_bytes ? config.memory_bytes : (test_guest_min_memory(g) + kTwoMiB - 1) / kTwoMiB * kTwoMiB;
+  if (mem % kPageSize) return fail("memory size {} is not a multiple of {} bytes", mem, kPageSize);
+  if (mem > kMaxLowRam)
+    return fail("the built-in test guest supports at most {} MiB of RAM (below the 32-bit MMIO hole), not {} MiB",
+                kMaxLowRam >> 20, mem >> 20);
+  std::unique_ptr<Machine> m(new Machine());
+  m->notify_ = std::move(stopped);
+  if (auto ok = m->create_vm(mem, config.irqchip, g.vcpus); !ok) return std::unexpected(ok.error());
+  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  auto khz = vcpu_tsc_khz(m->vcpus_[0]);
+  if (!khz) return std::unexpected(khz.error());
+  m->tsc_khz_ = *khz;
+  if (auto ok = load_test_guest(*m->regions_.front(), g, *khz); !ok) return std::unexpected(ok.error());
+  for (auto& v : m->vcpus_) {
+    if (auto ok = enter_test_guest(v, v.id()); !ok) return std::unexpected(ok.error());
+    // With an in-kernel LAPIC only vCPU 0 (the BSP) starts runnable; the
+    // others wait for INIT/SIPI, which this guest has no code to send. The
+    // VMM starts them directly, as it does the BSP.
+    if (config.irqchip && v.id() != 0)
+      if (auto ok = set_mp_state(v, KVM_MP_STATE_RUNNABLE); !ok) return std::unexpected(ok.error());
+  }
+  if (auto ok = m->start_vcpus(false); !ok) return std::unexpected(ok.error());
+  spdlog::info("VM started: {} vCPUs, {} MiB, {}", g.vcpus, mem >> 20,
+               config.irqchip ? "in-kernel irqchip and PIT" : "no irqchip");
+  return m;
+}
+
+Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
+                                                  bool start_paused) {
+  const auto& img = snap.image();
+  auto ctx = [&](Error e) { return std::unexpected(std::move(e).context(fmt::format("restore {}", snap.path()))); };
+  const auto* cfg_sec = img.find(SectionType::kVmConfig, 0);
+  if (!cfg_sec) return ctx(Error("no VM config section"));
+  auto cfg = decode_vm_config(cfg_sec->payload);
+  if (!cfg) return ctx(cfg.error());
+
+  std::unique_ptr<Machine> m(new Machine());
+  m->notify_ = std::move(stopped);
+  m->restored_from_ = snap.path();
+  // Memory first: vCPU MSRs (kvmclock, steal time) name guest pages.
+  for (const auto& r : snap.regions()) {
+    auto g = GuestRegion::create(r.slot, r.gpa, r.size, fmt::format("ferry-ram-{}", r.slot));
+    if (!g) return ctx(g.error());
+    auto read = snap.load_region(r, *g);
+    if (!read) return ctx(read.error());
+    spdlog::debug("slot {}: {} MiB, {} MiB read (the rest are holes)", r.slot, r.size >> 20, *read >> 20);
+    m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
+  }
+  if (m->regions_.front()->gpa() != 0) return ctx(Error("the test guest's RAM must start at gpa 0"));
+  if (auto ok = m->create_vm(0, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
+  if (cfg->pit != m->vm_->has_pit()) return ctx(Error("PIT without irqchip"));
+  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+
+  // Restore order: every vCPU (CPUID, registers, MSRs, LAPIC, events...: the
+  // per-vCPU order is in restore_vcpu_state), then the VM-wide chips and the
+  // clock last (see vm_state.hh), then devices.
+  for (auto& v : m->vcpus_) {
+    const auto* sec = img.find(SectionType::kVcpu, v.id());
+    if (!sec) return ctx(Error(fmt::format("no state for vCPU {}", v.id())));
+    auto st = decode_vcpu_state(sec->payload);
+    if (!st) return ctx(std::move(st.error()).context(fmt::format("vCPU {}", v.id())));
+    if (auto ok = restore_vcpu_state(v, *st); !ok) return ctx(std::move(ok.error()).context(fmt::format("vCPU {}", v.id())));
+  }
+  VmState vs;
+  const auto* clock = img.find(SectionType::kClock, 0);
+  if (!clock) return ctx(Error("no clock section"));
+  auto c = decode_clock_state(clock->payload);
+  if (!c) return ctx(c.error());
+  vs.clock = *c;
+  if (const auto* s = img.find(SectionType::kIrqchip, 0)) {
+    auto ic = decode_irqchip_state(s->payload);
+    if (!ic) return ctx(ic.error());
+    vs.irqchip = *ic;
+  }
+  if (const auto* s = img.find(SectionType::kPit, 0)) {
+    auto pit = decode_pit_state(s->payload);
+    if (!pit) return ctx(pit.error());
+    vs.pit = *pit;
+  }
+  if (auto ok = restore_vm_state(*m->vm_, vs); !ok) return ctx(ok.error());
+  const auto* ser = img.find(SectionType::kSerial, 0);
+  if (!ser) return ctx(Error("no serial section"));
+  auto ss = decode_serial_state(ser->payload);
+  if (!ss) return ctx(ss.error());
+  m->serial_->restore(*ss);
+
+  auto khz = vcpu_tsc_khz(m->vcpus_[0]);
+  if (!khz) return ctx(khz.error());
+  m->tsc_khz_ = *khz;
+  if (cfg->tsc_khz != *khz)
+    spdlog::warn("TSC runs at {} kHz here, {} kHz where the snapshot was taken: the guest's TSC-paced timing "
+                 "(heartbeats, dirty rate) scales by {:.3f}", *khz, cfg->tsc_khz,
+                 static_cast<double>(*khz) / cfg->tsc_khz);
+  if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
+  spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,
+               m->regions_.front()->size() >> 20, start_paused ? ", paused" : "");
+  return m;
+}
+
+Status Machine::pause() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopped_) return fail("the VM is stopped ({})", stop_reason_);
+  }
+  if (auto ok = runner_->pause(); !ok) return ok;
+  std::lock_guard lock(mu_);
+  paused_ = true;
+  return {};
+}
+
+Status Machine::resume() {
+  std::lock_guard lock(mu_);
+  if (stopped_) return fail("the VM is stopped ({})", stop_reason_);
+  runner_->resume();
+  paused_ = false;
+  return {};
+}
+
+Result<Machine::CapturedState> Machine::capture_state() {
+  {
+    std::lock_guard lock(mu_);
+    if (!paused_ && !stopped_) return fail("capture state: the VM must be paused");
+  }
+  CapturedState s;
+  for (auto& v : vcpus_) {
+    // Finish an I/O exit the handler already served, or RIP would still
+    // point at the OUT and the restored guest would execute it again.
+    if (auto ok = v.complete_pending_exit(); !ok) return std::unexpected(ok.error());
+    auto st = capture_vcpu_state(v, msr_indices_);
+    if (!st) return std::unexpected(st.error());
+    s.vcpus.push_back(std::move(*st));
+  }
+  auto vs = capture_vm_state(*vm_);
+  if (!vs) return std::unexpected(vs.error());
+  s.vm = std::move(*vs);
+  s.serial = serial_->save();
+  return s;
+}
+
+Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
+  SnapshotFigures f;
+  bool was_running;
+  {
+    std::lock_guard lock(mu_);
+    if (stopped_) return fail("snapshot: the VM is stopped ({})", stop_reason_);
+    was_running = !paused_;
+  }
+  f.was_running = was_running;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (was_running)
+    if (auto ok = pause(); !ok) return std::unexpected(ok.error());
+  auto result = [&]() -> Result<SnapshotWriteFigures> {
+    auto st = capture_state();
+    if (!st) return std::unexpected(st.error());
+    state::StateWriter w;
+    w.add(SectionType::kVmConfig, 0, kVmConfigVersion,
+          encode_vm_config({GuestKind::kTestGuest, static_cast<std::uint32_t>(vcpus_.size()), vm_->has_irqchip(),
+                            vm_->has_pit(), tsc_khz_}));
+    for (std::size_t i = 0; i < st->vcpus.size(); ++i)
+      w.add(SectionType::kVcpu, static_cast<std::uint32_t>(i), kVcpuStateVersion, encode_vcpu_state(st->vcpus[i]));
+    w.add(SectionType::kClock, 0, kClockStateVersion, encode_clock_state(st->vm.clock));
+    if (st->vm.irqchip) w.add(SectionType::kIrqchip, 0, kIrqchipStateVersion, encode_irqchip_state(*st->vm.irqchip));
+    if (st->vm.pit) w.add(SectionType::kPit, 0, kPitStateVersion, encode_pit_state(*st->vm.pit));
+    w.add(SectionType::kSerial, 0, 1, encode_serial_state(st->serial));
+    std::vector<const GuestRegion*> regions;
+    for (const auto& r : regions_) regions.push_back(r.get());
+    return write_snapshot(path, std::move(w), regions);
+  }();
+  // Resume even when the snapshot failed: a failed snapshot must not leave
+  // the VM stopped.
+  if (was_running)
+    if (auto ok = resume(); !ok && result) return std::unexpected(ok.error());
+  f.paused_for = std::chrono::steady_clock::now() - t0;
+  if (!result) return std::unexpected(result.error());
+  f.file = *result;
+  return f;
+}
+
+MachineStatus Machine::status() const {
+  MachineStatus s;
+  {
+    std::lock_guard lock(mu_);
+    s.state = stopped_ ? RunState::kStopped : paused_ ? RunState::kPaused : RunState::kRunning;
+    s.stop_reason = stop_reason_;
+  }
+  s.vcpus = static_cast<std::uint32_t>(vcpus_.size());
+  for (const auto& r : regions_) s.memory_bytes += r->size();
+  s.irqchip = vm_->has_irqchip();
+  s.tsc_khz = tsc_khz_;
+  s.restored_from = restored_from_;
+  s.uptime = std::chrono::steady_clock::now() - started_;
+  std::memcpy(&s.params, regions_.front()->host_at(FG_PARAMS_GPA), sizeof s.params);
+  s.monitor = monitor_->figures();
+  for (std::size_t i = 0; i < vcpus_.size(); ++i)
+    s.per_vcpu.push_back({runner_->exits(i), read_test_guest_status(*regions_.front(), static_cast<std::uint32_t>(i))});
+  return s;
+}
+
+Status Machine::stop(std::string reason) {
+  {
+    std::lock_guard lock(mu_);
+    if (!stopped_) {
+      stopped_ = true;
+      stop_reason_ = std::move(reason);
+    }
+  }
+  Status first;
+  for (auto& st : runner_->stop_and_join())
+    if (!st && first) first = std::unexpected(st.error());
+  return first;
+}
+
+}  // namespace ferry::kvm

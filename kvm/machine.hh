@@ -1,0 +1,144 @@
+#pragma once
+// A whole VM as `ferry run` and `ferry restore` operate it: guest memory,
+// the KVM VM and its vCPUs (with the in-kernel irqchip and PIT by default,
+// as a real guest has), the serial console, the built-in test guest's
+// monitor, and the vCPU threads. Pause, resume, snapshot and status are the
+// operations the control API exposes.
+//
+// Threading: one controlling thread calls everything here except the
+// notifier, which runs on a vCPU thread when the VM stops by itself.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/error.hh"
+#include "kvm/devices/serial.hh"
+#include "kvm/guest_memory.hh"
+#include "kvm/snapshot.hh"
+#include "kvm/system.hh"
+#include "kvm/test_guest.hh"
+#include "kvm/vcpu_runner.hh"
+#include "kvm/vcpu_state.hh"
+#include "kvm/vm.hh"
+#include "kvm/vm_state.hh"
+
+namespace ferry::kvm {
+
+inline constexpr std::uint32_t kVmConfigVersion = 1;
+
+enum class GuestKind : std::uint32_t { kTestGuest = 1 };
+
+struct MachineConfig {
+  std::uint64_t memory_bytes = 0;  // 0: the smallest that fits the guest
+  bool irqchip = true;             // in-kernel PIC/IOAPIC/LAPICs and PIT
+  TestGuestOptions guest;          // guest.vcpus is the VM's vCPU count
+};
+
+// What a snapshot records about the VM's shape (the kVmConfig section).
+struct VmConfigState {
+  GuestKind kind = GuestKind::kTestGuest;
+  std::uint32_t vcpus = 0;
+  bool irqchip = false;
+  bool pit = false;
+  std::uint32_t tsc_khz = 0;  // the source's; the guest paces by it
+  friend bool operator==(const VmConfigState&, const VmConfigState&) = default;
+};
+std::vector<std::byte> encode_vm_config(const VmConfigState& c);
+Result<VmConfigState> decode_vm_config(std::span<const std::byte> bytes);
+
+enum class RunState { kRunning, kPaused, kStopped };
+std::string_view run_state_name(RunState s);
+
+struct VcpuStatus {
+  std::uint64_t exits = 0;
+  fg_status guest{};  // the guest's own counters, read from its memory
+};
+
+struct MachineStatus {
+  RunState state = RunState::kRunning;
+  std::string stop_reason;  // when stopped
+  std::uint32_t vcpus = 0;
+  std::uint64_t memory_bytes = 0;
+  bool irqchip = false;
+  std::uint32_t tsc_khz = 0;
+  std::string restored_from;  // snapshot path, if restored
+  std::chrono::steady_clock::duration uptime{};
+  fg_params params{};  // the guest's workload, as it sees it
+  TestGuestMonitor::Figures monitor;
+  std::vector<VcpuStatus> per_vcpu;
+};
+
+struct SnapshotFigures {
+  SnapshotWriteFigures file;
+  std::chrono::nanoseconds paused_for{0};  // how long the vCPUs were stopped for it
+  bool was_running = false;
+};
+
+class Machine {
+ public:
+  using Notify = std::function<void()>;
+
+  // `console` receives the guest's serial output (may be empty); `stopped`
+  // is called from a vCPU thread when the VM stops by itself: the guest
+  // powered off, reported a verification failure, or a vCPU failed.
+  static Result<std::unique_ptr<Machine>> boot(const MachineConfig& config, Serial::Sink console, Notify stopped);
+  // A new VM from a snapshot, its vCPUs parked until resume() when
+  // start_paused, else running.
+  static Result<std::unique_ptr<Machine>> restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
+                                                  bool start_paused);
+
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  Status pause();
+  Status resume();
+  // Pauses if running, writes the snapshot, resumes if it was running.
+  Result<SnapshotFigures> snapshot(const std::string& path);
+  MachineStatus status() const;
+  // Stops and joins the vCPUs (idempotent); the first vCPU error, if any.
+  Status stop(std::string reason = "stopped by request");
+
+  // Full CPU and VM state, for tests and the migration engine. Paused only.
+  struct CapturedState {
+    std::vector<VcpuState> vcpus;
+    VmState vm;
+    SerialState serial;
+  };
+  Result<CapturedState> capture_state();
+
+  Serial& serial() { return *serial_; }
+  const GuestRegion& ram() const { return *regions_.front(); }
+
+ private:
+  Machine() = default;
+  Status create_vm(std::uint64_t memory_bytes, bool irqchip, std::uint32_t vcpus);
+  Status start_vcpus(bool paused);
+  void on_vcpu_ended(const std::string& why);
+
+  std::optional<Kvm> kvm_;
+  std::optional<Vm> vm_;
+  std::vector<std::unique_ptr<GuestRegion>> regions_;
+  std::vector<Vcpu> vcpus_;
+  std::vector<std::uint32_t> msr_indices_;
+  std::unique_ptr<Serial> serial_;
+  std::unique_ptr<TestGuestMonitor> monitor_;
+  std::unique_ptr<VcpuRunner> runner_;
+  Notify notify_;
+  std::uint32_t tsc_khz_ = 0;
+  std::string restored_from_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+
+  mutable std::mutex mu_;  // guards the fields below (vCPU threads write them)
+  bool stopped_ = false;
+  bool paused_ = false;
+  std::string stop_reason_;
+  std::uint32_t halted_ = 0;  // vCPUs that ended with kStop (no in-kernel LAPIC: HLT exits)
+};
+
+}  // namespace ferry::kvm

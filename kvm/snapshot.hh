@@ -1,0 +1,81 @@
+#pragma once
+// Snapshot files: a VM's state image followed by its memory.
+//
+//   offset 0       a state image (kvm/state/format.hh): every CPU/device
+//                  section plus a kMemoryLayout section that says where each
+//                  memory region's bytes are in this file and their CRC-64
+//   page-aligned   each region's bytes, raw, at its file_offset
+//
+// Zero pages are not written: the file is sparse (ftruncate leaves holes),
+// and the loader reads only the data extents (SEEK_DATA/SEEK_HOLE), so a
+// mostly idle 4 GiB guest is a small file that loads without touching the
+// untouched pages. The memory CRC covers every byte, holes included.
+//
+// The file is written to PATH.partial, fsync'ed and renamed over PATH: a
+// crash or full disk never leaves a truncated file under the final name.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/error.hh"
+#include "base/unique_fd.hh"
+#include "kvm/state/format.hh"
+
+namespace ferry::kvm {
+
+class GuestRegion;
+
+inline constexpr std::uint32_t kMemoryLayoutVersion = 1;
+inline constexpr std::uint32_t kMaxSnapshotRegions = 64;
+
+struct SnapshotRegion {
+  std::uint32_t slot = 0;
+  std::uint64_t gpa = 0;
+  std::uint64_t size = 0;
+  std::uint64_t file_offset = 0;
+  std::uint64_t crc = 0;  // CRC-64/XZ of the region's bytes
+  friend bool operator==(const SnapshotRegion&, const SnapshotRegion&) = default;
+};
+
+std::vector<std::byte> encode_memory_layout(std::span<const SnapshotRegion> regions);
+// Rejects overlapping guest ranges or file ranges, duplicate slots, sizes or
+// offsets that are not page multiples, and more than kMaxSnapshotRegions.
+Result<std::vector<SnapshotRegion>> decode_memory_layout(std::span<const std::byte> bytes);
+
+struct SnapshotWriteFigures {
+  std::uint64_t file_bytes = 0;   // apparent size
+  std::uint64_t state_bytes = 0;  // the state image
+  std::uint64_t pages = 0;        // guest pages in all regions
+  std::uint64_t data_pages = 0;   // written (non-zero) pages
+};
+
+// `sections` holds everything but the memory layout, which this adds. The
+// vCPUs must be paused: memory is read twice (checksum, then write).
+Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::StateWriter sections,
+                                            std::span<const GuestRegion* const> regions);
+
+class Snapshot {
+ public:
+  // Reads and validates the state image and the memory layout (regions lie
+  // inside the file). Memory is read by load_region.
+  static Result<Snapshot> open(const std::string& path);
+
+  const state::StateImage& image() const { return image_; }
+  const std::vector<SnapshotRegion>& regions() const { return regions_; }
+  const std::string& path() const { return path_; }
+
+  // Fills `into` (created with the region's slot, gpa and size, zeroed) from
+  // the file and verifies the CRC. Returns the bytes actually read.
+  Result<std::uint64_t> load_region(const SnapshotRegion& r, GuestRegion& into) const;
+
+ private:
+  Snapshot() = default;
+  std::string path_;
+  UniqueFd fd_;
+  std::uint64_t file_size_ = 0;
+  state::StateImage image_;
+  std::vector<SnapshotRegion> regions_;
+};
+
+}  // namespace ferry::kvm

@@ -1,0 +1,305 @@
+// `ferry run` and `ferry restore`: one process per VM, serving the control
+// API (docs/control-api.md) until the VM stops or is told to quit.
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "base/unique_fd.hh"
+#include "control/api.hh"
+#include "ferry/commands.hh"
+#include "ferry/sandbox_exec.hh"
+#include "ferry/vm_report.hh"
+#include "kvm/machine.hh"
+
+namespace ferry::cli {
+namespace {
+
+using nlohmann::json;
+
+struct VmProcessOptions {
+  std::string api;
+  bool console = false;
+  std::string serial_log;
+  bool json = false;
+};
+
+struct RunOptions : VmProcessOptions {
+  std::string memory;
+  std::uint32_t vcpus = 1;
+  std::string workload = "dirty";
+  std::string pattern = "sequential";
+  std::uint64_t working_set_mib = 8;
+  double rate_mib_s = 0;
+  std::uint32_t hot_percent = 10;
+  std::uint64_t max_rewrites = 0;
+  bool poweroff_when_done = false;
+  bool no_irqchip = false;
+};
+
+struct RestoreOptions : VmProcessOptions {
+  std::string file;
+  bool paused = false;
+};
+
+std::string default_api_path() {
+  const char* dir = std::getenv("XDG_RUNTIME_DIR");
+  return fmt::format("{}/ferry-{}.sock", dir && *dir ? dir : "/tmp", ::getpid());
+}
+
+// Where the guest's serial output goes: the terminal and/or a log file.
+class ConsoleSink {
+ public:
+  static Result<std::shared_ptr<ConsoleSink>> open(const VmProcessOptions& o) {
+    auto s = std::make_shared<ConsoleSink>();
+    s->terminal_ = o.console;
+    if (!o.serial_log.empty()) {
+      s->log_ = std::fopen(o.serial_log.c_str(), "a");
+      if (!s->log_) return fail_sys(fmt::format("open serial log {}", o.serial_log));
+    }
+    return s;
+  }
+  ~ConsoleSink() {
+    if (log_) std::fclose(log_);
+  }
+  void write(std::string_view s) {
+    std::lock_guard lock(mu_);
+    if (terminal_) {
+      std::fwrite(s.data(), 1, s.size(), stdout);
+      std::fflush(stdout);
+    }
+    if (log_) {
+      std::fwrite(s.data(), 1, s.size(), log_);
+      std::fflush(log_);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  bool terminal_ = false;
+  std::FILE* log_ = nullptr;
+};
+
+// Serves the API for `m` until it stops or is told to quit; returns the
+// process exit status (0: quit or powered off cleanly; 1: the guest or a
+// vCPU failed).
+int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, UniqueFd& signal_fd,
+             const VmProcessOptions& o) {
+  std::string quit_reason;
+  api.watch(stopped_fd.get(), [&] {
+    std::uint64_t v;
+    [[maybe_unused]] const ssize_t n = ::read(stopped_fd.get(), &v, sizeof v);
+    api.stop();
+  });
+  api.watch(signal_fd.get(), [&] {
+    signalfd_siginfo si{};
+    [[maybe_unused]] const ssize_t n = ::read(signal_fd.get(), &si, sizeof si);
+    quit_reason = fmt::format("signal {}", ::strsignal(static_cast<int>(si.ssi_signo)));
+    api.stop();
+  });
+  auto served = api.serve([&](const std::string& cmd, const json& req) -> Result<json> {
+    if (cmd == "status") return status_json(m.status());
+    if (cmd == "pause") {
+      if (auto ok = m.pause(); !ok) return std::unexpected(ok.error());
+      return json{{"state", "paused"}};
+    }
+    if (cmd == "resume") {
+      if (auto ok = m.resume(); !ok) return std::unexpected(ok.error());
+      return json{{"state", "running"}};
+    }
+    if (cmd == "snapshot") {
+      if (!req.contains("path") || !req["path"].is_string() || req["path"].get<std::string>().empty())
+        return fail("snapshot: needs \"path\" (a file name)");
+      const auto path = std::filesystem::absolute(req["path"].get<std::string>()).string();
+      auto f = m.snapshot(path);
+      if (!f) return std::unexpected(f.error());
+      spdlog::info("snapshot written to {} ({} MiB, vCPUs paused {:.1f} ms)", path, f->file.file_bytes >> 20,
+                   std::chrono::duration<double, std::milli>(f->paused_for).count());
+      return snapshot_json(*f, path);
+    }
+    if (cmd == "quit") {
+      quit_reason = "quit through the API";
+      api.stop();
+      return json{{"state", "stopping"}};
+    }
+    return fail("unknown command '{}' (status, pause, resume, snapshot, quit)", cmd);
+  });
+  if (!served) spdlog::error("control API: {}", served.error());
+  const auto before = m.status();
+  const bool self_stopped = before.state == kvm::RunState::kStopped;
+  auto result = m.stop(quit_reason.empty() ? "stopped" : quit_reason);
+  auto final_status = status_json(m.status());
+  const bool guest_failed = final_status["totals"]["failures"].get<std::uint64_t>() > 0;
+  const bool ok = result && !guest_failed && served;
+  if (o.json) {
+    fmt::print("{}\n", json{{"event", "stopped"},
+                            {"ok", ok},
+                            {"error", result ? "" : result.error().what()},
+                            {"status", final_status}}
+                           .dump());
+  } else {
+    fmt::print(stderr, "ferry: VM stopped: {}\n",
+               self_stopped ? final_status["stop_reason"].get<std::string>() : quit_reason);
+    if (!result) fmt::print(stderr, "ferry: {}\n", result.error());
+    fmt::print(stderr, "{}", status_text(final_status));
+  }
+  return ok ? 0 : 1;
+}
+
+// Common to run and restore: the API socket first (a taken path fails
+// before any VM exists), signals routed to a signalfd before any vCPU
+// thread exists (threads inherit the mask), then the VM.
+int run_vm_process(const VmProcessOptions& o,
+                   const std::function<Result<std::unique_ptr<kvm::Machine>>(kvm::Serial::Sink, kvm::Machine::Notify)>& make,
+                   const char* verb) {
+  if (auto ok = native_kvm_usable(); !ok) {
+    fmt::print(stderr,
+               "ferry {}: {}\n  This command needs /dev/kvm. Without it, run it inside the sandbox:\n"
+               "  tools/kvm-sandbox -- build/tools/ferry {} ...   (see docs/sandbox.md)\n",
+               verb, ok.error(), verb);
+    return 1;
+  }
+  const std::string api_path = o.api.empty() ? default_api_path() : o.api;
+  auto api = control::ApiServer::listen(api_path);
+  if (!api) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, api.error());
+    return 1;
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  UniqueFd signal_fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  UniqueFd stopped_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!signal_fd || !stopped_fd) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, sys_error("signalfd/eventfd"));
+    return 1;
+  }
+  auto console = ConsoleSink::open(o);
+  if (!console) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, console.error());
+    return 1;
+  }
+  const int efd = stopped_fd.get();
+  auto m = make([c = *console](std::string_view s) { c->write(s); },
+                [efd] {
+                  const std::uint64_t one = 1;
+                  [[maybe_unused]] const ssize_t n = ::write(efd, &one, sizeof one);
+                });
+  if (!m) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, m.error());
+    return 1;
+  }
+  const auto st = (*m)->status();
+  if (o.json) {
+    fmt::print("{}\n", json{{"event", "started"}, {"pid", ::getpid()}, {"api", api_path},
+                            {"state", kvm::run_state_name(st.state)}}
+                           .dump());
+  } else {
+    fmt::print(stderr, "ferry: VM {} (pid {}), {} vCPUs, {} MiB. Control it with:\n"
+               "  ferry status --vm {}\n  ferry snapshot --vm {} FILE\n  ferry quit --vm {}\n",
+               kvm::run_state_name(st.state), ::getpid(), st.vcpus, st.memory_bytes >> 20, api_path, api_path,
+               api_path);
+  }
+  std::fflush(stdout);
+  return serve_vm(**m, *api, stopped_fd, signal_fd, o);
+}
+
+void add_process_options(CLI::App* cmd, VmProcessOptions& o) {
+  cmd->add_option("--api", o.api, "control API socket (default $XDG_RUNTIME_DIR/ferry-PID.sock, else /tmp)");
+  cmd->add_flag("--console", o.console, "copy the guest's serial console to stdout");
+  cmd->add_option("--serial-log", o.serial_log, "append the guest's serial console to FILE");
+  cmd->add_flag("--json", o.json, "print a JSON line when the VM starts and one when it stops");
+}
+
+}  // namespace
+
+void add_run(CLI::App& app, Globals& g) {
+  auto opts = std::make_shared<RunOptions>();
+  auto* cmd = app.add_subcommand("run", "Start a VM running the built-in test guest and serve its control API.");
+  cmd->footer(
+      "The built-in guest dirties its working set and verifies every page before rewriting it;\n"
+      "a lost or corrupted page stops the VM with an error. Control the VM with\n"
+      "`ferry status|pause|resume|snapshot|quit --vm SOCKET`. Exit status: 0 when it quit or\n"
+      "powered off cleanly, 1 when the guest or a vCPU failed. See docs/control-api.md.");
+  cmd->add_option("--memory", opts->memory, "guest RAM, e.g. 64M or 1G (default: what the working set needs)");
+  cmd->add_option("--vcpus", opts->vcpus, "vCPUs (1..16)")->check(CLI::Range(1, 16))->capture_default_str();
+  cmd->add_option("--workload", opts->workload, "idle or dirty")
+      ->check(CLI::IsMember({"idle", "dirty"}))
+      ->capture_default_str();
+  cmd->add_option("--pattern", opts->pattern, "sequential, random or hotcold")
+      ->check(CLI::IsMember({"sequential", "random", "hotcold"}))
+      ->capture_default_str();
+  cmd->add_option("--working-set", opts->working_set_mib, "MiB the guest dirties")->capture_default_str();
+  cmd->add_option("--rate", opts->rate_mib_s, "dirty rate in MiB/s for the whole VM (0: as fast as it can)")
+      ->capture_default_str();
+  cmd->add_option("--hot-percent", opts->hot_percent, "hotcold: share of pages that are hot")
+      ->check(CLI::Range(1, 99))
+      ->capture_default_str();
+  cmd->add_option("--max-rewrites", opts->max_rewrites, "stop dirtying after N page writes per vCPU (0: never)")
+      ->capture_default_str();
+  cmd->add_flag("--poweroff-when-done", opts->poweroff_when_done, "power off once every vCPU reached --max-rewrites");
+  cmd->add_flag("--no-irqchip", opts->no_irqchip, "no in-kernel PIC/IOAPIC/LAPIC/PIT");
+  add_process_options(cmd, *opts);
+  cmd->callback([opts, &g] {
+    kvm::MachineConfig c;
+    if (!opts->memory.empty()) {
+      auto mem = parse_size_mib_default(opts->memory);
+      if (!mem) {
+        fmt::print(stderr, "ferry run: --memory: {}\n", mem.error());
+        g.rc = 2;
+        return;
+      }
+      c.memory_bytes = *mem;
+    }
+    c.irqchip = !opts->no_irqchip;
+    auto& t = c.guest;
+    t.vcpus = opts->vcpus;
+    t.workload = opts->workload == "idle" ? FG_IDLE : FG_DIRTY;
+    t.pattern = opts->pattern == "random" ? FG_RANDOM : opts->pattern == "hotcold" ? FG_HOTCOLD : FG_SEQUENTIAL;
+    t.hot_percent = opts->hot_percent;
+    t.working_set_mib = opts->working_set_mib;
+    t.rate_mib_s = opts->rate_mib_s;
+    t.max_rewrites = opts->max_rewrites;
+    t.poweroff_when_done = opts->poweroff_when_done;
+    g.rc = run_vm_process(
+        *opts, [&](kvm::Serial::Sink console, kvm::Machine::Notify n) { return kvm::Machine::boot(c, console, n); }, "run");
+  });
+}
+
+void add_restore(CLI::App& app, Globals& g) {
+  auto opts = std::make_shared<RestoreOptions>();
+  auto* cmd = app.add_subcommand("restore", "Start a VM from a snapshot file; the guest continues where it stopped.");
+  cmd->footer("The snapshot is checked (format, version, CRC of state and memory) before anything runs.\n"
+              "Same control API and exit status as `ferry run`.");
+  cmd->add_option("FILE", opts->file, "snapshot written by `ferry snapshot`")->required()->check(CLI::ExistingFile);
+  cmd->add_flag("--paused", opts->paused, "keep the vCPUs stopped until `ferry resume`");
+  add_process_options(cmd, *opts);
+  cmd->callback([opts, &g] {
+    auto snap = kvm::Snapshot::open(opts->file);
+    if (!snap) {
+      fmt::print(stderr, "ferry restore: {}\n", snap.error());
+      g.rc = 1;
+      return;
+    }
+    g.rc = run_vm_process(
+        *opts,
+        [&](kvm::Serial::Sink console, kvm::Machine::Notify n) {
+          return kvm::Machine::restore(*snap, console, n, opts->paused);
+        },
+        "restore");
+  });
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,64 @@
+// The control API's client side: `ferry status|pause|resume|snapshot|quit
+// --vm SOCKET`. Each is one request (docs/control-api.md).
+#include <filesystem>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "control/api.hh"
+#include "ferry/commands.hh"
+#include "ferry/vm_report.hh"
+
+namespace ferry::cli {
+namespace {
+
+struct CtlOptions {
+  std::string vm;
+  bool json = false;
+  std::string path;  // snapshot
+};
+
+using Render = std::string (*)(const nlohmann::json&);
+
+CLI::App* add_ctl(CLI::App& app, Globals& g, const char* name, const char* help, Render render,
+                  std::shared_ptr<CtlOptions> opts) {
+  auto* cmd = app.add_subcommand(name, help);
+  cmd->add_option("--vm", opts->vm, "the VM's control socket (printed by `ferry run`)")->required();
+  cmd->add_flag("--json", opts->json, "print the API's answer as JSON");
+  cmd->callback([opts, &g, name, render] {
+    nlohmann::json req{{"cmd", name}};
+    if (!opts->path.empty()) req["path"] = std::filesystem::absolute(opts->path).string();
+    auto r = control::call(opts->vm, req);
+    if (!r) {
+      fmt::print(stderr, "ferry {}: {}\n", name, r.error());
+      g.rc = 1;
+      return;
+    }
+    if (opts->json)
+      fmt::print("{}\n", r->dump(2));
+    else
+      fmt::print("{}", render(*r));
+  });
+  return cmd;
+}
+
+std::string state_text(const nlohmann::json& r) { return fmt::format("VM {}\n", r["state"].get<std::string>()); }
+
+}  // namespace
+
+void add_vm_control(CLI::App& app, Globals& g) {
+  add_ctl(app, g, "status", "Show a running VM's state, guest workload and self-verification counters.", status_text,
+          std::make_shared<CtlOptions>());
+  add_ctl(app, g, "pause", "Stop a VM's vCPUs (prompt: every vCPU acknowledges).", state_text,
+          std::make_shared<CtlOptions>());
+  add_ctl(app, g, "resume", "Let a paused VM's vCPUs run again.", state_text, std::make_shared<CtlOptions>());
+  add_ctl(app, g, "quit", "Stop a VM and end its ferry process.", state_text, std::make_shared<CtlOptions>());
+  auto snap = std::make_shared<CtlOptions>();
+  auto* cmd = add_ctl(app, g, "snapshot",
+                      "Write a VM's complete state and memory to FILE (pausing it briefly if it runs); "
+                      "`ferry restore FILE` continues it.",
+                      snapshot_text, snap);
+  cmd->add_option("FILE", snap->path, "where to write the snapshot")->required();
+}
+
+}  // namespace ferry::cli

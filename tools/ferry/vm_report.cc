@@ -1,0 +1,131 @@
+#include "ferry/vm_report.hh"
+
+#include <cctype>
+#include <charconv>
+
+#include <fmt/format.h>
+
+namespace ferry::cli {
+namespace {
+
+using nlohmann::json;
+
+const char* workload_name(std::uint32_t w) { return w == FG_DIRTY ? "dirty" : w == FG_IDLE ? "idle" : "?"; }
+const char* pattern_name(std::uint32_t p) {
+  return p == FG_SEQUENTIAL ? "sequential" : p == FG_RANDOM ? "random" : p == FG_HOTCOLD ? "hotcold" : "?";
+}
+double ms(std::chrono::nanoseconds d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+}  // namespace
+
+json status_json(const kvm::MachineStatus& s) {
+  json vcpus = json::array();
+  std::uint64_t rewrites = 0, verified = 0, failures = 0;
+  for (std::size_t i = 0; i < s.per_vcpu.size(); ++i) {
+    const auto& v = s.per_vcpu[i];
+    vcpus.push_back({{"id", i},
+                     {"exits", v.exits},
+                     {"rewrites", v.guest.rewrites},
+                     {"verified", v.guest.verified},
+                     {"failures", v.guest.failures}});
+    rewrites += v.guest.rewrites;
+    verified += v.guest.verified;
+    failures += v.guest.failures;
+  }
+  const auto tsc_hz = s.tsc_khz * 1000.0;
+  const double rate_mib_s = s.params.ticks_per_page && tsc_hz > 0
+                                ? tsc_hz / static_cast<double>(s.params.ticks_per_page) * s.params.vcpus / 256.0
+                                : 0.0;
+  return {{"state", kvm::run_state_name(s.state)},
+          {"stop_reason", s.stop_reason},
+          {"vcpus", s.vcpus},
+          {"memory_bytes", s.memory_bytes},
+          {"irqchip", s.irqchip},
+          {"tsc_khz", s.tsc_khz},
+          {"restored_from", s.restored_from},
+          {"uptime_s", std::chrono::duration<double>(s.uptime).count()},
+          {"guest",
+           {{"workload", workload_name(s.params.workload)},
+            {"pattern", pattern_name(s.params.pattern)},
+            {"working_set_pages", s.params.ws_pages},
+            {"rate_mib_s", rate_mib_s},
+            {"max_rewrites", s.params.max_rewrites},
+            // The guest's own count, kept in its memory: it survives
+            // snapshots and migrations, unlike the VMM-side figures below.
+            {"heartbeats", s.per_vcpu.empty() ? 0 : s.per_vcpu[0].guest.heartbeats}}},
+          {"heartbeats",
+           {{"received", s.monitor.heartbeats},
+            {"last_sequence", s.monitor.last_sequence},
+            {"max_gap_ms", ms(s.monitor.max_gap)}}},
+          {"totals", {{"rewrites", rewrites}, {"verified", verified}, {"failures", failures}}},
+          {"per_vcpu", vcpus}};
+}
+
+json snapshot_json(const kvm::SnapshotFigures& f, const std::string& path) {
+  return {{"path", path},
+          {"file_bytes", f.file.file_bytes},
+          {"state_bytes", f.file.state_bytes},
+          {"pages", f.file.pages},
+          {"data_pages", f.file.data_pages},
+          {"paused_ms", ms(f.paused_for)},
+          {"was_running", f.was_running}};
+}
+
+std::string status_text(const json& s) {
+  std::string out = fmt::format("VM {}: {} vCPUs, {} MiB, {}, up {:.1f} s\n", s["state"].get<std::string>(),
+                                s["vcpus"].get<int>(), s["memory_bytes"].get<std::uint64_t>() >> 20,
+                                s["irqchip"].get<bool>() ? "in-kernel irqchip + PIT" : "no irqchip",
+                                s["uptime_s"].get<double>());
+  if (!s["stop_reason"].get<std::string>().empty())
+    out += fmt::format("  stopped: {}\n", s["stop_reason"].get<std::string>());
+  if (!s["restored_from"].get<std::string>().empty())
+    out += fmt::format("  restored from {}\n", s["restored_from"].get<std::string>());
+  const auto& g = s["guest"];
+  const double rate = g["rate_mib_s"].get<double>();
+  out += fmt::format("  guest: {} workload, {} pages ({} MiB), {}, {}\n", g["workload"].get<std::string>(),
+                     g["working_set_pages"].get<std::uint64_t>(), g["working_set_pages"].get<std::uint64_t>() / 256,
+                     g["pattern"].get<std::string>(),
+                     rate > 0 ? fmt::format("{:.1f} MiB/s", rate) : std::string("unpaced"));
+  const auto& h = s["heartbeats"];
+  out += fmt::format("  heartbeats: guest sent {}, this process received {} (last #{}), longest gap {:.1f} ms\n",
+                     g["heartbeats"].get<std::uint64_t>(), h["received"].get<std::uint64_t>(),
+                     h["last_sequence"].get<std::uint64_t>(), h["max_gap_ms"].get<double>());
+  out += fmt::format("  {:<5} {:>12} {:>12} {:>12} {:>9}\n", "vCPU", "exits", "rewrites", "verified", "failures");
+  for (const auto& v : s["per_vcpu"])
+    out += fmt::format("  {:<5} {:>12} {:>12} {:>12} {:>9}\n", v["id"].get<int>(), v["exits"].get<std::uint64_t>(),
+                       v["rewrites"].get<std::uint64_t>(), v["verified"].get<std::uint64_t>(),
+                       v["failures"].get<std::uint64_t>());
+  const auto& t = s["totals"];
+  out += fmt::format("  self-verification: {} page rewrites checked, {}\n", t["verified"].get<std::uint64_t>(),
+                     t["failures"].get<std::uint64_t>() == 0 ? "no failures"
+                                                             : fmt::format("{} FAILURES", t["failures"].get<std::uint64_t>()));
+  return out;
+}
+
+std::string snapshot_text(const json& f) {
+  return fmt::format("snapshot {}: {:.1f} MiB file ({} of {} pages non-zero, {} KiB of CPU/device state), "
+                     "vCPUs paused {:.1f} ms\n",
+                     f["path"].get<std::string>(), f["file_bytes"].get<std::uint64_t>() / 1048576.0,
+                     f["data_pages"].get<std::uint64_t>(), f["pages"].get<std::uint64_t>(),
+                     f["state_bytes"].get<std::uint64_t>() / 1024, f["paused_ms"].get<double>());
+}
+
+Result<std::uint64_t> parse_size_mib_default(const std::string& text) {
+  std::uint64_t v = 0;
+  const auto* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p == text.data()) return fail("'{}' is not a size (e.g. 64M, 1G)", text);
+  std::string unit(p, end);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.ends_with("IB")) unit.resize(unit.size() - 2);
+  else if (unit.ends_with("B") && unit.size() > 1) unit.pop_back();
+  std::uint64_t mult;
+  if (unit.empty() || unit == "M") mult = 1ull << 20;
+  else if (unit == "K") mult = 1ull << 10;
+  else if (unit == "G") mult = 1ull << 30;
+  else return fail("'{}': unknown size unit '{}' (K, M, G)", text, std::string(p, end));
+  if (v > (~0ull) / mult) return fail("'{}' is too large", text);
+  return v * mult;
+}
+
+}  // namespace ferry::cli

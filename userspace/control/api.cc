@@ -1,0 +1,201 @@
+#include "control/api.hh"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace ferry::control {
+namespace {
+
+Result<sockaddr_un> unix_address(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(a.sun_path))
+    return fail("API socket path '{}' must be 1..{} bytes", path, sizeof(a.sun_path) - 1);
+  std::memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+Result<UniqueFd> connect_unix(const std::string& path) {
+  auto a = unix_address(path);
+  if (!a) return std::unexpected(a.error());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return fail_sys("socket(AF_UNIX)");
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*a), sizeof(*a)) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("connect to {}", path), e));
+  }
+  return fd;
+}
+
+// Blocking full write; MSG_NOSIGNAL so a client that went away is an
+// error, not a SIGPIPE that kills the VM.
+Status send_all(int fd, std::string_view s) {
+  while (!s.empty()) {
+    const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail_sys("send");
+    s.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+json response(const json& request, Result<json> r) {
+  json out = json::object();
+  if (request.is_object() && request.contains("id")) out["id"] = request["id"];
+  out["ok"] = r.has_value();
+  if (r)
+    out["result"] = std::move(*r);
+  else
+    out["error"] = r.error().what();
+  return out;
+}
+
+}  // namespace
+
+Result<ApiServer> ApiServer::listen(const std::string& path) {
+  auto a = unix_address(path);
+  if (!a) return std::unexpected(a.error());
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return fail("API socket {}: exists and is not a socket", path);
+    if (connect_unix(path)) return fail("API socket {}: another process is serving it", path);
+    ::unlink(path.c_str());  // left behind by a process that died
+  }
+  ApiServer s;
+  s.listen_fd_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!s.listen_fd_) return fail_sys("socket(AF_UNIX)");
+  // umask-independent 0600 from the start: no window where others can connect.
+  const mode_t old = ::umask(0177);
+  const int rc = ::bind(s.listen_fd_.get(), reinterpret_cast<const sockaddr*>(&*a), sizeof(*a));
+  const int e = errno;
+  ::umask(old);
+  if (rc < 0) return std::unexpected(sys_error(fmt::format("bind {}", path), e));
+  s.path_ = path;
+  if (::listen(s.listen_fd_.get(), 16) < 0) return fail_sys("listen");
+  s.wake_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!s.wake_fd_) return fail_sys("eventfd");
+  return s;
+}
+
+ApiServer::~ApiServer() {
+  if (!path_.empty() && listen_fd_) ::unlink(path_.c_str());
+}
+
+void ApiServer::watch(int fd, std::function<void()> on_ready) { watched_.emplace_back(fd, std::move(on_ready)); }
+
+void ApiServer::stop() {
+  const std::uint64_t one = 1;
+  // eventfd writes of 8 bytes cannot be partial; EAGAIN only when the
+  // counter would overflow, i.e. stop was already requested.
+  [[maybe_unused]] const ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
+}
+
+bool ApiServer::on_readable(Client& c, const Handler& handler) {
+  char buf[4096];
+  const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  if (n == 0) return false;  // client closed
+  c.in.append(buf, static_cast<std::size_t>(n));
+  for (std::size_t nl; (nl = c.in.find('\n')) != std::string::npos;) {
+    const std::string line = c.in.substr(0, nl);
+    c.in.erase(0, nl + 1);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json req = json::parse(line, nullptr, false);
+    Result<json> r;
+    if (req.is_discarded()) {
+      r = fail("malformed request: not a JSON value");
+    } else if (!req.is_object() || !req.contains("cmd") || !req["cmd"].is_string()) {
+      r = fail("malformed request: expected an object with a string \"cmd\"");
+    } else {
+      const auto cmd = req["cmd"].get<std::string>();
+      spdlog::debug("API request: {}", line);
+      r = handler(cmd, req);
+    }
+    if (!send_all(c.fd.get(), response(req, std::move(r)).dump() + "\n")) return false;
+  }
+  if (c.in.size() > kMaxLineBytes) {
+    (void)send_all(c.fd.get(), response(json(), fail("request line longer than {} bytes", kMaxLineBytes)).dump() + "\n");
+    return false;
+  }
+  return true;
+}
+
+Status ApiServer::serve(const Handler& handler) {
+  while (!stopping_) {
+    std::vector<pollfd> fds;
+    fds.push_back({wake_fd_.get(), POLLIN, 0});
+    fds.push_back({listen_fd_.get(), POLLIN, 0});
+    for (const auto& [fd, cb] : watched_) fds.push_back({fd, POLLIN, 0});
+    for (const auto& c : clients_) fds.push_back({c.fd.get(), POLLIN, 0});
+    if (::poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return fail_sys("poll");
+    }
+    if (fds[0].revents) {
+      std::uint64_t v;
+      [[maybe_unused]] const ssize_t n = ::read(wake_fd_.get(), &v, sizeof v);
+      stopping_ = true;
+    }
+    if (fds[1].revents & POLLIN) {
+      UniqueFd c(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (c) clients_.push_back({std::move(c), {}});
+    }
+    std::size_t i = 2;
+    for (const auto& [fd, cb] : watched_)
+      if (fds[i++].revents) cb();
+    // Clients in poll order; a handler may add none and remove none, so the
+    // indices stay aligned. Dropped clients are erased afterwards.
+    std::vector<bool> keep(clients_.size(), true);
+    for (std::size_t k = 0; k < keep.size(); ++k, ++i)
+      if (fds[i].revents) keep[k] = on_readable(clients_[k], handler);
+    for (std::size_t k = keep.size(); k-- > 0;)
+      if (!keep[k]) clients_.erase(clients_.begin() + static_cast<std::ptrdiff_t>(k));
+    // A stop() from a handler wrote the eventfd; pick it up without waiting.
+    pollfd w{wake_fd_.get(), POLLIN, 0};
+    if (::poll(&w, 1, 0) > 0) stopping_ = true;
+  }
+  return {};
+}
+
+Result<json> call(const std::string& socket_path, const json& request, std::chrono::milliseconds timeout) {
+  auto fd = connect_unix(socket_path);
+  if (!fd) return std::unexpected(fd.error().context("is the VM running? (ferry run/restore --api PATH)"));
+  if (auto ok = send_all(fd->get(), request.dump() + "\n"); !ok) return std::unexpected(ok.error());
+  std::string in;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (in.find('\n') == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return fail("no answer from {} within {} ms", socket_path, timeout.count());
+    pollfd p{fd->get(), POLLIN, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return fail_sys("poll");
+    if (r == 0) continue;
+    char buf[4096];
+    const ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail_sys(fmt::format("read from {}", socket_path));
+    if (n == 0) return fail("{} closed the connection without answering", socket_path);
+    in.append(buf, static_cast<std::size_t>(n));
+    if (in.size() > 16 * kMaxLineBytes) return fail("answer from {} too long", socket_path);
+  }
+  json resp = json::parse(in.substr(0, in.find('\n')), nullptr, false);
+  if (resp.is_discarded() || !resp.is_object() || !resp.contains("ok") || !resp["ok"].is_boolean())
+    return fail("malformed answer from {}", socket_path);
+  if (!resp["ok"].get<bool>())
+    return fail("{}", resp.contains("error") && resp["error"].is_string() ? resp["error"].get<std::string>()
+                                                                          : std::string("request failed"));
+  return resp.contains("result") ? resp["result"] : json::object();
+}
+
+}  // namespace ferry::control
