@@ -22,6 +22,7 @@
 #include "kvm/real_mode_code.hh"
 #include "kvm/system.hh"
 #include "kvm/vcpu_state.hh"
+#include "kvm/running_clocks.hh"
 #include "kvm/vm.hh"
 
 namespace ferry::kvm {
@@ -211,11 +212,7 @@ const MsrValue kMsrValues[] = {
 constexpr std::uint64_t kTscValue = 1ull << 40;          // far from any real TSC: not "synchronized" by KVM
 constexpr std::uint64_t kDeadline = kTscValue + (1ull << 38);  // ~100 s ahead: never fires during the test
 
-std::optional<std::uint64_t> msr_value(const VcpuState& s, std::uint32_t index) {
-  for (const auto& e : s.msrs)
-    if (e.index == index) return e.data;
-  return std::nullopt;
-}
+using test::msr_value;
 
 void round_trip(bool irqchip) {
   auto kvm = Kvm::open();
@@ -301,34 +298,11 @@ void round_trip(bool irqchip) {
   auto b = capture_vcpu_state(dst->vcpu, *msrs);
   ASSERT_TRUE(b) << b.error().what();
 
-  // Clocks cannot compare exactly: they count on from the restored value
-  // while we capture. IA32_TSC (every host) and Hyper-V's per-vCPU run time
-  // (where KVM lists it, e.g. the sandbox's kvm-amd) are bounded instead.
-  struct Clock {
-    std::uint32_t index;
-    std::uint64_t max_advance;
-    bool required;
-  };
-  const Clock clocks[] = {{msr::kTsc, 1ull << 37, true},  // ~50 s at 2.6 GHz
-                          {msr::kHvVpRuntime, 100'000'000, false}};  // 10 s in 100 ns units
-  for (const auto& c : clocks) {
-    const auto before = msr_value(*a, c.index), after = msr_value(*b, c.index);
-    ASSERT_EQ(before.has_value(), after.has_value()) << fmt::format("MSR {:#x}", c.index);
-    if (!before) {
-      EXPECT_FALSE(c.required) << fmt::format("MSR {:#x} was not captured", c.index);
-      continue;
-    }
-    EXPECT_GE(*after, *before) << fmt::format("MSR {:#x} went backwards", c.index);
-    EXPECT_LT(*after - *before, c.max_advance) << fmt::format("MSR {:#x} jumped ahead", c.index);
-  }
+  // Clocks count on from the restored value while we capture (running_clocks.hh).
+  const auto clock_problems = test::running_clock_problems(*a, *b);
+  EXPECT_TRUE(clock_problems.empty()) << joined(clock_problems);
   EXPECT_FALSE(msr_value(*a, msr::kHvTimeRefCount)) << "a VM-wide clock, not vCPU state: capture drops it";
-  auto strip_clocks = [&](VcpuState s) {
-    std::erase_if(s.msrs, [&](const kvm_msr_entry& e) {
-      return std::any_of(std::begin(clocks), std::end(clocks), [&](const Clock& c) { return c.index == e.index; });
-    });
-    return s;
-  };
-  const auto diffs = vcpu_state_differences(strip_clocks(*a), strip_clocks(*b));
+  const auto diffs = vcpu_state_differences(test::without_running_clocks(*a), test::without_running_clocks(*b));
   EXPECT_TRUE(diffs.empty()) << "restored state differs from the captured one:" << joined(diffs);
 }
 
