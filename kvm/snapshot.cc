@@ -136,6 +136,10 @@ Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::Stat
     r.file_offset = off;
     off += r.size;
   }
+  // Never write a file the reader would refuse (no regions, a shared slot,
+  // overlapping guest ranges): check the layout with the reader's own rules.
+  if (auto ok = decode_memory_layout(encode_memory_layout(layout)); !ok)
+    return std::unexpected(std::move(ok.error()).context(fmt::format("snapshot {}", path)));
   sections.add(state::SectionType::kMemoryLayout, 0, kMemoryLayoutVersion, encode_memory_layout(layout));
   const auto image = sections.finish();
   f.state_bytes = image.size();

@@ -3,6 +3,7 @@
 #include "kvm/vcpu_state.hh"
 
 #include <sys/ioctl.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -115,8 +116,45 @@ Result<std::uint64_t> read_one_msr(const Vcpu& vcpu, std::uint32_t index) {
   return batch->entries[0].data;
 }
 
+// Sets the guest TSC to `value` through the vCPU's TSC offset attribute
+// (Linux 5.16+). false: this KVM lacks the attribute (PVM does), and the
+// caller writes IA32_TSC instead.
+//
+// Why not simply write IA32_TSC: KVM treats a host write that lands within
+// one second of the TSC it expects ("last write + elapsed") as an attempt
+// to synchronise vCPUs and substitutes the VM's current offset, silently
+// discarding the value. A fresh VM expects about 0, so restoring a guest
+// whose TSC is under a second (a VM snapshotted or migrated right after it
+// started) came back with its TSC rewound (seen on the 6.1 sandbox kernel;
+// Linux 6.5 stopped matching userspace writes). The offset attribute is
+// applied verbatim.
+Result<bool> restore_tsc_offset(const Vcpu& vcpu, std::uint64_t value) {
+  kvm_device_attr attr{};
+  attr.group = KVM_VCPU_TSC_CTRL;
+  attr.attr = KVM_VCPU_TSC_OFFSET;
+  if (::ioctl(vcpu.fd(), KVM_HAS_DEVICE_ATTR, &attr) < 0) return false;
+  // guest TSC = host TSC * ratio + offset. Ferry never sets a TSC frequency
+  // (KVM_SET_TSC_KHZ), so the ratio is 1, and this rdtsc reads the clock
+  // KVM offsets from (the host's; in the sandbox, its kernel's).
+  std::uint64_t offset = value - __rdtsc();
+  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+  if (::ioctl(vcpu.fd(), KVM_SET_DEVICE_ATTR, &attr) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_SET_DEVICE_ATTR TSC offset on vCPU {}", vcpu.id()), e));
+  }
+  return true;
+}
+
 Status restore_msrs(const Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs) {
   std::vector<kvm_msr_entry> ordered = msrs;
+  // The TSC first and through its offset where possible (see above); the
+  // MSRs that depend on it (TSC_DEADLINE) follow in the batch.
+  if (auto tsc = std::find_if(ordered.begin(), ordered.end(), [](const kvm_msr_entry& e) { return e.index == msr::kTsc; });
+      tsc != ordered.end()) {
+    auto done = restore_tsc_offset(vcpu, tsc->data);
+    if (!done) return std::unexpected(done.error());
+    if (*done) ordered.erase(tsc);
+  }
   std::stable_sort(ordered.begin(), ordered.end(), [](const kvm_msr_entry& a, const kvm_msr_entry& b) {
     return msr_restore_rank(a.index) < msr_restore_rank(b.index);
   });

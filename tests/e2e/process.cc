@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -92,6 +93,82 @@ ProcessResult run_process(const std::vector<std::string>& argv, std::chrono::sec
   ::waitpid(pid, &status, 0);
   if (!res.timed_out && WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
   return res;
+}
+
+namespace {
+std::string slurp(const std::string& path) {
+  std::string out;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buf[65536];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+    std::fclose(f);
+  }
+  return out;
+}
+}  // namespace
+
+BackgroundProcess::BackgroundProcess(const std::vector<std::string>& argv) {
+  char tmpl[] = "/tmp/ferry-child-XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  if (fd < 0) return;
+  ::close(fd);
+  out_path_ = std::string(tmpl) + ".out";
+  err_path_ = std::string(tmpl) + ".err";
+  ::unlink(tmpl);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&fa, 2, err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  std::vector<char*> cargv;
+  for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  pid_t pid = -1;
+  if (::posix_spawnp(&pid, cargv[0], &fa, nullptr, cargv.data(), environ) == 0) pid_ = pid;
+  posix_spawn_file_actions_destroy(&fa);
+}
+
+BackgroundProcess::~BackgroundProcess() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  if (!out_path_.empty()) {
+    ::unlink(out_path_.c_str());
+    ::unlink(err_path_.c_str());
+  }
+}
+
+bool BackgroundProcess::running() {
+  if (pid_ <= 0 || reaped_) return false;
+  int st = 0;
+  if (::waitpid(pid_, &st, WNOHANG) == pid_) {
+    reaped_ = true;
+    status_ = st;
+    return false;
+  }
+  return true;
+}
+
+ProcessResult BackgroundProcess::wait(std::chrono::seconds timeout) {
+  ProcessResult r;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (running() && std::chrono::steady_clock::now() < deadline)
+    ::poll(nullptr, 0, 10);
+  if (running()) {
+    r.timed_out = true;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status_, 0);
+    reaped_ = true;
+  }
+  if (reaped_ && WIFEXITED(status_)) r.exit_code = WEXITSTATUS(status_);
+  r.out = slurp(out_path_);
+  r.err = slurp(err_path_);
+  return r;
+}
+
+std::string BackgroundProcess::output() const {
+  return "--- stdout ---\n" + slurp(out_path_) + "\n--- stderr ---\n" + slurp(err_path_);
 }
 
 }  // namespace ferry::test

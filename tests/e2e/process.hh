@@ -18,4 +18,27 @@ struct ProcessResult {
 
 ProcessResult run_process(const std::vector<std::string>& argv, std::chrono::seconds timeout);
 
+// A child that runs while the test talks to it (a `ferry run` VM). Output
+// goes to files read at wait(); the destructor kills a child still running,
+// so a failed assertion never leaves a VM behind.
+class BackgroundProcess {
+ public:
+  explicit BackgroundProcess(const std::vector<std::string>& argv);
+  ~BackgroundProcess();
+  BackgroundProcess(const BackgroundProcess&) = delete;
+  BackgroundProcess& operator=(const BackgroundProcess&) = delete;
+
+  bool started() const { return pid_ > 0; }
+  bool running();  // not yet exited (reaps it if it has)
+  // Waits for exit (SIGKILL after `timeout`) and returns status and output.
+  ProcessResult wait(std::chrono::seconds timeout);
+  std::string output() const;  // stdout + stderr so far, for messages
+
+ private:
+  int pid_ = -1;
+  int status_ = -1;
+  bool reaped_ = false;
+  std::string out_path_, err_path_;
+};
+
 }  // namespace ferry::test

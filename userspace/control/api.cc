@@ -107,6 +107,9 @@ bool ApiServer::on_readable(Client& c, const Handler& handler) {
   if (n == 0) return false;  // client closed
   c.in.append(buf, static_cast<std::size_t>(n));
   for (std::size_t nl; (nl = c.in.find('\n')) != std::string::npos;) {
+    // Checked per line: a long line whose newline arrived in the same read
+    // as its overflow must not slip through.
+    if (nl > kMaxLineBytes) break;
     const std::string line = c.in.substr(0, nl);
     c.in.erase(0, nl + 1);
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -123,7 +126,7 @@ bool ApiServer::on_readable(Client& c, const Handler& handler) {
     }
     if (!send_all(c.fd.get(), response(req, std::move(r)).dump() + "\n")) return false;
   }
-  if (c.in.size() > kMaxLineBytes) {
+  if (c.in.find('\n') > kMaxLineBytes && c.in.size() > kMaxLineBytes) {
     (void)send_all(c.fd.get(), response(json(), fail("request line longer than {} bytes", kMaxLineBytes)).dump() + "\n");
     return false;
   }
@@ -174,7 +177,8 @@ Result<json> call(const std::string& socket_path, const json& request, std::chro
   std::string in;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (in.find('\n') == std::string::npos) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    // Rounded up, so the call never gives up before the deadline.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return fail("no answer from {} within {} ms", socket_path, timeout.count());
     pollfd p{fd->get(), POLLIN, 0};
     const int r = ::poll(&p, 1, static_cast<int>(left.count()));
