@@ -2,16 +2,30 @@
 
 #include "kvm/guest_memory.hh"
 
+#include <linux/memfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 namespace ferry::kvm {
 
+std::string_view huge_pages_name(HugePages h) {
+  switch (h) {
+    case HugePages::kOff: return "off";
+    case HugePages::kTransparent: return "thp";
+    case HugePages::kHugetlb: return "hugetlb";
+  }
+  return "?";
+}
+
 Result<GuestRegion> GuestRegion::create(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size,
-                                        const std::string& name) {
+                                        const std::string& name, HugePages huge) {
   if (size == 0 || size % kPageSize != 0 || gpa % kPageSize != 0)
     return fail("guest region {}: gpa {:#x} / size {:#x} must be non-zero multiples of {}", name, gpa, size, kPageSize);
-  UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC));
+  if (huge == HugePages::kHugetlb && (size % kHugePageSize || gpa % kHugePageSize))
+    return fail("guest region {}: with hugetlb pages, gpa {:#x} and size {:#x} must be multiples of 2 MiB", name, gpa,
+                size);
+  const unsigned flags = MFD_CLOEXEC | (huge == HugePages::kHugetlb ? MFD_HUGETLB | MFD_HUGE_2MB : 0u);
+  UniqueFd fd(::memfd_create(name.c_str(), flags));
   if (!fd) {
     const int e = errno;
     return std::unexpected(sys_error(fmt::format("memfd_create {}", name), e));
@@ -21,9 +35,21 @@ Result<GuestRegion> GuestRegion::create(std::uint32_t slot, std::uint64_t gpa, s
     const int e = errno;
     return std::unexpected(sys_error(fmt::format("ftruncate {} to {} bytes", name, size), e));
   }
+  // For hugetlb, a shared mapping reserves its huge pages here, so a host
+  // without enough free ones fails now with ENOMEM instead of SIGBUS later.
   auto m = Mapping::map(size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0, name);
-  if (!m) return std::unexpected(m.error());
-  return GuestRegion(slot, gpa, std::move(fd), std::move(*m));
+  if (!m) {
+    if (huge == HugePages::kHugetlb)
+      return std::unexpected(std::move(m.error()).context(fmt::format(
+          "{} MiB of 2 MiB huge pages (reserve them: sysctl vm.nr_hugepages=N; `ferry doctor` shows how many are free)",
+          size >> 20)));
+    return std::unexpected(m.error());
+  }
+  if (huge == HugePages::kTransparent && ::madvise(m->data(), size, MADV_HUGEPAGE) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("madvise(MADV_HUGEPAGE) on {}", name), e));
+  }
+  return GuestRegion(slot, gpa, std::move(fd), std::move(*m), huge);
 }
 
 }  // namespace ferry::kvm

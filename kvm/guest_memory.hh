@@ -12,12 +12,27 @@
 namespace ferry::kvm {
 
 inline constexpr std::uint64_t kPageSize = 4096;
+inline constexpr std::uint64_t kHugePageSize = 2ull << 20;
+
+// How guest RAM is backed. Huge pages cut TLB misses for the guest (EPT/NPT
+// walks) and page-table memory for the host; dirty tracking stays at 4 KiB
+// either way, because KVM logs at the guest page size it maps.
+enum class HugePages {
+  kOff,          // 4 KiB shmem pages
+  kTransparent,  // madvise(MADV_HUGEPAGE): shmem THP where the host allows
+                 // it (/sys/kernel/mm/transparent_hugepage/shmem_enabled),
+                 // silently 4 KiB otherwise
+  kHugetlb,      // MFD_HUGETLB 2 MiB pages, reserved up front: creation
+                 // fails unless enough are free (vm.nr_hugepages)
+};
+std::string_view huge_pages_name(HugePages h);
 
 class GuestRegion {
  public:
   // size must be a multiple of the page size.
+  // With kHugetlb, size and gpa must be multiples of 2 MiB.
   static Result<GuestRegion> create(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size,
-                                    const std::string& name);
+                                    const std::string& name, HugePages huge = HugePages::kOff);
 
   GuestRegion(GuestRegion&&) noexcept = default;
   GuestRegion& operator=(GuestRegion&&) noexcept = default;
@@ -30,14 +45,16 @@ class GuestRegion {
   bool contains(std::uint64_t gpa) const { return gpa >= gpa_ && gpa - gpa_ < size(); }
   std::byte* host_at(std::uint64_t gpa) const { return host() + (gpa - gpa_); }
   int memfd() const { return memfd_.get(); }
+  HugePages huge_pages() const { return huge_; }
 
  private:
-  GuestRegion(std::uint32_t slot, std::uint64_t gpa, UniqueFd fd, Mapping m)
-      : slot_(slot), gpa_(gpa), memfd_(std::move(fd)), mapping_(std::move(m)) {}
+  GuestRegion(std::uint32_t slot, std::uint64_t gpa, UniqueFd fd, Mapping m, HugePages huge)
+      : slot_(slot), gpa_(gpa), memfd_(std::move(fd)), mapping_(std::move(m)), huge_(huge) {}
   std::uint32_t slot_ = 0;
   std::uint64_t gpa_ = 0;
   UniqueFd memfd_;
   Mapping mapping_;
+  HugePages huge_ = HugePages::kOff;
 };
 
 }  // namespace ferry::kvm

@@ -75,7 +75,7 @@ Machine::~Machine() {
   if (runner_) (void)stop("VM destroyed");
 }
 
-Status Machine::create_vm(std::uint64_t memory_bytes, bool irqchip, std::uint32_t vcpus) {
+Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus) {
   auto kvm = Kvm::open();
   if (!kvm) return std::unexpected(kvm.error());
   kvm_.emplace(std::move(*kvm));
@@ -86,7 +86,7 @@ Status Machine::create_vm(std::uint64_t memory_bytes, bool irqchip, std::uint32_
   if (!vm) return std::unexpected(vm.error());
   vm_.emplace(std::move(*vm));
   if (regions_.empty()) {
-    auto ram = GuestRegion::create(0, 0, memory_bytes, "ferry-ram");
+    auto ram = GuestRegion::create(0, 0, memory_bytes, "ferry-ram", huge);
     if (!ram) return std::unexpected(ram.error());
     regions_.push_back(std::make_unique<GuestRegion>(std::move(*ram)));
   }
@@ -157,7 +157,7 @@ Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Seri
                 kMaxLowRam >> 20, mem >> 20);
   std::unique_ptr<Machine> m(new Machine());
   m->notify_ = std::move(stopped);
-  if (auto ok = m->create_vm(mem, config.irqchip, g.vcpus); !ok) return std::unexpected(ok.error());
+  if (auto ok = m->create_vm(mem, config.huge_pages, config.irqchip, g.vcpus); !ok) return std::unexpected(ok.error());
   m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
   auto khz = vcpu_tsc_khz(m->vcpus_[0]);
   if (!khz) return std::unexpected(khz.error());
@@ -172,13 +172,13 @@ Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Seri
       if (auto ok = set_mp_state(v, KVM_MP_STATE_RUNNABLE); !ok) return std::unexpected(ok.error());
   }
   if (auto ok = m->start_vcpus(false); !ok) return std::unexpected(ok.error());
-  spdlog::info("VM started: {} vCPUs, {} MiB, {}", g.vcpus, mem >> 20,
-               config.irqchip ? "in-kernel irqchip and PIT" : "no irqchip");
+  spdlog::info("VM started: {} vCPUs, {} MiB ({} huge pages), {}", g.vcpus, mem >> 20,
+               huge_pages_name(config.huge_pages), config.irqchip ? "in-kernel irqchip and PIT" : "no irqchip");
   return m;
 }
 
 Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
-                                                  bool start_paused) {
+                                                  bool start_paused, HugePages huge_pages) {
   const auto& img = snap.image();
   auto ctx = [&](Error e) { return std::unexpected(std::move(e).context(fmt::format("restore {}", snap.path()))); };
   const auto* cfg_sec = img.find(SectionType::kVmConfig, 0);
@@ -191,7 +191,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
   m->restored_from_ = snap.path();
   // Memory first: vCPU MSRs (kvmclock, steal time) name guest pages.
   for (const auto& r : snap.regions()) {
-    auto g = GuestRegion::create(r.slot, r.gpa, r.size, fmt::format("ferry-ram-{}", r.slot));
+    auto g = GuestRegion::create(r.slot, r.gpa, r.size, fmt::format("ferry-ram-{}", r.slot), huge_pages);
     if (!g) return ctx(g.error());
     auto read = snap.load_region(r, *g);
     if (!read) return ctx(read.error());
@@ -199,7 +199,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
     m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
   }
   if (m->regions_.front()->gpa() != 0) return ctx(Error("the test guest's RAM must start at gpa 0"));
-  if (auto ok = m->create_vm(0, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
+  if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
   if (cfg->pit != m->vm_->has_pit()) return ctx(Error("PIT without irqchip"));
   m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
 
@@ -338,6 +338,7 @@ MachineStatus Machine::status() const {
   s.vcpus = static_cast<std::uint32_t>(vcpus_.size());
   for (const auto& r : regions_) s.memory_bytes += r->size();
   s.irqchip = vm_->has_irqchip();
+  s.huge_pages = regions_.front()->huge_pages();
   s.tsc_khz = tsc_khz_;
   s.restored_from = restored_from_;
   s.uptime = std::chrono::steady_clock::now() - started_;

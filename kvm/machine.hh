@@ -36,6 +36,7 @@ enum class GuestKind : std::uint32_t { kTestGuest = 1 };
 struct MachineConfig {
   std::uint64_t memory_bytes = 0;  // 0: the smallest that fits the guest
   bool irqchip = true;             // in-kernel PIC/IOAPIC/LAPICs and PIT
+  HugePages huge_pages = HugePages::kOff;
   TestGuestOptions guest;          // guest.vcpus is the VM's vCPU count
 };
 
@@ -65,6 +66,7 @@ struct MachineStatus {
   std::uint32_t vcpus = 0;
   std::uint64_t memory_bytes = 0;
   bool irqchip = false;
+  HugePages huge_pages = HugePages::kOff;
   std::uint32_t tsc_khz = 0;
   std::string restored_from;  // snapshot path, if restored
   std::chrono::steady_clock::duration uptime{};
@@ -88,9 +90,10 @@ class Machine {
   // powered off, reported a verification failure, or a vCPU failed.
   static Result<std::unique_ptr<Machine>> boot(const MachineConfig& config, Serial::Sink console, Notify stopped);
   // A new VM from a snapshot, its vCPUs parked until resume() when
-  // start_paused, else running.
+  // start_paused, else running. The memory backing is this host's choice,
+  // not part of the snapshot.
   static Result<std::unique_ptr<Machine>> restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
-                                                  bool start_paused);
+                                                  bool start_paused, HugePages huge_pages = HugePages::kOff);
 
   ~Machine();
   Machine(const Machine&) = delete;
@@ -117,7 +120,7 @@ class Machine {
 
  private:
   Machine() = default;
-  Status create_vm(std::uint64_t memory_bytes, bool irqchip, std::uint32_t vcpus);
+  Status create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus);
   Status start_vcpus(bool paused);
   void on_vcpu_ended(const std::string& why);
 

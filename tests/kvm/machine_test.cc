@@ -230,3 +230,90 @@ TEST(Machine, RefusesASnapshotWhoseMemoryWasCorrupted) {
 
 }  // namespace
 }  // namespace ferry::kvm
+
+namespace ferry::kvm {
+namespace {
+
+// Makes sure `pages` 2 MiB huge pages are free (raising vm.nr_hugepages,
+// as root), and puts the old setting back afterwards.
+class HugePageReservation {
+ public:
+  explicit HugePageReservation(long pages) {
+    old_total_ = read_long("/proc/sys/vm/nr_hugepages");
+    const long free_now = meminfo("HugePages_Free:");
+    if (old_total_ < 0 || free_now < 0) {
+      error_ = "cannot read /proc/sys/vm/nr_hugepages or HugePages_Free";
+      return;
+    }
+    if (free_now >= pages) return;
+    if (!write_long("/proc/sys/vm/nr_hugepages", old_total_ + pages - free_now)) {
+      error_ = "cannot raise /proc/sys/vm/nr_hugepages (needs root)";
+      return;
+    }
+    changed_ = true;
+    if (meminfo("HugePages_Free:") < pages)
+      error_ = fmt::format("asked for {} free huge pages, the kernel found only {}", pages, meminfo("HugePages_Free:"));
+  }
+  ~HugePageReservation() {
+    if (changed_) write_long("/proc/sys/vm/nr_hugepages", old_total_);
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  static long read_long(const char* path) {
+    long v = -1;
+    if (FILE* f = std::fopen(path, "r")) {
+      if (std::fscanf(f, "%ld", &v) != 1) v = -1;
+      std::fclose(f);
+    }
+    return v;
+  }
+  static bool write_long(const char* path, long v) {
+    FILE* f = std::fopen(path, "w");
+    if (!f) return false;
+    const bool ok = std::fprintf(f, "%ld\n", v) > 0;
+    return std::fclose(f) == 0 && ok;
+  }
+  static long meminfo(const char* key) {
+    long v = -1;
+    if (FILE* f = std::fopen("/proc/meminfo", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f))
+        if (std::strncmp(line, key, std::strlen(key)) == 0) v = std::strtol(line + std::strlen(key), nullptr, 10);
+      std::fclose(f);
+    }
+    return v;
+  }
+  long old_total_ = -1;
+  bool changed_ = false;
+  std::string error_;
+};
+
+TEST(Machine, HugetlbBackedGuestRunsSnapshotsAndRestores) {
+  HugePageReservation reserve(8);  // two 6 MiB VMs exist at once below
+  ASSERT_TRUE(reserve.error().empty()) << reserve.error();
+  TempDir dir;
+  auto c = dirty_config(true);
+  c.huge_pages = HugePages::kHugetlb;
+  auto src = Machine::boot(c, {}, {});
+  ASSERT_TRUE(src) << src.error().what();
+  // The RAM really is a hugetlbfs file of 2 MiB pages.
+  struct stat st {};
+  ASSERT_EQ(::fstat((*src)->ram().memfd(), &st), 0);
+  EXPECT_EQ(st.st_blksize, static_cast<blksize_t>(kHugePageSize));
+  EXPECT_EQ((*src)->status().huge_pages, HugePages::kHugetlb);
+  ASSERT_TRUE(wait_until([&] { return total((*src)->status(), &fg_status::verified) > 100; }, 120s));
+  ASSERT_TRUE((*src)->snapshot(dir.path + "/vm.snap"));
+  ASSERT_TRUE((*src)->stop());
+  auto snap = Snapshot::open(dir.path + "/vm.snap");
+  ASSERT_TRUE(snap) << snap.error().what();
+  auto dst = Machine::restore(*snap, {}, {}, false, HugePages::kHugetlb);
+  ASSERT_TRUE(dst) << dst.error().what();
+  const auto base = total((*dst)->status(), &fg_status::verified);
+  ASSERT_TRUE(wait_until([&] { return total((*dst)->status(), &fg_status::verified) > base + 500; }, 120s));
+  EXPECT_EQ(total((*dst)->status(), &fg_status::failures), 0u);
+  EXPECT_TRUE((*dst)->stop());
+}
+
+}  // namespace
+}  // namespace ferry::kvm

@@ -45,5 +45,24 @@ TEST(GuestRegion, RejectsUnalignedLayout) {
   EXPECT_FALSE(GuestRegion::create(0, 0, 0, "ram"));
 }
 
+TEST(GuestRegion, HugetlbNeedsTwoMiBAlignment) {
+  auto a = GuestRegion::create(0, 0, 3ull << 20, "ram", HugePages::kHugetlb);
+  ASSERT_FALSE(a);
+  EXPECT_NE(a.error().message().find("multiples of 2 MiB"), std::string::npos) << a.error().what();
+  auto b = GuestRegion::create(0, 1ull << 20, 2ull << 20, "ram", HugePages::kHugetlb);
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.error().message().find("multiples of 2 MiB"), std::string::npos) << b.error().what();
+}
+
+TEST(GuestRegion, TransparentHugePagesAreAdviceAndAlwaysWork) {
+  // MADV_HUGEPAGE on shmem is accepted whatever shmem_enabled says; the
+  // region behaves like any other.
+  auto r = GuestRegion::create(0, 0, 4ull << 20, "ram", HugePages::kTransparent);
+  ASSERT_TRUE(r) << r.error().what();
+  EXPECT_EQ(r->huge_pages(), HugePages::kTransparent);
+  std::memset(r->host(), 0x5a, r->size());
+  EXPECT_EQ(r->host()[r->size() - 1], std::byte{0x5a});
+}
+
 }  // namespace
 }  // namespace ferry::kvm

@@ -28,6 +28,7 @@ using nlohmann::json;
 
 struct VmProcessOptions {
   std::string api;
+  std::string huge_pages = "off";
   bool console = false;
   std::string serial_log;
   bool json = false;
@@ -221,6 +222,15 @@ void add_process_options(CLI::App* cmd, VmProcessOptions& o) {
   cmd->add_flag("--console", o.console, "copy the guest's serial console to stdout");
   cmd->add_option("--serial-log", o.serial_log, "append the guest's serial console to FILE");
   cmd->add_flag("--json", o.json, "print a JSON line when the VM starts and one when it stops");
+  cmd->add_option("--hugepages", o.huge_pages,
+                  "guest RAM backing: off (4 KiB), thp (transparent, where shmem THP is enabled) or hugetlb "
+                  "(2 MiB pages reserved with vm.nr_hugepages)")
+      ->check(CLI::IsMember({"off", "thp", "hugetlb"}))
+      ->capture_default_str();
+}
+
+kvm::HugePages parse_huge(const std::string& s) {
+  return s == "thp" ? kvm::HugePages::kTransparent : s == "hugetlb" ? kvm::HugePages::kHugetlb : kvm::HugePages::kOff;
 }
 
 }  // namespace
@@ -264,6 +274,7 @@ void add_run(CLI::App& app, Globals& g) {
       c.memory_bytes = *mem;
     }
     c.irqchip = !opts->no_irqchip;
+    c.huge_pages = parse_huge(opts->huge_pages);
     auto& t = c.guest;
     t.vcpus = opts->vcpus;
     t.workload = opts->workload == "idle" ? FG_IDLE : FG_DIRTY;
@@ -296,7 +307,7 @@ void add_restore(CLI::App& app, Globals& g) {
     g.rc = run_vm_process(
         *opts,
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) {
-          return kvm::Machine::restore(*snap, console, n, opts->paused);
+          return kvm::Machine::restore(*snap, console, n, opts->paused, parse_huge(opts->huge_pages));
         },
         "restore");
   });

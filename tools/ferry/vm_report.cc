@@ -41,6 +41,7 @@ json status_json(const kvm::MachineStatus& s) {
           {"vcpus", s.vcpus},
           {"memory_bytes", s.memory_bytes},
           {"irqchip", s.irqchip},
+          {"huge_pages", kvm::huge_pages_name(s.huge_pages)},
           {"tsc_khz", s.tsc_khz},
           {"restored_from", s.restored_from},
           {"uptime_s", std::chrono::duration<double>(s.uptime).count()},
@@ -72,8 +73,10 @@ json snapshot_json(const kvm::SnapshotFigures& f, const std::string& path) {
 }
 
 std::string status_text(const json& s) {
-  std::string out = fmt::format("VM {}: {} vCPUs, {} MiB, {}, up {:.1f} s\n", s["state"].get<std::string>(),
+  const auto huge = s["huge_pages"].get<std::string>();
+  std::string out = fmt::format("VM {}: {} vCPUs, {} MiB{}, {}, up {:.1f} s\n", s["state"].get<std::string>(),
                                 s["vcpus"].get<int>(), s["memory_bytes"].get<std::uint64_t>() >> 20,
+                                huge == "off" ? "" : fmt::format(" ({} huge pages)", huge),
                                 s["irqchip"].get<bool>() ? "in-kernel irqchip + PIT" : "no irqchip",
                                 s["uptime_s"].get<double>());
   if (!s["stop_reason"].get<std::string>().empty())
