@@ -34,6 +34,14 @@ Status set_mp_state(Vcpu& v, std::uint32_t state) {
 
 }  // namespace
 
+std::string_view guest_kind_name(GuestKind k) {
+  switch (k) {
+    case GuestKind::kTestGuest: return "test-guest";
+    case GuestKind::kLinux: return "linux";
+  }
+  return "?";
+}
+
 std::string_view run_state_name(RunState s) {
   switch (s) {
     case RunState::kRunning: return "running";
@@ -64,11 +72,14 @@ Result<VmConfigState> decode_vm_config(std::span<const std::byte> bytes) {
     return fail("VM config: version {} is not supported (this build reads {})", version, kVmConfigVersion);
   if (auto ok = r.get(kind, vcpus, irqchip, pit, khz); !ok) return std::unexpected(ok.error().context("VM config"));
   if (auto ok = r.expect_end(); !ok) return std::unexpected(ok.error().context("VM config"));
-  if (kind != static_cast<std::uint32_t>(GuestKind::kTestGuest)) return fail("VM config: unknown guest kind {}", kind);
+  if (kind != static_cast<std::uint32_t>(GuestKind::kTestGuest) && kind != static_cast<std::uint32_t>(GuestKind::kLinux))
+    return fail("VM config: unknown guest kind {}", kind);
   if (vcpus == 0 || vcpus > FG_MAX_VCPUS) return fail("VM config: {} vCPUs (1..{})", vcpus, FG_MAX_VCPUS);
   if (irqchip > 1 || pit > 1) return fail("VM config: irqchip/pit flags must be 0 or 1");
   if (pit && !irqchip) return fail("VM config: a PIT without an irqchip");
-  return VmConfigState{GuestKind::kTestGuest, vcpus, irqchip == 1, pit == 1, khz};
+  if (kind == static_cast<std::uint32_t>(GuestKind::kLinux) && !irqchip)
+    return fail("VM config: a Linux guest without an irqchip");
+  return VmConfigState{static_cast<GuestKind>(kind), vcpus, irqchip == 1, pit == 1, khz};
 }
 
 Machine::~Machine() {
@@ -108,14 +119,21 @@ Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqch
 }
 
 Status Machine::start_vcpus(bool paused) {
-  monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), serial_.get(),
-                                                [this] { on_vcpu_ended("the guest powered off"); });
+  ExitHandler guest_handler;
+  if (kind_ == GuestKind::kLinux) {
+    linux_devices_ = std::make_unique<LinuxDevices>(*vm_, *serial_, [this](std::string why) { on_vcpu_ended(why); });
+    guest_handler = [d = linux_devices_.get()](Vcpu& v) { return d->on_exit(v); };
+  } else {
+    monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), serial_.get(),
+                                                  [this] { on_vcpu_ended("the guest powered off"); });
+    guest_handler = [m = monitor_.get()](Vcpu& v) { return m->on_exit(v); };
+  }
   std::vector<Vcpu*> ptrs;
   for (auto& v : vcpus_) ptrs.push_back(&v);
   auto runner = VcpuRunner::start(
       ptrs,
-      [this](Vcpu& v) -> Result<ExitAction> {
-        auto r = monitor_->on_exit(v);
+      [this, guest_handler](Vcpu& v) -> Result<ExitAction> {
+        auto r = guest_handler(v);
         if (!r) {
           on_vcpu_ended(fmt::format("vCPU {}: {}", v.id(), r.error().what()));
         } else if (*r == ExitAction::kStop) {
@@ -149,6 +167,7 @@ void Machine::on_vcpu_ended(const std::string& why) {
 }
 
 Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Serial::Sink console, Notify stopped) {
+  if (config.kind == GuestKind::kLinux) return boot_linux(config, std::move(console), std::move(stopped));
   const auto& g = config.guest;
   std::uint64_t mem = config.memory_bytes ? config.memory_bytes : (test_guest_min_memory(g) + kTwoMiB - 1) / kTwoMiB * kTwoMiB;
   if (mem % kPageSize) return fail("memory size {} is not a multiple of {} bytes", mem, kPageSize);
@@ -177,6 +196,33 @@ Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Seri
   return m;
 }
 
+Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config, Serial::Sink console,
+                                                     Notify stopped) {
+  const auto& lb = config.linux_boot;
+  const std::uint64_t mem = config.memory_bytes ? config.memory_bytes : 512ull << 20;
+  if (mem > kMaxLowRam)
+    return fail("Linux guests support at most {} MiB of RAM for now (one slot below the 32-bit MMIO hole), not {} MiB",
+                kMaxLowRam >> 20, mem >> 20);
+  if (!config.irqchip) return fail("a Linux guest needs the in-kernel irqchip");
+  if (lb.vcpus == 0 || lb.vcpus > 255) return fail("Linux guest: 1..255 vCPUs, not {}", lb.vcpus);
+  std::unique_ptr<Machine> m(new Machine());
+  m->kind_ = GuestKind::kLinux;
+  m->notify_ = std::move(stopped);
+  if (auto ok = m->create_vm(mem, config.huge_pages, true, lb.vcpus); !ok) return std::unexpected(ok.error());
+  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  auto info = load_linux(*m->regions_.front(), lb);
+  if (!info) return std::unexpected(info.error());
+  for (auto& v : m->vcpus_)
+    if (auto ok = setup_linux_vcpu(*m->kvm_, v, *info, lb.vcpus); !ok) return std::unexpected(ok.error());
+  auto khz = vcpu_tsc_khz(m->vcpus_[0]);
+  if (!khz) return std::unexpected(khz.error());
+  m->tsc_khz_ = *khz;
+  if (auto ok = m->start_vcpus(false); !ok) return std::unexpected(ok.error());
+  spdlog::info("Linux VM started: {} vCPUs, {} MiB ({} huge pages), kernel {}{}", lb.vcpus, mem >> 20,
+               huge_pages_name(config.huge_pages), lb.kernel, lb.initrd.empty() ? "" : ", initrd " + lb.initrd);
+  return m;
+}
+
 Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
                                                   bool start_paused, HugePages huge_pages) {
   const auto& img = snap.image();
@@ -187,6 +233,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
   if (!cfg) return ctx(cfg.error());
 
   std::unique_ptr<Machine> m(new Machine());
+  m->kind_ = cfg->kind;
   m->notify_ = std::move(stopped);
   m->restored_from_ = snap.path();
   // Memory first: vCPU MSRs (kvmclock, steal time) name guest pages.
@@ -198,7 +245,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
     spdlog::debug("slot {}: {} MiB, {} MiB read (the rest are holes)", r.slot, r.size >> 20, *read >> 20);
     m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
   }
-  if (m->regions_.front()->gpa() != 0) return ctx(Error("the test guest's RAM must start at gpa 0"));
+  if (m->regions_.front()->gpa() != 0) return ctx(Error("the guest's RAM must start at gpa 0"));
   if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
   if (cfg->pit != m->vm_->has_pit()) return ctx(Error("PIT without irqchip"));
   m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
@@ -244,6 +291,9 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
                  "(heartbeats, dirty rate) scales by {:.3f}", *khz, cfg->tsc_khz,
                  static_cast<double>(*khz) / cfg->tsc_khz);
   if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
+  // The restored PIC/IOAPIC already hold the UART's line level; only
+  // changes from here on are edges to signal.
+  if (m->linux_devices_) m->linux_devices_->assume_serial_irq_level(m->serial_->irq_level());
   spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,
                m->regions_.front()->size() >> 20, start_paused ? ", paused" : "");
   return m;
@@ -306,7 +356,7 @@ Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
     if (!st) return std::unexpected(st.error());
     state::StateWriter w;
     w.add(SectionType::kVmConfig, 0, kVmConfigVersion,
-          encode_vm_config({GuestKind::kTestGuest, static_cast<std::uint32_t>(vcpus_.size()), vm_->has_irqchip(),
+          encode_vm_config({kind_, static_cast<std::uint32_t>(vcpus_.size()), vm_->has_irqchip(),
                             vm_->has_pit(), tsc_khz_}));
     for (std::size_t i = 0; i < st->vcpus.size(); ++i)
       w.add(SectionType::kVcpu, static_cast<std::uint32_t>(i), kVcpuStateVersion, encode_vcpu_state(st->vcpus[i]));
@@ -328,8 +378,16 @@ Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
   return f;
 }
 
+void Machine::console_input(std::string_view bytes) {
+  if (linux_devices_)
+    linux_devices_->console_input(bytes);
+  else
+    serial_->enqueue_input(bytes);  // the test guest polls, no interrupt
+}
+
 MachineStatus Machine::status() const {
   MachineStatus s;
+  s.kind = kind_;
   {
     std::lock_guard lock(mu_);
     s.state = stopped_ ? RunState::kStopped : paused_ ? RunState::kPaused : RunState::kRunning;
@@ -342,10 +400,13 @@ MachineStatus Machine::status() const {
   s.tsc_khz = tsc_khz_;
   s.restored_from = restored_from_;
   s.uptime = std::chrono::steady_clock::now() - started_;
-  std::memcpy(&s.params, regions_.front()->host_at(FG_PARAMS_GPA), sizeof s.params);
-  s.monitor = monitor_->figures();
+  if (monitor_) {
+    std::memcpy(&s.params, regions_.front()->host_at(FG_PARAMS_GPA), sizeof s.params);
+    s.monitor = monitor_->figures();
+  }
   for (std::size_t i = 0; i < vcpus_.size(); ++i)
-    s.per_vcpu.push_back({runner_->exits(i), read_test_guest_status(*regions_.front(), static_cast<std::uint32_t>(i))});
+    s.per_vcpu.push_back({runner_->exits(i), monitor_ ? read_test_guest_status(*regions_.front(), static_cast<std::uint32_t>(i))
+                                                      : fg_status{}});
   return s;
 }
 

@@ -19,6 +19,8 @@
 #include "base/error.hh"
 #include "kvm/devices/serial.hh"
 #include "kvm/guest_memory.hh"
+#include "kvm/linux/boot.hh"
+#include "kvm/linux/devices.hh"
 #include "kvm/snapshot.hh"
 #include "kvm/system.hh"
 #include "kvm/test_guest.hh"
@@ -31,13 +33,17 @@ namespace ferry::kvm {
 
 inline constexpr std::uint32_t kVmConfigVersion = 1;
 
-enum class GuestKind : std::uint32_t { kTestGuest = 1 };
+// Values are on disk (kVmConfig): never renumber.
+enum class GuestKind : std::uint32_t { kTestGuest = 1, kLinux = 2 };
+std::string_view guest_kind_name(GuestKind k);
 
 struct MachineConfig {
   std::uint64_t memory_bytes = 0;  // 0: the smallest that fits the guest
   bool irqchip = true;             // in-kernel PIC/IOAPIC/LAPICs and PIT
   HugePages huge_pages = HugePages::kOff;
-  TestGuestOptions guest;          // guest.vcpus is the VM's vCPU count
+  GuestKind kind = GuestKind::kTestGuest;
+  TestGuestOptions guest;          // kTestGuest; guest.vcpus is the VM's vCPU count
+  LinuxBootConfig linux_boot;      // kLinux; linux_boot.vcpus is the VM's vCPU count
 };
 
 // What a snapshot records about the VM's shape (the kVmConfig section).
@@ -61,6 +67,7 @@ struct VcpuStatus {
 };
 
 struct MachineStatus {
+  GuestKind kind = GuestKind::kTestGuest;
   RunState state = RunState::kRunning;
   std::string stop_reason;  // when stopped
   std::uint32_t vcpus = 0;
@@ -70,8 +77,8 @@ struct MachineStatus {
   std::uint32_t tsc_khz = 0;
   std::string restored_from;  // snapshot path, if restored
   std::chrono::steady_clock::duration uptime{};
-  fg_params params{};  // the guest's workload, as it sees it
-  TestGuestMonitor::Figures monitor;
+  fg_params params{};  // test guest: its workload, as it sees it
+  TestGuestMonitor::Figures monitor;  // test guest only
   std::vector<VcpuStatus> per_vcpu;
 };
 
@@ -101,6 +108,8 @@ class Machine {
 
   Status pause();
   Status resume();
+  // Bytes for the guest's serial console (its keyboard).
+  void console_input(std::string_view bytes);
   // Pauses if running, writes the snapshot, resumes if it was running.
   Result<SnapshotFigures> snapshot(const std::string& path);
   MachineStatus status() const;
@@ -120,6 +129,7 @@ class Machine {
 
  private:
   Machine() = default;
+  static Result<std::unique_ptr<Machine>> boot_linux(const MachineConfig& config, Serial::Sink console, Notify stopped);
   Status create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus);
   Status start_vcpus(bool paused);
   void on_vcpu_ended(const std::string& why);
@@ -130,7 +140,9 @@ class Machine {
   std::vector<Vcpu> vcpus_;
   std::vector<std::uint32_t> msr_indices_;
   std::unique_ptr<Serial> serial_;
-  std::unique_ptr<TestGuestMonitor> monitor_;
+  GuestKind kind_ = GuestKind::kTestGuest;
+  std::unique_ptr<TestGuestMonitor> monitor_;      // kTestGuest
+  std::unique_ptr<LinuxDevices> linux_devices_;    // kLinux
   std::unique_ptr<VcpuRunner> runner_;
   Notify notify_;
   std::uint32_t tsc_khz_ = 0;

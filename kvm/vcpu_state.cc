@@ -348,6 +348,9 @@ Result<VcpuState> capture_vcpu_state(Vcpu& vcpu, const std::vector<std::uint32_t
   return s;
 }
 
+Status set_vcpu_cpuid(Vcpu& vcpu, const std::vector<kvm_cpuid_entry2>& cpuid) { return restore_cpuid(vcpu, cpuid); }
+Status set_vcpu_msrs(Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs) { return restore_msrs(vcpu, msrs); }
+
 Status restore_vcpu_state(Vcpu& vcpu, const VcpuState& s) {
   // Restore order. Each step names what must already be in place:
   //  1. CPUID first: KVM validates nearly everything below against it: CR4

@@ -92,6 +92,12 @@ Result<VcpuState> capture_vcpu_state(Vcpu& vcpu, const std::vector<std::uint32_t
 // LAPIC: KVM refuses any write but reads 0).
 Status restore_vcpu_state(Vcpu& vcpu, const VcpuState& state);
 
+// The pieces restore uses, for a VMM setting up a fresh vCPU (boot): the
+// CPUID table (KVM_SET_CPUID2), and MSRs in msr_restore_rank order (a
+// refused write is an error naming the MSR).
+Status set_vcpu_cpuid(Vcpu& vcpu, const std::vector<kvm_cpuid_entry2>& cpuid);
+Status set_vcpu_msrs(Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs);
+
 // The order restore writes MSRs in: lower rank first, capture order within
 // a rank. Exposed for tests.
 int msr_restore_rank(std::uint32_t index);

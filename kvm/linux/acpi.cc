@@ -1,0 +1,139 @@
+// ACPI tables (ACPI 6.x layouts; offsets from the spec's table definitions).
+#include "kvm/linux/acpi.hh"
+
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+namespace ferry::kvm {
+namespace {
+
+class Table {
+ public:
+  Table(std::string_view sig, std::uint8_t revision) {
+    bytes_.resize(36);  // the common header
+    std::memcpy(bytes_.data(), sig.data(), 4);
+    bytes_[8] = revision;
+    std::memcpy(bytes_.data() + 10, "FERRY ", 6);     // OEM ID
+    std::memcpy(bytes_.data() + 16, "FERRYVM ", 8);   // OEM table ID
+    put32(24, 1);                                     // OEM revision
+    std::memcpy(bytes_.data() + 28, "FRRY", 4);       // creator ID
+    put32(32, 1);                                     // creator revision
+  }
+  void append(std::initializer_list<std::uint8_t> b) { bytes_.insert(bytes_.end(), b); }
+  void append8(std::uint8_t v) { bytes_.push_back(v); }
+  void append16(std::uint16_t v) { append({std::uint8_t(v), std::uint8_t(v >> 8)}); }
+  void append32(std::uint32_t v) { append16(std::uint16_t(v)), append16(std::uint16_t(v >> 16)); }
+  void append64(std::uint64_t v) { append32(std::uint32_t(v)), append32(std::uint32_t(v >> 32)); }
+  void resize(std::size_t n) { bytes_.resize(n); }
+  void put8(std::size_t off, std::uint8_t v) { bytes_[off] = v; }
+  void put16(std::size_t off, std::uint16_t v) { put8(off, std::uint8_t(v)), put8(off + 1, std::uint8_t(v >> 8)); }
+  void put32(std::size_t off, std::uint32_t v) { put16(off, std::uint16_t(v)), put16(off + 2, std::uint16_t(v >> 16)); }
+  void put64(std::size_t off, std::uint64_t v) { put32(off, std::uint32_t(v)), put32(off + 4, std::uint32_t(v >> 32)); }
+  // A Generic Address Structure (12 bytes): system I/O space, byte access.
+  void put_gas_io(std::size_t off, std::uint16_t port, std::uint8_t bits) {
+    put8(off, 1);         // address space: system I/O
+    put8(off + 1, bits);  // register bit width
+    put8(off + 2, 0);     // bit offset
+    put8(off + 3, 1);     // access size: byte
+    put64(off + 4, port);
+  }
+  // Length and checksum, once the content is final.
+  std::vector<std::uint8_t> finish() {
+    put32(4, static_cast<std::uint32_t>(bytes_.size()));
+    bytes_[9] = 0;
+    bytes_[9] = static_cast<std::uint8_t>(-acpi_checksum(bytes_.data(), bytes_.size()));
+    return bytes_;
+  }
+
+ private:
+  std::vector<std::uint8_t> bytes_;
+};
+
+// DSDT body: Name (_S5, Package () { 5, 5, 0, 0 }) in AML. Linux reads the
+// sleep type for S5 from it; without \_S5 it offers no ACPI power-off.
+constexpr std::uint8_t kS5Aml[] = {0x08, '_', 'S', '5', '_',  // NameOp "_S5_"
+                                   0x12, 0x08, 0x04,          // PackageOp, PkgLength 8, 4 elements
+                                   0x0a, kAcpiS5SleepType,    // BytePrefix 5 (SLP_TYP a)
+                                   0x0a, kAcpiS5SleepType,    // BytePrefix 5 (SLP_TYP b)
+                                   0x00, 0x00};               // Zero, Zero
+
+}  // namespace
+
+std::uint8_t acpi_checksum(const std::uint8_t* p, std::size_t n) {
+  std::uint8_t sum = 0;
+  for (std::size_t i = 0; i < n; ++i) sum = static_cast<std::uint8_t>(sum + p[i]);
+  return sum;
+}
+
+Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus) {
+  if (vcpus == 0 || vcpus > 255) return fail("ACPI: {} vCPUs (1..255 with xAPIC IDs)", vcpus);
+  // Layout inside the reserved 0xe0000 page(s): RSDP, then the tables,
+  // each 16-byte aligned.
+  const std::uint64_t rsdp = kAcpiTablesGpa;
+  std::uint64_t next = rsdp + 64;
+  auto place = [&](const std::vector<std::uint8_t>& t) {
+    const std::uint64_t at = next;
+    std::memcpy(ram.host_at(at), t.data(), t.size());
+    next = (at + t.size() + 15) & ~15ull;
+    return at;
+  };
+
+  Table dsdt("DSDT", 2);
+  for (auto b : kS5Aml) dsdt.append8(b);
+  const auto dsdt_gpa = place(dsdt.finish());
+
+  // FADT, revision 6 (276 bytes). Hardware-reduced (flag bit 20): sleep and
+  // reset go through the registers below; no PM timer, PM1 blocks or SCI.
+  Table fadt("FACP", 6);
+  fadt.resize(276);
+  fadt.put32(36, 0);                              // FIRMWARE_CTRL: none
+  fadt.put32(40, static_cast<std::uint32_t>(dsdt_gpa));
+  fadt.put8(45, 0);                               // preferred PM profile: unspecified
+  fadt.put16(109, (1u << 2) | (1u << 5));         // IAPC_BOOT_ARCH: no VGA, no CMOS RTC
+  fadt.put32(112, (1u << 10) | (1u << 20));       // flags: RESET_REG_SUP, HW_REDUCED_ACPI
+  fadt.put_gas_io(116, kAcpiResetPort, 8);        // RESET_REG
+  fadt.put8(128, kAcpiResetValue);                // RESET_VALUE
+  fadt.put16(129, 0);                             // ARM boot arch
+  fadt.put8(131, 1);                              // FADT minor version (6.1)
+  fadt.put64(140, dsdt_gpa);                      // X_DSDT
+  fadt.put_gas_io(244, kAcpiSleepControlPort, 8); // SLEEP_CONTROL_REG
+  fadt.put_gas_io(256, kAcpiSleepStatusPort, 8);  // SLEEP_STATUS_REG
+  fadt.put64(268, 0);                             // hypervisor vendor identity
+  const auto fadt_gpa = place(fadt.finish());
+
+  Table madt("APIC", 5);
+  madt.append32(0xfee00000);  // local APIC address
+  madt.append32(0);           // flags: no PC-AT dual 8259 to mask (HW-reduced: Linux uses the IOAPIC)
+  for (std::uint32_t i = 0; i < vcpus; ++i)
+    madt.append({0, 8, std::uint8_t(i), std::uint8_t(i), 1, 0, 0, 0});  // processor LAPIC, enabled
+  madt.append({1, 12, 0, 0});                                             // IOAPIC id 0
+  madt.append32(0xfec00000);
+  madt.append32(0);                                                       // GSI base
+  madt.append({2, 10, 0, 0});                                             // ISA IRQ0 -> GSI2 (the PIT)
+  madt.append32(2);
+  madt.append16(0);
+  madt.append({4, 6, 0xff, 0, 0, 1});                                     // every LAPIC: LINT1 is NMI
+  const auto madt_gpa = place(madt.finish());
+
+  Table xsdt("XSDT", 1);
+  xsdt.append64(fadt_gpa);
+  xsdt.append64(madt_gpa);
+  const auto xsdt_gpa = place(xsdt.finish());
+
+  // RSDP, ACPI 2.0+ (36 bytes): first checksum covers bytes 0..19, the
+  // extended one all 36.
+  std::uint8_t r[36] = {};
+  std::memcpy(r, "RSD PTR ", 8);
+  std::memcpy(r + 9, "FERRY ", 6);
+  r[15] = 2;  // revision
+  r[20] = 36;
+  for (int i = 0; i < 8; ++i) r[24 + i] = static_cast<std::uint8_t>(xsdt_gpa >> (8 * i));
+  r[8] = static_cast<std::uint8_t>(-acpi_checksum(r, 20));
+  r[32] = static_cast<std::uint8_t>(-acpi_checksum(r, 36));
+  std::memcpy(ram.host_at(rsdp), r, sizeof r);
+  if (next > 0x100000) return fail("ACPI: tables overflow the BIOS area ({:#x})", next);
+  return rsdp;
+}
+
+}  // namespace ferry::kvm

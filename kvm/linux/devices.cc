@@ -1,0 +1,99 @@
+#include "kvm/linux/devices.hh"
+
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvm/linux/acpi.hh"
+#include "kvm/vcpu.hh"
+#include "kvm/vm.hh"
+
+namespace ferry::kvm {
+namespace {
+
+constexpr std::uint16_t kI8042Command = 0x64;  // 0xfe: pulse the CPU reset line
+constexpr std::uint16_t kPciResetControl = 0xcf9;  // bit 2: reset
+
+}  // namespace
+
+void LinuxDevices::sync_serial_irq() {
+  std::lock_guard lock(irq_mu_);
+  const bool level = serial_.irq_level();
+  if (level == irq_level_) return;
+  irq_level_ = level;
+  // The default GSI routing sends ISA IRQ 4 to PIC and IOAPIC pin 4, both
+  // edge-triggered for ISA: the UART's rising edge is the interrupt.
+  kvm_irq_level l{};
+  l.irq = kCom1Irq;
+  l.level = level ? 1 : 0;
+  if (::ioctl(vm_.fd(), KVM_IRQ_LINE, &l) < 0) spdlog::warn("KVM_IRQ_LINE {}: {}", kCom1Irq, std::strerror(errno));
+}
+
+void LinuxDevices::console_input(std::string_view bytes) {
+  serial_.enqueue_input(bytes);
+  sync_serial_irq();
+}
+
+Result<ExitAction> LinuxDevices::on_io(Vcpu& vcpu) {
+  kvm_run& run = vcpu.run();
+  auto* data = reinterpret_cast<std::uint8_t*>(&run) + run.io.data_offset;
+  const bool out = run.io.direction == KVM_EXIT_IO_OUT;
+  const std::uint16_t port = run.io.port;
+  for (std::uint32_t i = 0; i < run.io.count; ++i, data += run.io.size) {
+    if (port >= kCom1Base && port < kCom1Base + 8 && run.io.size == 1) {
+      const auto off = static_cast<std::uint16_t>(port - kCom1Base);
+      if (out)
+        serial_.write(off, data[0]);
+      else
+        data[0] = serial_.read(off);
+      sync_serial_irq();
+      continue;
+    }
+    std::uint32_t value = 0;
+    if (out) std::memcpy(&value, data, std::min<std::size_t>(run.io.size, 4));
+    if (out && port == kAcpiSleepControlPort && (value & kAcpiSleepEnable)) {
+      const auto type = (value >> 2) & 7;
+      if (type == kAcpiS5SleepType) {
+        on_stop_("the guest powered off");
+        return ExitAction::kStop;
+      }
+      spdlog::warn("guest asked for ACPI sleep type {}: only S5 (off) is supported; ignored", type);
+      continue;
+    }
+    if (out && ((port == kAcpiResetPort && value == kAcpiResetValue) || (port == kI8042Command && value == 0xfe) ||
+                (port == kPciResetControl && (value & 4)))) {
+      on_stop_("the guest rebooted");
+      return ExitAction::kStop;
+    }
+    // Nothing here: like an empty bus, reads return all ones.
+    if (!out) std::memset(data, 0xff, run.io.size);
+    if (!out && port == kAcpiSleepStatusPort) data[0] = 0;
+  }
+  return ExitAction::kContinue;
+}
+
+Result<ExitAction> LinuxDevices::on_exit(Vcpu& vcpu) {
+  kvm_run& run = vcpu.run();
+  switch (run.exit_reason) {
+    case KVM_EXIT_IO:
+      return on_io(vcpu);
+    case KVM_EXIT_MMIO:
+      // No MMIO devices besides KVM's own (LAPIC, IOAPIC): reads float high.
+      if (!run.mmio.is_write) std::memset(run.mmio.data, 0xff, sizeof run.mmio.data);
+      return ExitAction::kContinue;
+    case KVM_EXIT_SHUTDOWN:
+      // A triple fault: how x86 resets when every other way failed.
+      on_stop_("the guest rebooted (triple fault)");
+      return ExitAction::kStop;
+    case KVM_EXIT_HLT:
+      return ExitAction::kContinue;  // only without an in-kernel LAPIC
+    default:
+      return fail("Linux guest: unexpected exit {} on vCPU {}", run.exit_reason, vcpu.id());
+  }
+}
+
+}  // namespace ferry::kvm

@@ -1,0 +1,51 @@
+#pragma once
+// The platform a Linux guest sees beyond what KVM emulates in the kernel
+// (LAPICs, IOAPIC, PIC, PIT): COM1 with its interrupt, the ACPI sleep and
+// reset registers (power-off, reboot), the legacy reset ports, and an empty
+// ISA/PCI bus everywhere else (reads float high, writes vanish), which is
+// how Linux concludes that a device is absent.
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "base/error.hh"
+#include "kvm/devices/serial.hh"
+#include "kvm/vcpu_runner.hh"
+
+namespace ferry::kvm {
+
+class Vm;
+
+class LinuxDevices {
+ public:
+  // `on_stop(reason)` runs on the vCPU thread that powered off or reset the
+  // guest; that vCPU then stops (the caller stops the rest).
+  LinuxDevices(Vm& vm, Serial& serial, std::function<void(std::string)> on_stop)
+      : vm_(vm), serial_(serial), on_stop_(std::move(on_stop)) {}
+
+  Result<ExitAction> on_exit(Vcpu& vcpu);
+
+  // Bytes typed at the console: queued in the UART, interrupt raised.
+  void console_input(std::string_view bytes);
+  // Drives IRQ 4 from the UART's interrupt output (edge: KVM sees 0 -> 1).
+  void sync_serial_irq();
+  // After a restore: the interrupt controllers' state already reflects this
+  // level, so record it without signalling an edge.
+  void assume_serial_irq_level(bool level) {
+    std::lock_guard lock(irq_mu_);
+    irq_level_ = level;
+  }
+
+ private:
+  Result<ExitAction> on_io(Vcpu& vcpu);
+
+  Vm& vm_;
+  Serial& serial_;
+  std::function<void(std::string)> on_stop_;
+  std::mutex irq_mu_;
+  bool irq_level_ = false;
+};
+
+}  // namespace ferry::kvm
