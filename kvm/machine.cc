@@ -32,6 +32,38 @@ Status set_mp_state(Vcpu& v, std::uint32_t state) {
   return {};
 }
 
+// The TSCs a snapshot holds were read one vCPU after another, so even a
+// guest whose TSCs run in lockstep shows small differences. Restoring each
+// exactly would give every vCPU a different offset, and KVM keeps its
+// stable masterclock (KVM_CLOCK_TSC_STABLE, which kvmclock guests rely on)
+// only when all offsets are equal. So when the captured values are within
+// a second of each other (the window KVM itself treats as "meant to be
+// synchronised"), all vCPUs get vCPU 0's offset.
+Status resync_tsc_offsets(std::vector<Vcpu>& vcpus, const std::vector<std::uint64_t>& tscs) {
+  if (tscs.size() != vcpus.size() || vcpus.size() < 2) return {};
+  kvm_device_attr attr{};
+  attr.group = KVM_VCPU_TSC_CTRL;
+  attr.attr = KVM_VCPU_TSC_OFFSET;
+  if (::ioctl(vcpus[0].fd(), KVM_HAS_DEVICE_ATTR, &attr) < 0) return {};  // KVM syncs its own way
+  auto khz = vcpu_tsc_khz(vcpus[0]);
+  if (!khz) return std::unexpected(khz.error());
+  const std::uint64_t window = std::uint64_t{*khz} * 1000;
+  for (auto t : tscs)
+    if ((t > tscs[0] ? t - tscs[0] : tscs[0] - t) >= window) {
+      spdlog::warn("vCPU TSCs differ by more than a second in the snapshot; restored as they were");
+      return {};
+    }
+  std::uint64_t offset = 0;
+  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
+  if (::ioctl(vcpus[0].fd(), KVM_GET_DEVICE_ATTR, &attr) < 0) return fail_sys("KVM_GET_DEVICE_ATTR TSC offset of vCPU 0");
+  for (std::size_t i = 1; i < vcpus.size(); ++i)
+    if (::ioctl(vcpus[i].fd(), KVM_SET_DEVICE_ATTR, &attr) < 0) {
+      const int e = errno;
+      return std::unexpected(sys_error(fmt::format("KVM_SET_DEVICE_ATTR TSC offset of vCPU {}", i), e));
+    }
+  return {};
+}
+
 }  // namespace
 
 std::string_view guest_kind_name(GuestKind k) {
@@ -130,26 +162,27 @@ Status Machine::start_vcpus(bool paused) {
   }
   std::vector<Vcpu*> ptrs;
   for (auto& v : vcpus_) ptrs.push_back(&v);
-  auto runner = VcpuRunner::start(
-      ptrs,
-      [this, guest_handler](Vcpu& v) -> Result<ExitAction> {
-        auto r = guest_handler(v);
-        if (!r) {
-          on_vcpu_ended(fmt::format("vCPU {}: {}", v.id(), r.error().what()));
-        } else if (*r == ExitAction::kStop) {
-          bool all = false;
-          {
-            std::lock_guard lock(mu_);
-            all = ++halted_ == vcpus_.size();
-          }
-          if (all) on_vcpu_ended("every vCPU halted");
-        }
-        return r;
-      },
-      paused);
+  // Every thread that ends by itself reports here: an error stops the whole
+  // VM; the last vCPU to halt does too.
+  auto on_end = [this](Vcpu& v, const Status& st) {
+    if (!st) {
+      on_vcpu_ended(fmt::format("vCPU {}: {}", v.id(), st.error().what()));
+      return;
+    }
+    bool all = false;
+    {
+      std::lock_guard lock(mu_);
+      all = ++halted_ == vcpus_.size();
+    }
+    if (all) on_vcpu_ended("every vCPU halted");
+  };
+  // Started parked and released only once runner_ is set: a vCPU that stops
+  // on its very first exit calls on_vcpu_ended, which uses runner_.
+  auto runner = VcpuRunner::start(ptrs, guest_handler, /*start_paused=*/true, on_end);
   if (!runner) return std::unexpected(runner.error());
   runner_ = std::move(*runner);
   paused_ = paused;
+  if (!paused) runner_->resume();
   started_ = std::chrono::steady_clock::now();
   return {};
 }
@@ -245,7 +278,14 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
     spdlog::debug("slot {}: {} MiB, {} MiB read (the rest are holes)", r.slot, r.size >> 20, *read >> 20);
     m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
   }
-  if (m->regions_.front()->gpa() != 0) return ctx(Error("the guest's RAM must start at gpa 0"));
+  // The same bounds boot enforces: RAM from 0 up to the MMIO hole, large
+  // enough for what this VMM reads of the guest (a crafted file must not
+  // make status() read past the mapping).
+  const auto& ram0 = *m->regions_.front();
+  const std::uint64_t min_ram = cfg->kind == GuestKind::kLinux ? kLinuxMinMemory : FG_DATA_GPA;
+  if (m->regions_.size() != 1 || ram0.gpa() != 0 || ram0.size() < min_ram || ram0.size() > kMaxLowRam)
+    return ctx(Error(fmt::format("unsupported memory layout: expected one region at gpa 0 of {} KiB..{} MiB",
+                                 min_ram >> 10, kMaxLowRam >> 20)));
   if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
   if (cfg->pit != m->vm_->has_pit()) return ctx(Error("PIT without irqchip"));
   m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
@@ -253,13 +293,17 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
   // Restore order: every vCPU (CPUID, registers, MSRs, LAPIC, events...: the
   // per-vCPU order is in restore_vcpu_state), then the VM-wide chips and the
   // clock last (see vm_state.hh), then devices.
+  std::vector<std::uint64_t> tscs;  // each vCPU's captured TSC
   for (auto& v : m->vcpus_) {
     const auto* sec = img.find(SectionType::kVcpu, v.id());
     if (!sec) return ctx(Error(fmt::format("no state for vCPU {}", v.id())));
     auto st = decode_vcpu_state(sec->payload);
     if (!st) return ctx(std::move(st.error()).context(fmt::format("vCPU {}", v.id())));
+    for (const auto& e : st->msrs)
+      if (e.index == msr::kTsc) tscs.push_back(e.data);
     if (auto ok = restore_vcpu_state(v, *st); !ok) return ctx(std::move(ok.error()).context(fmt::format("vCPU {}", v.id())));
   }
+  if (auto ok = resync_tsc_offsets(m->vcpus_, tscs); !ok) return ctx(ok.error());
   VmState vs;
   const auto* clock = img.find(SectionType::kClock, 0);
   if (!clock) return ctx(Error("no clock section"));

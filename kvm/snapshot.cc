@@ -177,7 +177,10 @@ Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::Stat
   }
   if (::ftruncate(fd.get(), static_cast<off_t>(off)) < 0) return cleanup(sys_error("ftruncate"));
   if (::fsync(fd.get()) < 0) return cleanup(sys_error("fsync"));
-  if (::rename(tmp.c_str(), path.c_str()) < 0) return cleanup(sys_error(fmt::format("rename to {}", path)));
+  if (::rename(tmp.c_str(), path.c_str()) < 0) {
+    const int e = errno;
+    return cleanup(sys_error(fmt::format("rename to {}", path), e));
+  }
   return f;
 }
 

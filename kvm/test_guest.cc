@@ -174,6 +174,7 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
       if (on_poweroff_) on_poweroff_();
       return ExitAction::kStop;
     case FG_PORT_FAIL: {
+      if (value >= FG_MAX_VCPUS) return fail("test guest reported a failure for vCPU {}, which does not exist", value);
       const auto s = read_test_guest_status(ram_, value);
       static constexpr const char* kKinds[] = {"?", "wrong page index", "wrong generation", "bad checksum", "wrong content"};
       return fail("test guest vCPU {} found working-set page {} corrupt: {} (expected generation {}, header says {})",

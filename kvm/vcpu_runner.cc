@@ -37,16 +37,16 @@ void set_immediate_exit(Vcpu& v, bool on) {
 }  // namespace
 
 Result<std::unique_ptr<VcpuRunner>> VcpuRunner::start(std::vector<Vcpu*> vcpus, ExitHandler handler,
-                                                      bool start_paused) {
+                                                      bool start_paused, EndHandler on_end) {
   if (vcpus.empty()) return fail("vCPU runner: no vCPUs");
   if (!handler) return fail("vCPU runner: no exit handler");
   if (auto ok = install_kick_handler(); !ok) return std::unexpected(ok.error());
-  std::unique_ptr<VcpuRunner> r(new VcpuRunner(std::move(vcpus), std::move(handler), start_paused));
+  std::unique_ptr<VcpuRunner> r(new VcpuRunner(std::move(vcpus), std::move(handler), start_paused, std::move(on_end)));
   return r;
 }
 
-VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused)
-    : handler_(std::move(handler)) {
+VcpuRunner::VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused, EndHandler on_end)
+    : handler_(std::move(handler)), on_end_(std::move(on_end)) {
   // Set before any thread exists, so each parks before its first KVM_RUN.
   pause_requested_ = start_paused;
   attention_.store(start_paused, std::memory_order_release);
@@ -72,6 +72,7 @@ VcpuRunner::~VcpuRunner() {
 void VcpuRunner::thread_main(Slot& slot) {
   Vcpu& v = *slot.vcpu;
   Status result;
+  bool requested = false;  // ended by request_stop, not by itself
   for (;;) {
     // A thread that reads false here just before a pause is requested is
     // still caught: the pauser sets immediate_exit before signalling, so the
@@ -84,7 +85,10 @@ void VcpuRunner::thread_main(Slot& slot) {
         cv_.wait(lock, [&] { return !pause_requested_ || stop_requested_; });
         --acked_;
       }
-      if (stop_requested_) break;
+      if (stop_requested_) {
+        requested = true;
+        break;
+      }
     }
     if (auto ok = v.run_once(); !ok) {
       result = std::unexpected(ok.error());
@@ -100,6 +104,7 @@ void VcpuRunner::thread_main(Slot& slot) {
     }
     if (*action == ExitAction::kStop) break;
   }
+  if (!requested && on_end_) on_end_(v, result);
   std::lock_guard lock(mu_);
   slot.result = std::move(result);
   slot.alive = false;
@@ -126,8 +131,12 @@ Status VcpuRunner::pause(std::chrono::milliseconds timeout) {
   }
   kick_all();
   std::unique_lock lock(mu_);
-  if (!cv_.wait_for(lock, timeout, [&] { return acked_ == live_; }))
-    return fail("vCPU runner: only {} of {} vCPUs acknowledged the pause within {} ms", acked_, live_, timeout.count());
+  if (!cv_.wait_for(lock, timeout, [&] { return acked_ == live_; })) {
+    const auto acked = acked_, live = live_;
+    lock.unlock();
+    resume();
+    return fail("vCPU runner: only {} of {} vCPUs acknowledged the pause within {} ms", acked, live, timeout.count());
+  }
   return {};
 }
 

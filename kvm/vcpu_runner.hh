@@ -30,6 +30,10 @@ enum class ExitAction { kContinue, kStop };
 // Called on the vCPU's thread for every exit except the runner's own kicks
 // (KVM_EXIT_INTR). Errors stop that vCPU and are reported by join().
 using ExitHandler = std::function<Result<ExitAction>(Vcpu&)>;
+// Called on a vCPU's thread as it ends by itself: the handler said kStop
+// (ok), or the handler or KVM_RUN failed (the error). Not called for threads
+// ended by request_stop().
+using EndHandler = std::function<void(Vcpu&, const Status&)>;
 
 class VcpuRunner {
  public:
@@ -38,14 +42,16 @@ class VcpuRunner {
   // start_paused, park before their first KVM_RUN until resume() (a VM
   // restored to be inspected, or held until a migration commits).
   static Result<std::unique_ptr<VcpuRunner>> start(std::vector<Vcpu*> vcpus, ExitHandler handler,
-                                                   bool start_paused = false);
+                                                   bool start_paused = false, EndHandler on_end = {});
 
   ~VcpuRunner();  // stops and joins
   VcpuRunner(const VcpuRunner&) = delete;
   VcpuRunner& operator=(const VcpuRunner&) = delete;
 
   // Kicks every vCPU out of the guest and waits until each live one has
-  // acknowledged. Call pause/resume/stop from one controlling thread.
+  // acknowledged. Call pause/resume/stop from one controlling thread. On
+  // timeout the pause is withdrawn (the vCPUs that parked run again), so a
+  // failed pause never leaves the VM half stopped.
   Status pause(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   void resume();
   bool paused() const;
@@ -75,11 +81,12 @@ class VcpuRunner {
     Status result;
   };
 
-  VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused);
+  VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused, EndHandler on_end);
   void thread_main(Slot& slot);
   void kick_all();
 
   ExitHandler handler_;
+  EndHandler on_end_;
   std::vector<std::unique_ptr<Slot>> slots_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <thread>
 
@@ -141,6 +143,73 @@ TEST(VcpuRunner, PauseWithMixedLiveAndFinishedVcpus) {
   (*runner)->resume();
   EXPECT_TRUE(wait_until([&] { return m->counter(1) != c; }, 20s));
   for (const auto& st : (*runner)->stop_and_join()) EXPECT_TRUE(st) << st.error().what();
+}
+
+TEST(VcpuRunner, EndHandlerHearsOfVcpusThatEndByThemselvesOnly) {
+  // vCPU 0 halts (kStop), vCPU 1 fails in its handler, vCPU 2 counts until
+  // stopped by request: the end handler hears of 0 and 1, not of 2.
+  auto m = make_machine(3, [](std::size_t i) {
+    return i < 2 ? std::vector<std::uint8_t>{0xF4} : counting_loop(static_cast<std::uint16_t>(kCounters + 16));
+  });
+  ASSERT_TRUE(m) << m.error().what();
+  std::mutex mu;
+  std::vector<std::pair<std::uint32_t, bool>> ended;
+  auto runner = VcpuRunner::start(
+      pointers(*m),
+      [](Vcpu& v) -> Result<ExitAction> {
+        if (v.id() == 1) return fail("device on fire");
+        return ExitAction::kStop;
+      },
+      false, [&](Vcpu& v, const Status& st) {
+        std::lock_guard lock(mu);
+        ended.emplace_back(v.id(), st.has_value());
+      });
+  ASSERT_TRUE(runner) << runner.error().what();
+  ASSERT_TRUE(wait_until([&] { return (*runner)->live() == 1; }, 20s));
+  ASSERT_TRUE(wait_until([&] { return m->counter(2) > 0; }, 20s));
+  (void)(*runner)->stop_and_join();
+  std::lock_guard lock(mu);
+  std::sort(ended.begin(), ended.end());
+  ASSERT_EQ(ended.size(), 2u);
+  EXPECT_EQ(ended[0], std::make_pair(0u, true));
+  EXPECT_EQ(ended[1], std::make_pair(1u, false));
+}
+
+TEST(VcpuRunner, APauseThatTimesOutIsWithdrawn) {
+  // vCPU 0 is stuck in its exit handler (a device blocked on the host), so
+  // it cannot acknowledge. The pause fails, and vCPU 1, which had parked,
+  // must run again instead of staying frozen behind a failed pause.
+  auto m = make_machine(2, [](std::size_t i) {
+    return i == 0 ? std::vector<std::uint8_t>{0xF4} : counting_loop(static_cast<std::uint16_t>(kCounters + 8));
+  });
+  ASSERT_TRUE(m) << m.error().what();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, release = false;
+  auto runner = VcpuRunner::start(pointers(*m), [&](Vcpu&) -> Result<ExitAction> {
+    std::unique_lock lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+    return ExitAction::kStop;
+  });
+  ASSERT_TRUE(runner) << runner.error().what();
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return entered; }));
+  }
+  auto st = (*runner)->pause(100ms);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("only 1 of 2 vCPUs acknowledged"), std::string::npos) << st.error().what();
+  EXPECT_FALSE((*runner)->paused());
+  const auto c = m->counter(1);
+  EXPECT_TRUE(wait_until([&] { return m->counter(1) != c; }, 20s)) << "vCPU 1 stayed parked after a failed pause";
+  {
+    std::lock_guard lock(mu);
+    release = true;
+    cv.notify_all();
+  }
+  for (const auto& r : (*runner)->stop_and_join()) EXPECT_TRUE(r) << r.error().what();
 }
 
 }  // namespace

@@ -534,5 +534,32 @@ TEST_F(ControlApi, CallTimesOutWhenTheHandlerTakesLonger) {
   EXPECT_TRUE(after) << after.error().what();
 }
 
+TEST_F(ControlApi, AClientThatNeverReadsItsAnswersBlocksNobody) {
+  start();
+  // A non-blocking client of its own: the server may (rightly) stop reading
+  // from it, and the test must not block on that.
+  UniqueFd greedy(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
+  ASSERT_EQ(::connect(greedy.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  // Far more answers than a socket buffer holds, never read.
+  std::string burst;
+  for (int i = 0; i < 20000; ++i) burst += R"({"cmd":"status"})" "\n";
+  std::size_t sent = 0;
+  for (int spins = 0; sent < burst.size() && spins < 200; ++spins) {
+    const ssize_t n = ::send(greedy.get(), burst.data() + sent, burst.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) sent += static_cast<std::size_t>(n);
+    else std::this_thread::sleep_for(1ms);  // EAGAIN: let the server drain some
+  }
+  // Thousands of answers: more than the socket buffers hold.
+  ASSERT_GT(sent, 100000u);
+  // Others are still served, and the server still stops on request.
+  auto r = call(path_, {{"cmd", "status"}}, 10s);
+  ASSERT_TRUE(r) << r.error().what();
+  server_->stop();
+  EXPECT_TRUE(serve_returned()) << "serve() was stuck writing to a client that does not read";
+}
+
 }  // namespace
 }  // namespace ferry::control

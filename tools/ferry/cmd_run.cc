@@ -63,9 +63,14 @@ class ConsoleSink {
   static Result<std::shared_ptr<ConsoleSink>> open(const VmProcessOptions& o) {
     auto s = std::make_shared<ConsoleSink>();
     s->terminal_ = o.console;
+    // With --json, stdout carries only JSON lines: the console goes to stderr.
+    s->out_ = o.json ? stderr : stdout;
     if (!o.serial_log.empty()) {
       s->log_ = std::fopen(o.serial_log.c_str(), "a");
-      if (!s->log_) return fail_sys(fmt::format("open serial log {}", o.serial_log));
+      if (!s->log_) {
+        const int e = errno;
+        return std::unexpected(sys_error(fmt::format("open serial log {}", o.serial_log), e));
+      }
     }
     return s;
   }
@@ -75,8 +80,8 @@ class ConsoleSink {
   void write(std::string_view s) {
     std::lock_guard lock(mu_);
     if (terminal_) {
-      std::fwrite(s.data(), 1, s.size(), stdout);
-      std::fflush(stdout);
+      std::fwrite(s.data(), 1, s.size(), out_);
+      std::fflush(out_);
     }
     if (log_) {
       std::fwrite(s.data(), 1, s.size(), log_);
@@ -87,6 +92,7 @@ class ConsoleSink {
  private:
   std::mutex mu_;
   bool terminal_ = false;
+  std::FILE* out_ = stdout;
   std::FILE* log_ = nullptr;
 };
 
@@ -175,6 +181,8 @@ int run_vm_process(const VmProcessOptions& o,
     fmt::print(stderr, "ferry {}: {}\n", verb, api.error());
     return 1;
   }
+  // A console piped into `head` must not kill the VM: EPIPE instead.
+  ::signal(SIGPIPE, SIG_IGN);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);

@@ -103,9 +103,11 @@ void ApiServer::stop() {
 bool ApiServer::on_readable(Client& c, const Handler& handler) {
   char buf[4096];
   const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
-  if (n < 0) return errno == EAGAIN || errno == EINTR;
+  if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
   if (n == 0) return false;  // client closed
-  c.in.append(buf, static_cast<std::size_t>(n));
+  // Nothing new (EAGAIN) still serves lines buffered while answers were
+  // pending.
+  if (n > 0) c.in.append(buf, static_cast<std::size_t>(n));
   for (std::size_t nl; (nl = c.in.find('\n')) != std::string::npos;) {
     // Checked per line: a long line whose newline arrived in the same read
     // as its overflow must not slip through.
@@ -122,24 +124,49 @@ bool ApiServer::on_readable(Client& c, const Handler& handler) {
     } else {
       const auto cmd = req["cmd"].get<std::string>();
       spdlog::debug("API request: {}", line);
-      r = handler(cmd, req);
+      try {
+        r = handler(cmd, req);
+      } catch (const std::exception& e) {  // a bad request must never end the VM
+        r = fail("{}: {}", cmd, e.what());
+      }
     }
-    if (!send_all(c.fd.get(), response(req, std::move(r)).dump() + "\n")) return false;
+    // replace: a non-UTF-8 string (a file name, say) must not throw here.
+    c.out += response(req, std::move(r)).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+    if (!flush(c)) return false;
+    if (!c.out.empty()) return true;  // read no more until the answers are taken
   }
   if (c.in.find('\n') > kMaxLineBytes && c.in.size() > kMaxLineBytes) {
-    (void)send_all(c.fd.get(), response(json(), fail("request line longer than {} bytes", kMaxLineBytes)).dump() + "\n");
+    c.out += response(json(), fail("request line longer than {} bytes", kMaxLineBytes)).dump() + "\n";
+    (void)flush(c);
     return false;
   }
   return true;
+}
+
+bool ApiServer::flush(Client& c) {
+  while (!c.out.empty()) {
+    const ssize_t n = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0) return false;
+    c.out.erase(0, static_cast<std::size_t>(n));
+  }
+  return c.out.size() <= kMaxPendingOut;
 }
 
 Status ApiServer::serve(const Handler& handler) {
   while (!stopping_) {
     std::vector<pollfd> fds;
     fds.push_back({wake_fd_.get(), POLLIN, 0});
-    fds.push_back({listen_fd_.get(), POLLIN, 0});
+    // At the client limit the listener is not polled: pending connections
+    // wait in the backlog instead of spinning on accept() failures.
+    fds.push_back({listen_fd_.get(), static_cast<short>(clients_.size() < kMaxClients ? POLLIN : 0), 0});
     for (const auto& [fd, cb] : watched_) fds.push_back({fd, POLLIN, 0});
-    for (const auto& c : clients_) fds.push_back({c.fd.get(), POLLIN, 0});
+    const std::size_t polled = clients_.size();
+    for (const auto& c : clients_)
+      // While answers are pending, wait for room to send them rather than
+      // for more requests (flow control per client).
+      fds.push_back({c.fd.get(), static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
     if (::poll(fds.data(), fds.size(), -1) < 0) {
       if (errno == EINTR) continue;
       return fail_sys("poll");
@@ -149,20 +176,30 @@ Status ApiServer::serve(const Handler& handler) {
       [[maybe_unused]] const ssize_t n = ::read(wake_fd_.get(), &v, sizeof v);
       stopping_ = true;
     }
-    if (fds[1].revents & POLLIN) {
-      UniqueFd c(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (c) clients_.push_back({std::move(c), {}});
-    }
     std::size_t i = 2;
     for (const auto& [fd, cb] : watched_)
       if (fds[i++].revents) cb();
-    // Clients in poll order; a handler may add none and remove none, so the
-    // indices stay aligned. Dropped clients are erased afterwards.
-    std::vector<bool> keep(clients_.size(), true);
-    for (std::size_t k = 0; k < keep.size(); ++k, ++i)
-      if (fds[i].revents) keep[k] = on_readable(clients_[k], handler);
-    for (std::size_t k = keep.size(); k-- > 0;)
+    std::vector<bool> keep(polled, true);
+    for (std::size_t k = 0; k < polled; ++k, ++i) {
+      auto& c = clients_[k];
+      if (!fds[i].revents) continue;
+      if (fds[i].revents & (POLLERR | POLLNVAL)) {
+        keep[k] = false;
+      } else if (!c.out.empty()) {
+        keep[k] = flush(c) && !(fds[i].revents & POLLHUP);
+        // Requests that arrived while the answers were pending.
+        if (keep[k] && c.out.empty() && c.in.find('\n') != std::string::npos) keep[k] = on_readable(c, handler);
+      } else {
+        keep[k] = on_readable(c, handler);
+      }
+    }
+    for (std::size_t k = polled; k-- > 0;)
       if (!keep[k]) clients_.erase(clients_.begin() + static_cast<std::ptrdiff_t>(k));
+    // New clients last, so the indices above matched what was polled.
+    if (fds[1].revents & POLLIN) {
+      UniqueFd c(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (c) clients_.push_back({std::move(c), {}, {}});
+    }
     // A stop() from a handler wrote the eventfd; pick it up without waiting.
     pollfd w{wake_fd_.get(), POLLIN, 0};
     if (::poll(&w, 1, 0) > 0) stopping_ = true;
@@ -188,7 +225,10 @@ Result<json> call(const std::string& socket_path, const json& request, std::chro
     char buf[4096];
     const ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail_sys(fmt::format("read from {}", socket_path));
+    if (n < 0) {
+      const int e = errno;
+      return std::unexpected(sys_error(fmt::format("read from {}", socket_path), e));
+    }
     if (n == 0) return fail("{} closed the connection without answering", socket_path);
     in.append(buf, static_cast<std::size_t>(n));
     if (in.size() > 16 * kMaxLineBytes) return fail("answer from {} too long", socket_path);

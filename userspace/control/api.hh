@@ -52,12 +52,17 @@ class ApiServer {
 
  private:
   struct Client {
-    UniqueFd fd;
-    std::string in;
+    UniqueFd fd;      // non-blocking: a client that stops reading never blocks the server
+    std::string in;   // bytes of a request line not yet complete
+    std::string out;  // answers not yet accepted by the socket
   };
+  // A client whose unread answers exceed this is dropped.
+  static constexpr std::size_t kMaxPendingOut = 1 << 20;
+  static constexpr std::size_t kMaxClients = 64;
   ApiServer() = default;
   // true: keep the client; false: drop it
   bool on_readable(Client& c, const Handler& handler);
+  bool flush(Client& c);
 
   std::string path_;
   UniqueFd listen_fd_;
