@@ -67,6 +67,39 @@ bool page_is_zero(const std::byte* p) {
 
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
+// Calls fn(start, end) for each range of [begin, end) that may hold data,
+// skipping holes (SEEK_DATA/SEEK_HOLE). Reading a hole of a memfd through
+// its mapping would allocate it, so the scans below never touch holes.
+// Without SEEK_DATA support the whole range is one extent.
+template <class F>
+void for_each_data_extent(int fd, std::uint64_t begin, std::uint64_t end, F&& fn) {
+  std::uint64_t pos = begin;
+  while (pos < end) {
+    const off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0 && errno == ENXIO) return;  // only holes from here on
+    if (data < 0) {
+      fn(pos, end);
+      return;
+    }
+    const auto d = static_cast<std::uint64_t>(data);
+    if (d >= end) return;
+    const off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    const std::uint64_t h = hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
+    fn(d, h);
+    pos = h;
+  }
+}
+
+// The memory checksum: CRC-64 over (u64 page index, page bytes) of every
+// non-zero page in order. Zero pages do not contribute, so neither side
+// has to read them, and a page moved to another index changes the sum.
+void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page) {
+  std::byte idx[8];
+  for (int i = 0; i < 8; ++i) idx[i] = std::byte(index >> (8 * i));
+  crc.update(idx);
+  crc.update({page, kPageSize});
+}
+
 }  // namespace
 
 std::vector<std::byte> encode_memory_layout(std::span<const SnapshotRegion> regions) {
@@ -119,14 +152,12 @@ Result<std::vector<SnapshotRegion>> decode_memory_layout(std::span<const std::by
 Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::StateWriter sections,
                                             std::span<const GuestRegion* const> regions) {
   SnapshotWriteFigures f;
-  // Pass 1: checksums (the layout section carries them, and it precedes the
-  // memory). The layout's size depends only on the region count, so the
-  // image size, hence every file offset, is known before the offsets are.
+  // Offsets first: the layout section's size depends only on the region
+  // count, so the image size (hence every file offset) is known before the
+  // checksums are. Memory is written in one pass, the image last, at 0.
   std::vector<SnapshotRegion> layout;
   for (const auto* g : regions) {
-    state::Crc64 crc;
-    crc.update({g->host(), g->size()});
-    layout.push_back({g->slot(), g->gpa(), g->size(), 0, crc.value()});
+    layout.push_back({g->slot(), g->gpa(), g->size(), 0, 0});
     f.pages += g->pages();
   }
   auto probe = sections;
@@ -140,9 +171,6 @@ Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::Stat
   // overlapping guest ranges): check the layout with the reader's own rules.
   if (auto ok = decode_memory_layout(encode_memory_layout(layout)); !ok)
     return std::unexpected(std::move(ok.error()).context(fmt::format("snapshot {}", path)));
-  sections.add(state::SectionType::kMemoryLayout, 0, kMemoryLayoutVersion, encode_memory_layout(layout));
-  const auto image = sections.finish();
-  f.state_bytes = image.size();
   f.file_bytes = off;
 
   const std::string tmp = path + ".partial";
@@ -155,26 +183,38 @@ Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::Stat
     ::unlink(tmp.c_str());
     return std::unexpected(std::move(e).context(fmt::format("snapshot {}", path)));
   };
-  if (auto ok = pwrite_all(fd.get(), image.data(), image.size(), 0, tmp); !ok) return cleanup(ok.error());
-  // Pass 2: non-zero pages, coalesced into runs; zero pages stay holes.
+  // Non-zero pages, coalesced into runs; zero pages and never-touched
+  // memory (memfd holes, not even read) stay holes in the file.
   for (std::size_t i = 0; i < regions.size(); ++i) {
     const auto* g = regions[i];
-    std::uint64_t p = 0;
-    while (p < g->pages()) {
-      if (page_is_zero(g->host() + p * kPageSize)) {
-        ++p;
-        continue;
+    state::Crc64 crc;
+    Status status;
+    for_each_data_extent(g->memfd(), 0, g->size(), [&](std::uint64_t b, std::uint64_t e) {
+      std::uint64_t p = b / kPageSize;
+      const std::uint64_t last = align_up(e, kPageSize) / kPageSize;
+      while (status && p < last) {
+        if (page_is_zero(g->host() + p * kPageSize)) {
+          ++p;
+          continue;
+        }
+        std::uint64_t run = p;
+        while (run < last && run - p < 256 && !page_is_zero(g->host() + run * kPageSize)) {
+          crc_page(crc, run, g->host() + run * kPageSize);
+          ++run;
+        }
+        status = pwrite_all(fd.get(), g->host() + p * kPageSize, (run - p) * kPageSize,
+                            layout[i].file_offset + p * kPageSize, tmp);
+        f.data_pages += run - p;
+        p = run;
       }
-      std::uint64_t end = p + 1;
-      while (end < g->pages() && end - p < 256 && !page_is_zero(g->host() + end * kPageSize)) ++end;
-      if (auto ok = pwrite_all(fd.get(), g->host() + p * kPageSize, (end - p) * kPageSize,
-                               layout[i].file_offset + p * kPageSize, tmp);
-          !ok)
-        return cleanup(ok.error());
-      f.data_pages += end - p;
-      p = end;
-    }
+    });
+    if (!status) return cleanup(status.error());
+    layout[i].crc = crc.value();
   }
+  sections.add(state::SectionType::kMemoryLayout, 0, kMemoryLayoutVersion, encode_memory_layout(layout));
+  const auto image = sections.finish();
+  f.state_bytes = image.size();
+  if (auto ok = pwrite_all(fd.get(), image.data(), image.size(), 0, tmp); !ok) return cleanup(ok.error());
   if (::ftruncate(fd.get(), static_cast<off_t>(off)) < 0) return cleanup(sys_error("ftruncate"));
   if (::fsync(fd.get()) < 0) return cleanup(sys_error("fsync"));
   if (::rename(tmp.c_str(), path.c_str()) < 0) {
@@ -238,28 +278,24 @@ Result<std::uint64_t> Snapshot::load_region(const SnapshotRegion& r, GuestRegion
   if (into.gpa() != r.gpa || into.size() != r.size)
     return fail("snapshot {}: region slot {} is gpa {:#x} size {:#x}, the target is gpa {:#x} size {:#x}", path_,
                 r.slot, r.gpa, r.size, into.gpa(), into.size());
+  // Only the file's data extents are read and checked: holes are zero
+  // pages, which the fresh region already reads as (without allocating).
   std::uint64_t read = 0;
-  std::uint64_t pos = r.file_offset;
-  const std::uint64_t end = r.file_offset + r.size;
-  while (pos < end) {
-    // Holes are zero pages: the fresh region already reads as zero there.
-    off_t data = ::lseek(fd_.get(), static_cast<off_t>(pos), SEEK_DATA);
-    if (data < 0 && errno == ENXIO) break;  // only holes from here to EOF
-    if (data < 0) {
-      // A filesystem without SEEK_DATA: read everything.
-      data = static_cast<off_t>(pos);
-    }
-    const auto d = static_cast<std::uint64_t>(data);
-    if (d >= end) break;
-    off_t hole = ::lseek(fd_.get(), data, SEEK_HOLE);
-    std::uint64_t h = hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
-    if (auto ok = pread_all(fd_.get(), into.host() + (d - r.file_offset), h - d, d, path_); !ok)
-      return std::unexpected(ok.error());
-    read += h - d;
-    pos = h;
-  }
   state::Crc64 crc;
-  crc.update({into.host(), into.size()});
+  Status status;
+  for_each_data_extent(fd_.get(), r.file_offset, r.file_offset + r.size, [&](std::uint64_t b, std::uint64_t e) {
+    if (!status) return;
+    // Extents are page-aligned on every filesystem we know; widen to pages
+    // so a checksum page is never split.
+    b = b / kPageSize * kPageSize;
+    e = std::min(align_up(e, kPageSize), r.file_offset + r.size);
+    status = pread_all(fd_.get(), into.host() + (b - r.file_offset), e - b, b, path_);
+    if (!status) return;
+    read += e - b;
+    for (std::uint64_t p = (b - r.file_offset) / kPageSize; p < (e - r.file_offset) / kPageSize; ++p)
+      if (!page_is_zero(into.host() + p * kPageSize)) crc_page(crc, p, into.host() + p * kPageSize);
+  });
+  if (!status) return std::unexpected(status.error());
   if (crc.value() != r.crc)
     return fail("snapshot {}: memory of slot {} is corrupt (CRC-64 {:#018x}, the layout records {:#018x})", path_,
                 r.slot, crc.value(), r.crc);

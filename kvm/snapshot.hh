@@ -6,10 +6,12 @@
 //                  memory region's bytes are in this file and their CRC-64
 //   page-aligned   each region's bytes, raw, at its file_offset
 //
-// Zero pages are not written: the file is sparse (ftruncate leaves holes),
-// and the loader reads only the data extents (SEEK_DATA/SEEK_HOLE), so a
-// mostly idle 4 GiB guest is a small file that loads without touching the
-// untouched pages. The memory CRC covers every byte, holes included.
+// Zero pages are not written: the file is sparse (ftruncate leaves holes).
+// Neither side touches memory the guest never touched: the writer scans
+// only the memfd's data extents, the loader only the file's (SEEK_DATA /
+// SEEK_HOLE); reading a hole through the mapping would allocate it. The
+// memory checksum is CRC-64 over (u64 page index, page) of each non-zero
+// page in order, so zero pages need not be read to verify it.
 //
 // The file is written to PATH.partial, fsync'ed and renamed over PATH: a
 // crash or full disk never leaves a truncated file under the final name.
@@ -34,7 +36,7 @@ struct SnapshotRegion {
   std::uint64_t gpa = 0;
   std::uint64_t size = 0;
   std::uint64_t file_offset = 0;
-  std::uint64_t crc = 0;  // CRC-64/XZ of the region's bytes
+  std::uint64_t crc = 0;  // CRC-64/XZ over (index, bytes) of each non-zero page
   friend bool operator==(const SnapshotRegion&, const SnapshotRegion&) = default;
 };
 
