@@ -69,7 +69,18 @@ Result<ExitAction> LinuxDevices::on_io(Vcpu& vcpu) {
       on_stop_("the guest rebooted");
       return ExitAction::kStop;
     }
+    // The 8042's status register: always "input buffer empty", so a kernel
+    // rebooting through the keyboard controller (reboot=k) writes its reset
+    // command at once instead of polling 65536 times. The FADT says there
+    // is no 8042, so nothing else probes it.
+    if (!out && port == kI8042Command) {
+      std::memset(data, 0, run.io.size);
+      continue;
+    }
     // Nothing here: like an empty bus, reads return all ones.
+    if (port != 0x80)  // the POST/delay port gets a write per port delay
+      spdlog::trace("vCPU {}: {} port {:#x} (size {}){}: no device", vcpu.id(), out ? "write" : "read", port,
+                    run.io.size, out ? fmt::format(" value {:#x}", value) : std::string());
     if (!out) std::memset(data, 0xff, run.io.size);
     if (!out && port == kAcpiSleepStatusPort) data[0] = 0;
   }
@@ -82,6 +93,8 @@ Result<ExitAction> LinuxDevices::on_exit(Vcpu& vcpu) {
     case KVM_EXIT_IO:
       return on_io(vcpu);
     case KVM_EXIT_MMIO:
+      spdlog::trace("vCPU {}: MMIO {} {:#x} ({} bytes): no device", vcpu.id(), run.mmio.is_write ? "write" : "read",
+                    run.mmio.phys_addr, run.mmio.len);
       // No MMIO devices besides KVM's own (LAPIC, IOAPIC): reads float high.
       if (!run.mmio.is_write) std::memset(run.mmio.data, 0xff, sizeof run.mmio.data);
       return ExitAction::kContinue;

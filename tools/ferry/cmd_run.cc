@@ -45,6 +45,7 @@ struct RunOptions : VmProcessOptions {
   std::uint64_t max_rewrites = 0;
   bool poweroff_when_done = false;
   bool no_irqchip = false;
+  std::string kernel, initrd, cmdline = "console=ttyS0 panic=-1 pci=off";
 };
 
 struct RestoreOptions : VmProcessOptions {
@@ -145,7 +146,8 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
   const bool self_stopped = before.state == kvm::RunState::kStopped;
   auto result = m.stop(quit_reason.empty() ? "stopped" : quit_reason);
   auto final_status = status_json(m.status());
-  const bool guest_failed = final_status["totals"]["failures"].get<std::uint64_t>() > 0;
+  const bool guest_failed =
+      final_status.contains("totals") && final_status["totals"]["failures"].get<std::uint64_t>() > 0;
   const bool ok = result && !guest_failed && served;
   if (o.json) {
     fmt::print("{}\n", json{{"event", "stopped"},
@@ -247,7 +249,9 @@ void add_run(CLI::App& app, Globals& g) {
   auto opts = std::make_shared<RunOptions>();
   auto* cmd = app.add_subcommand("run", "Start a VM running the built-in test guest and serve its control API.");
   cmd->footer(
-      "The built-in guest dirties its working set and verifies every page before rewriting it;\n"
+      "With --kernel, boots Linux (x86 64-bit boot protocol, ACPI, serial console on ttyS0;\n"
+      "default 512M of RAM); its console is the serial port (--console, --serial-log, and the\n"
+      "API's console command for input). Otherwise the built-in guest dirties its working set and verifies every page before rewriting it;\n"
       "a lost or corrupted page stops the VM with an error. Control the VM with\n"
       "`ferry status|pause|resume|snapshot|quit --vm SOCKET`. Exit status: 0 when it quit or\n"
       "powered off cleanly, 1 when the guest or a vCPU failed. See docs/control-api.md.");
@@ -269,6 +273,12 @@ void add_run(CLI::App& app, Globals& g) {
       ->capture_default_str();
   cmd->add_flag("--poweroff-when-done", opts->poweroff_when_done, "power off once every vCPU reached --max-rewrites");
   cmd->add_flag("--no-irqchip", opts->no_irqchip, "no in-kernel PIC/IOAPIC/LAPIC/PIT");
+  auto* kernel = cmd->add_option("--kernel", opts->kernel, "boot this Linux bzImage instead of the built-in guest")
+                     ->check(CLI::ExistingFile);
+  cmd->add_option("--initrd", opts->initrd, "Linux: initramfs (cpio, optionally compressed)")
+      ->check(CLI::ExistingFile)
+      ->needs(kernel);
+  cmd->add_option("--cmdline", opts->cmdline, "Linux: kernel command line")->needs(kernel)->capture_default_str();
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
     kvm::MachineConfig c;
@@ -283,6 +293,10 @@ void add_run(CLI::App& app, Globals& g) {
     }
     c.irqchip = !opts->no_irqchip;
     c.huge_pages = parse_huge(opts->huge_pages);
+    if (!opts->kernel.empty()) {
+      c.kind = kvm::GuestKind::kLinux;
+      c.linux_boot = {opts->kernel, opts->initrd, opts->cmdline, opts->vcpus};
+    }
     auto& t = c.guest;
     t.vcpus = opts->vcpus;
     t.workload = opts->workload == "idle" ? FG_IDLE : FG_DIRTY;

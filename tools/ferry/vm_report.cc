@@ -36,7 +36,8 @@ json status_json(const kvm::MachineStatus& s) {
   const double rate_mib_s = s.params.ticks_per_page && tsc_hz > 0
                                 ? tsc_hz / static_cast<double>(s.params.ticks_per_page) * s.params.vcpus / 256.0
                                 : 0.0;
-  return {{"state", kvm::run_state_name(s.state)},
+  json out{{"kind", kvm::guest_kind_name(s.kind)},
+           {"state", kvm::run_state_name(s.state)},
           {"stop_reason", s.stop_reason},
           {"vcpus", s.vcpus},
           {"memory_bytes", s.memory_bytes},
@@ -44,8 +45,13 @@ json status_json(const kvm::MachineStatus& s) {
           {"huge_pages", kvm::huge_pages_name(s.huge_pages)},
           {"tsc_khz", s.tsc_khz},
           {"restored_from", s.restored_from},
-          {"uptime_s", std::chrono::duration<double>(s.uptime).count()},
-          {"guest",
+          {"uptime_s", std::chrono::duration<double>(s.uptime).count()}};
+  if (s.kind != kvm::GuestKind::kTestGuest) {
+    for (auto& v : vcpus) v = json{{"id", v["id"]}, {"exits", v["exits"]}};
+    out["per_vcpu"] = vcpus;
+    return out;
+  }
+  out.update(json{{"guest",
            {{"workload", workload_name(s.params.workload)},
             {"pattern", pattern_name(s.params.pattern)},
             {"working_set_pages", s.params.ws_pages},
@@ -59,7 +65,8 @@ json status_json(const kvm::MachineStatus& s) {
             {"last_sequence", s.monitor.last_sequence},
             {"max_gap_ms", ms(s.monitor.max_gap)}}},
           {"totals", {{"rewrites", rewrites}, {"verified", verified}, {"failures", failures}}},
-          {"per_vcpu", vcpus}};
+          {"per_vcpu", vcpus}});
+  return out;
 }
 
 json snapshot_json(const kvm::SnapshotFigures& f, const std::string& path) {
@@ -83,6 +90,12 @@ std::string status_text(const json& s) {
     out += fmt::format("  stopped: {}\n", s["stop_reason"].get<std::string>());
   if (!s["restored_from"].get<std::string>().empty())
     out += fmt::format("  restored from {}\n", s["restored_from"].get<std::string>());
+  if (s.value("kind", "") != "test-guest") {
+    out += fmt::format("  guest: {}\n  {:<5} {:>12}\n", s["kind"].get<std::string>(), "vCPU", "exits");
+    for (const auto& v : s["per_vcpu"])
+      out += fmt::format("  {:<5} {:>12}\n", v["id"].get<int>(), v["exits"].get<std::uint64_t>());
+    return out;
+  }
   const auto& g = s["guest"];
   const double rate = g["rate_mib_s"].get<double>();
   out += fmt::format("  guest: {} workload, {} pages ({} MiB), {}, {}\n", g["workload"].get<std::string>(),
