@@ -8,14 +8,16 @@ namespace ferry::kvm {
 
 Status Vcpu::run_once() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) {
-    if (errno == EINTR) {
+    const int e = errno;
+    // EINTR: a signal (our kick). EAGAIN: an application processor waiting
+    // for SIPI (KVM_MP_STATE_UNINITIALIZED) woke up, e.g. on INIT, without
+    // becoming runnable yet; KVM expects the VMM to simply call again.
+    // Both read as "no exit to handle" to the run loop.
+    if (e == EINTR || e == EAGAIN) {
       run().exit_reason = KVM_EXIT_INTR;
       return {};
     }
-    {
-    const int e = errno;
     return std::unexpected(sys_error(fmt::format("KVM_RUN vCPU {}", id_), e));
-  }
   }
   return {};
 }

@@ -79,40 +79,62 @@ Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus) {
     return at;
   };
 
+  // FACS (64 bytes, 64-byte aligned): holds the global lock ACPICA
+  // initialises with the fixed hardware; no firmware ever contends for it.
+  next = (next + 63) & ~63ull;
+  const std::uint64_t facs_gpa = next;
+  {
+    std::uint8_t f[64] = {};
+    std::memcpy(f, "FACS", 4);
+    f[4] = 64;  // length
+    f[32] = 2;  // version
+    std::memcpy(ram.host_at(facs_gpa), f, sizeof f);
+    next += 64;
+  }
+
   Table dsdt("DSDT", 2);
   for (auto b : kS5Aml) dsdt.append8(b);
   const auto dsdt_gpa = place(dsdt.finish());
 
-  // FADT, revision 6 (276 bytes). Hardware-reduced (flag bit 20): sleep and
-  // reset go through the registers below; no PM timer, PM1 blocks or SCI.
+  // FADT, revision 6 (276 bytes): fixed hardware with PM1a event/control
+  // blocks and SCI 9; SMI_CMD = 0 means ACPI mode is always on (PM1_CNT
+  // reads back SCI_EN). No PM timer, no GPE blocks.
   Table fadt("FACP", 6);
   fadt.resize(276);
-  fadt.put32(36, 0);                              // FIRMWARE_CTRL: none
+  fadt.put32(36, static_cast<std::uint32_t>(facs_gpa));  // FIRMWARE_CTRL
   fadt.put32(40, static_cast<std::uint32_t>(dsdt_gpa));
   fadt.put8(45, 0);                               // preferred PM profile: unspecified
-  fadt.put16(109, (1u << 2) | (1u << 5));         // IAPC_BOOT_ARCH: no VGA, no CMOS RTC
-  fadt.put32(112, (1u << 10) | (1u << 20));       // flags: RESET_REG_SUP, HW_REDUCED_ACPI
+  fadt.put16(46, kAcpiSciIrq);                    // SCI_INT
+  fadt.put32(48, 0);                              // SMI_CMD: none
+  fadt.put32(56, kAcpiPm1aEventPort);             // PM1a_EVT_BLK
+  fadt.put32(64, kAcpiPm1aControlPort);           // PM1a_CNT_BLK
+  fadt.put8(88, 4);                               // PM1_EVT_LEN
+  fadt.put8(89, 2);                               // PM1_CNT_LEN
+  fadt.put16(109, (1u << 0) | (1u << 2) | (1u << 5));  // IAPC_BOOT_ARCH: legacy devices, no VGA, no CMOS RTC
+  fadt.put32(112, (1u << 0) | (1u << 4) | (1u << 5) | (1u << 10));  // WBINVD, PWR_BUTTON and SLP_BUTTON as
+                                                                    // control methods (none), RESET_REG_SUP
   fadt.put_gas_io(116, kAcpiResetPort, 8);        // RESET_REG
   fadt.put8(128, kAcpiResetValue);                // RESET_VALUE
   fadt.put16(129, 0);                             // ARM boot arch
   fadt.put8(131, 1);                              // FADT minor version (6.1)
+  fadt.put64(132, facs_gpa);                      // X_FIRMWARE_CTRL
   fadt.put64(140, dsdt_gpa);                      // X_DSDT
-  fadt.put_gas_io(244, kAcpiSleepControlPort, 8); // SLEEP_CONTROL_REG
-  fadt.put_gas_io(256, kAcpiSleepStatusPort, 8);  // SLEEP_STATUS_REG
+  fadt.put_gas_io(148, kAcpiPm1aEventPort, 32);   // X_PM1a_EVT_BLK
+  fadt.put_gas_io(172, kAcpiPm1aControlPort, 16); // X_PM1a_CNT_BLK
   fadt.put64(268, 0);                             // hypervisor vendor identity
   const auto fadt_gpa = place(fadt.finish());
 
   Table madt("APIC", 5);
   madt.append32(0xfee00000);  // local APIC address
-  madt.append32(0);           // flags: no PC-AT dual 8259 to mask (HW-reduced: Linux uses the IOAPIC)
+  madt.append32(1);           // flags: PCAT_COMPAT (dual 8259s present; Linux masks them)
   for (std::uint32_t i = 0; i < vcpus; ++i)
     madt.append({0, 8, std::uint8_t(i), std::uint8_t(i), 1, 0, 0, 0});  // processor LAPIC, enabled
   madt.append({1, 12, 0, 0});                                             // IOAPIC id 0
   madt.append32(0xfec00000);
   madt.append32(0);                                                       // GSI base
-  madt.append({2, 10, 0, 0});                                             // ISA IRQ0 -> GSI2 (the PIT)
-  madt.append32(2);
-  madt.append16(0);
+  // No "ISA IRQ0 -> GSI 2" override, unlike real PCs: KVM's default GSI
+  // routing wires the in-kernel PIT to IOAPIC pin 0, so that is where the
+  // guest must look for its timer (with the override, jiffies never moved).
   madt.append({4, 6, 0xff, 0, 0, 1});                                     // every LAPIC: LINT1 is NMI
   const auto madt_gpa = place(madt.finish());
 

@@ -1,12 +1,17 @@
 #pragma once
-// Minimal ACPI for a Linux guest without firmware: RSDP -> XSDT -> FADT
-// (hardware-reduced: no PM1 blocks, no SCI hardware, no legacy PIC
-// reliance), DSDT (just \_S5 so Linux offers power-off), MADT (one LAPIC
-// per vCPU, the IOAPIC, IRQ0 -> GSI2 override, LINT1 as NMI).
+// Minimal ACPI for a Linux guest without firmware: RSDP -> XSDT -> FADT,
+// DSDT (just \_S5 so Linux offers power-off), MADT (one LAPIC per vCPU,
+// the IOAPIC with ISA IRQs on pins 0-15 as KVM routes them, LINT1 as NMI).
+//
+// The FADT describes a PC with fixed ACPI hardware (PM1 event and control
+// blocks, SCI on IRQ 9), not a "hardware-reduced" platform: Linux drops the
+// legacy PIC and the identity ISA IRQ -> IOAPIC pin mappings on reduced
+// hardware, and COM1's IRQ 4 would then reach nothing (seen: console output
+// from user space never appeared).
 //
 // Power-off and reset are I/O ports the VMM traps:
-//   kAcpiSleepControlPort  guest writes SLP_TYP << 2 | SLP_EN (0x20); S5 = off
-//   kAcpiResetPort         guest writes kAcpiResetValue to reboot
+//   kAcpiPm1aControlPort  guest writes SLP_TYP << 10 | SLP_EN (1 << 13); S5 = off
+//   kAcpiResetPort        guest writes kAcpiResetValue to reboot
 #include <cstdint>
 
 #include "base/error.hh"
@@ -15,12 +20,14 @@
 namespace ferry::kvm {
 
 inline constexpr std::uint64_t kAcpiTablesGpa = 0xe0000;  // where legacy scans look too
-inline constexpr std::uint16_t kAcpiSleepControlPort = 0x3c0;
-inline constexpr std::uint16_t kAcpiSleepStatusPort = 0x3c1;
+inline constexpr std::uint16_t kAcpiPm1aEventPort = 0x600;    // PM1_STS (2 bytes), PM1_EN (2 bytes)
+inline constexpr std::uint16_t kAcpiPm1aControlPort = 0x604;  // PM1_CNT (2 bytes)
 inline constexpr std::uint16_t kAcpiResetPort = 0x3c2;
 inline constexpr std::uint8_t kAcpiResetValue = 0xfe;
 inline constexpr std::uint8_t kAcpiS5SleepType = 5;
-inline constexpr std::uint8_t kAcpiSleepEnable = 0x20;
+inline constexpr std::uint16_t kAcpiSciEnable = 1;          // PM1_CNT.SCI_EN: ACPI mode is always on
+inline constexpr std::uint16_t kAcpiSleepEnable = 1 << 13;  // PM1_CNT.SLP_EN
+inline constexpr std::uint32_t kAcpiSciIrq = 9;
 
 // Writes the tables at kAcpiTablesGpa; returns the RSDP's address.
 Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus);

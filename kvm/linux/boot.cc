@@ -200,6 +200,19 @@ std::vector<kvm_cpuid_entry2> linux_vcpu_cpuid(std::vector<kvm_cpuid_entry2> t, 
       e.ecx |= 1u << 31;  // running under a hypervisor
     } else if (e.function == 0xb || e.function == 0x1f) {
       e.edx = index;  // x2APIC ID, in every sub-leaf
+    } else if (e.function == 0xd && e.index == 0) {
+      // EBX is "XSAVE size for the features XCR0 enables now". Linux enables
+      // every supported feature and then checks EBX against its own sum;
+      // the sandbox's nested KVM never refreshes EBX after XSETBV, so start
+      // it at the size for all supported features (ECX), which is what it
+      // becomes once Linux has set XCR0.
+      e.ebx = e.ecx;
+    } else if (e.function == 0xd && e.index == 1) {
+      // No XSAVES for the guest. Nested under TCG (the sandbox), KVM offers
+      // XSAVES but reports a compacted size for supervisor state the guest
+      // cannot enable, and Linux warns "XSAVE consistency problem" at boot.
+      // XSAVEC/XSAVEOPT remain; user state is what a guest migrates.
+      e.eax &= ~(1u << 3);
     }
   }
   return t;

@@ -40,12 +40,19 @@ class LinuxDevices {
 
  private:
   Result<ExitAction> on_io(Vcpu& vcpu);
+  void sync_serial_irq_locked(bool new_event);
+  void set_line(bool level);
 
   Vm& vm_;
   Serial& serial_;
   std::function<void(std::string)> on_stop_;
+  // Serialises UART register accesses with the IRQ line updates they cause.
+  // The line is edge-triggered: if vCPU A's IIR read (line falls) and vCPU
+  // B's THR write (line rises) were reflected out of order, the 0 -> 1 edge
+  // would be lost and the guest's transmitter would stall for good (seen).
   std::mutex irq_mu_;
   bool irq_level_ = false;
+  std::uint16_t pm1_enable_ = 0;  // PM1_EN: read back as written (ACPICA checks)
 };
 
 }  // namespace ferry::kvm

@@ -134,12 +134,18 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
                    std::chrono::duration<double, std::milli>(f->paused_for).count());
       return snapshot_json(*f, path);
     }
+    if (cmd == "console") {
+      if (!req.contains("input") || !req["input"].is_string()) return fail("console: needs \"input\" (a string)");
+      const auto input = req["input"].get<std::string>();
+      m.console_input(input);
+      return json{{"bytes", input.size()}};
+    }
     if (cmd == "quit") {
       quit_reason = "quit through the API";
       api.stop();
       return json{{"state", "stopping"}};
     }
-    return fail("unknown command '{}' (status, pause, resume, snapshot, quit)", cmd);
+    return fail("unknown command '{}' (status, pause, resume, snapshot, console, quit)", cmd);
   });
   if (!served) spdlog::error("control API: {}", served.error());
   const auto before = m.status();

@@ -16,6 +16,7 @@ struct CtlOptions {
   std::string vm;
   bool json = false;
   std::string path;  // snapshot
+  std::vector<std::string> words;  // console
 };
 
 using Render = std::string (*)(const nlohmann::json&);
@@ -28,6 +29,11 @@ CLI::App* add_ctl(CLI::App& app, Globals& g, const char* name, const char* help,
   cmd->callback([opts, &g, name, render] {
     nlohmann::json req{{"cmd", name}};
     if (!opts->path.empty()) req["path"] = std::filesystem::absolute(opts->path).string();
+    if (!opts->words.empty()) {
+      std::string line;
+      for (const auto& w : opts->words) line += (line.empty() ? "" : " ") + w;
+      req["input"] = line + "\n";
+    }
     auto r = control::call(opts->vm, req);
     if (!r) {
       fmt::print(stderr, "ferry {}: {}\n", name, r.error());
@@ -59,6 +65,11 @@ void add_vm_control(CLI::App& app, Globals& g) {
                       "`ferry restore FILE` continues it.",
                       snapshot_text, snap);
   cmd->add_option("FILE", snap->path, "where to write the snapshot")->required();
+  auto con = std::make_shared<CtlOptions>();
+  auto* ccmd = add_ctl(app, g, "console", "Type a line on the guest's serial console (its answer shows in the console log).",
+                       [](const nlohmann::json& r) { return fmt::format("sent {} bytes\n", r["bytes"].get<std::size_t>()); },
+                       con);
+  ccmd->add_option("TEXT", con->words, "the line to type (a newline is added)")->required();
 }
 
 }  // namespace ferry::cli
