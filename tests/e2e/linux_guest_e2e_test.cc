@@ -1,0 +1,204 @@
+// A real Linux guest (the Debian kernel the sandbox uses, an initramfs of
+// busybox + ferry-workload built here at test time) booted, driven through
+// its serial console, powered off, snapshotted and restored by `ferry` in
+// real processes. Each wait fails with the guest's console log attached.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "e2e/process.hh"
+
+namespace ferry::test {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct Heartbeat {
+  std::uint64_t hb = 0, uptime_ms = 0, rewrites = 0, verified = 0, failures = 0, max_gap_ms = 0;
+};
+
+// Every ferry-workload heartbeat line in a console log, in order.
+std::vector<Heartbeat> heartbeats(const std::string& log) {
+  static const std::regex re(
+      R"(ferry-workload: hb=(\d+) uptime_ms=(\d+) rewrites=(\d+) verified=(\d+) failures=(\d+) max_gap_ms=(\d+))");
+  std::vector<Heartbeat> out;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it) {
+    const auto& m = *it;
+    out.push_back({std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3]), std::stoull(m[4]), std::stoull(m[5]),
+                   std::stoull(m[6])});
+  }
+  return out;
+}
+
+class LinuxGuest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/ferry-linux-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    initrd_ = dir_ + "/guest.cpio";
+    // Built now, from busybox-static and this build's workload binary.
+    auto r = run_process({FERRY_GUEST_MKINITRAMFS, initrd_, FERRY_GUEST_WORKLOAD}, 120s);
+    build_error_ = r.exit_code == 0 ? "" : r.describe();
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+
+  void SetUp() override {
+    ASSERT_TRUE(build_error_.empty()) << "building the guest initramfs failed:\n" << build_error_;
+    ASSERT_TRUE(std::filesystem::exists(FERRY_GUEST_KERNEL)) << FERRY_GUEST_KERNEL << " missing: run tools/bootstrap.sh";
+  }
+
+  std::vector<std::string> run_args(int vcpus, const std::string& api, const std::string& log) const {
+    return {FERRY_BIN, "run", "--kernel", FERRY_GUEST_KERNEL, "--initrd", initrd_, "--memory", "256M",
+            "--vcpus", std::to_string(vcpus), "--api", api, "--serial-log", log, "--json",
+            "--cmdline", "console=ttyS0 panic=-1 pci=off ferry.mib=16 ferry.rate=8"};
+  }
+
+  // Polls the console log until pred holds; false on timeout.
+  static bool wait_console(const std::string& log, const std::function<bool(const std::string&)>& pred,
+                           std::chrono::seconds limit) {
+    const auto end = Clock::now() + limit;
+    while (Clock::now() < end) {
+      if (pred(slurp(log))) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return pred(slurp(log));
+  }
+  static bool contains(const std::string& log, const std::string& s) { return log.find(s) != std::string::npos; }
+  // A line that is exactly `s` (the command's output, not the echoed input).
+  static bool has_line(const std::string& log, const std::string& s) {
+    std::istringstream in(log);
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line == s) return true;
+    }
+    return false;
+  }
+  static bool type(const std::string& api, const std::string& line) {
+    return run_process({FERRY_BIN, "console", "--vm", api, line}, 60s).exit_code == 0;
+  }
+
+  static inline std::string dir_, initrd_, build_error_;
+};
+
+class LinuxBoot : public LinuxGuest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(LinuxBoot, ReachesItsWorkloadAnswersTheConsoleAndPowersOff) {
+  const int vcpus = GetParam();
+  const std::string api = dir_ + "/boot.sock", log = dir_ + "/boot-" + std::to_string(vcpus) + ".log";
+  const auto t0 = Clock::now();
+  BackgroundProcess vm(run_args(vcpus, api, log));
+  ASSERT_TRUE(vm.started());
+  const std::string init_line = "cpus=" + std::to_string(vcpus);
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return contains(s, "ferry-guest: init after"); }, 300s))
+      << "the guest did not reach init\n--- console ---\n" << slurp(log) << "\n" << vm.output();
+  const double boot_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return heartbeats(s).size() >= 3; }, 120s))
+      << "the workload did not run\n--- console ---\n" << slurp(log);
+  const auto console = slurp(log);
+  EXPECT_TRUE(contains(console, init_line)) << "the guest does not see " << vcpus << " CPUs\n" << console;
+  std::smatch m;
+  std::regex_search(console, m, std::regex(R"(ferry-guest: init after ([0-9.]+) s of uptime)"));
+  std::printf("[ figures  ] Linux on %d vCPU(s): init reached %.2f s after `ferry run` started "
+              "(guest uptime at init: %s s)\n", vcpus, boot_s, m[1].str().c_str());
+  for (const auto& h : heartbeats(console)) EXPECT_EQ(h.failures, 0u) << console;
+
+  // The console answers.
+  const std::string probe = "probe-" + std::to_string(vcpus) + "-ok";
+  ASSERT_TRUE(type(api, "echo " + probe));
+  EXPECT_TRUE(wait_console(log, [&](const std::string& s) { return has_line(s, probe); }, 60s))
+      << "no answer on the console\n" << slurp(log);
+
+  // Power-off ends the process cleanly, saying why.
+  ASSERT_TRUE(type(api, "poweroff -f"));
+  auto end = vm.wait(120s);
+  EXPECT_EQ(end.exit_code, 0) << end.describe() << "\n--- console ---\n" << slurp(log);
+  // The final --json line says why the VM stopped.
+  json last;
+  std::istringstream lines(end.out);
+  for (std::string line; std::getline(lines, line);)
+    if (auto j = json::parse(line, nullptr, false); !j.is_discarded()) last = j;
+  ASSERT_TRUE(last.is_object()) << end.describe();
+  EXPECT_EQ(last["event"], "stopped") << end.out;
+  EXPECT_EQ(last["status"]["stop_reason"], "the guest powered off") << end.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Vcpus, LinuxBoot, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& p) { return std::to_string(p.param) + "vcpu"; });
+
+TEST_F(LinuxGuest, SnapshotAndRestoreInANewProcessKeepsTheGuestRunning) {
+  const std::string api = dir_ + "/src.sock", log = dir_ + "/src.log";
+  const std::string api2 = dir_ + "/dst.sock", log2 = dir_ + "/dst.log", snap = dir_ + "/linux.snap";
+  BackgroundProcess src(run_args(2, api, log));
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return heartbeats(s).size() >= 3; }, 300s))
+      << "the workload did not run\n--- console ---\n" << slurp(log) << "\n" << src.output();
+  // Clear the kernel log, so that after the restore it holds only what the
+  // restored kernel said.
+  ASSERT_TRUE(type(api, "dmesg -c >/dev/null; echo dmesg-cleared"));
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return has_line(s, "dmesg-cleared"); }, 60s)) << slurp(log);
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return heartbeats(s).size() >= 5; }, 60s)) << slurp(log);
+
+  ASSERT_EQ(run_process({FERRY_BIN, "pause", "--vm", api}, 60s).exit_code, 0);
+  const auto before = heartbeats(slurp(log));
+  auto snapped = run_process({FERRY_BIN, "snapshot", "--vm", api, snap}, 300s);
+  ASSERT_EQ(snapped.exit_code, 0) << snapped.describe();
+  ASSERT_EQ(run_process({FERRY_BIN, "quit", "--vm", api}, 60s).exit_code, 0);
+  EXPECT_EQ(src.wait(60s).exit_code, 0);
+  ASSERT_FALSE(before.empty());
+  const Heartbeat last = before.back();
+
+  BackgroundProcess dst({FERRY_BIN, "restore", snap, "--api", api2, "--serial-log", log2, "--json"});
+  // The workload goes on where it was: its next heartbeats continue the
+  // sequence, its memory verification keeps passing.
+  ASSERT_TRUE(wait_console(log2, [&](const std::string& s) { return heartbeats(s).size() >= 5; }, 300s))
+      << "no heartbeats after the restore\n--- console ---\n" << slurp(log2) << "\n" << dst.output();
+  const auto after = heartbeats(slurp(log2));
+  EXPECT_GT(after.front().hb, last.hb);
+  EXPECT_LE(after.front().hb, last.hb + 2) << "heartbeats skipped: the guest lost time or restarted";
+  // Its clock did not jump: the guest saw the time on disk as no time.
+  EXPECT_LT(after.front().uptime_ms - last.uptime_ms, 5000u);
+  EXPECT_GT(after.back().verified, last.verified + 1000) << "the workload stopped verifying";
+  for (const auto& h : after) EXPECT_EQ(h.failures, 0u) << slurp(log2);
+
+  // Console, uptime and the kernel log.
+  ASSERT_TRUE(type(api2, "echo up-$(cut -d' ' -f1 /proc/uptime)"));
+  ASSERT_TRUE(wait_console(log2, [&](const std::string& s) { return contains(s, "\nup-"); }, 60s)) << slurp(log2);
+  std::this_thread::sleep_for(2s);
+  ASSERT_TRUE(type(api2, "echo dmesg-check: $(dmesg | grep -ciE 'warn|bug|lockup|hung|unstable|jump|stall')"));
+  EXPECT_TRUE(wait_console(log2, [&](const std::string& s) { return has_line(s, "dmesg-check: 0"); }, 60s))
+      << "the restored kernel logged warnings\n" << slurp(log2);
+  ASSERT_TRUE(type(api2, "echo up-$(cut -d' ' -f1 /proc/uptime)"));
+  std::this_thread::sleep_for(2s);
+  std::vector<double> ups;
+  const auto console = slurp(log2);
+  static const std::regex up_re(R"(\nup-([0-9.]+))");
+  for (auto it = std::sregex_iterator(console.begin(), console.end(), up_re); it != std::sregex_iterator(); ++it)
+    ups.push_back(std::stod((*it)[1]));
+  ASSERT_EQ(ups.size(), 2u) << console;
+  EXPECT_GT(ups[1], ups[0] + 1.0) << "uptime does not advance";
+  ASSERT_EQ(run_process({FERRY_BIN, "quit", "--vm", api2}, 60s).exit_code, 0);
+  auto end = dst.wait(60s);
+  EXPECT_EQ(end.exit_code, 0) << end.describe();
+}
+
+}  // namespace
+}  // namespace ferry::test
