@@ -33,5 +33,23 @@ TEST(Sandbox, DemoTextSaysWhereItRan) {
   EXPECT_NE(r.out.find("Every guest write was reported, and nothing else"), std::string::npos) << r.describe();
 }
 
+// `ferry demo --guest linux`: a real kernel boots, its workload verifies
+// its memory, the console answers, and it survives a snapshot + restore.
+TEST(Sandbox, DemoOfARealKernelGuest) {
+  auto r = run_process({FERRY_BIN, "demo", "--guest", "linux", "--sandbox", "--json"}, 900s);
+  ASSERT_FALSE(r.timed_out) << r.describe();
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.describe();
+  EXPECT_EQ(j["scenario"], "linux-guest");
+  EXPECT_EQ(j["where"], "kvm-sandbox");
+  EXPECT_TRUE(j["ok"].get<bool>()) << j.dump(2);
+  EXPECT_EQ(j["failures"], 0);
+  EXPECT_EQ(j["console"].get<std::string>().rfind("Linux ", 0), 0u) << j.dump(2);
+  EXPECT_GT(j["verified_after_restore"].get<std::uint64_t>(), 0u);
+  EXPECT_GT(j["heartbeat_after_restore"].get<std::uint64_t>(), 3u);
+  std::printf("[ figures  ] demo --guest linux: init reached after %.1f s\n", j["boot_to_init_s"].get<double>());
+}
+
 }  // namespace
 }  // namespace ferry::test

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ferry/commands.hh"
+#include "ferry/demo.hh"
 #include "ferry/sandbox_exec.hh"
 #include "kvm/selftest.hh"
 
@@ -118,6 +119,7 @@ void add_demo(CLI::App& app, Globals& g) {
     bool json = false;
     bool in_sandbox = false;
     bool force_sandbox = false;
+    std::string guest = "test";
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("demo",
@@ -126,6 +128,11 @@ void add_demo(CLI::App& app, Globals& g) {
                                  "otherwise re-runs itself inside tools/kvm-sandbox.");
   cmd->add_flag("--json", opts->json, "print the result as JSON");
   cmd->add_flag("--sandbox", opts->force_sandbox, "run inside tools/kvm-sandbox even when /dev/kvm exists");
+  cmd->add_option("--guest", opts->guest,
+                  "test: the built-in guest and the dirty ring (seconds); linux: boot a Linux guest, run its "
+                  "self-verifying workload, snapshot and restore it (about a minute in the sandbox)")
+      ->check(CLI::IsMember({"test", "linux"}))
+      ->capture_default_str();
   cmd->add_flag("--in-sandbox", opts->in_sandbox, "(internal) we already are inside the sandbox")->group("");
   cmd->callback([opts, &g] {
     const auto native = opts->in_sandbox || opts->force_sandbox ? Status{} : native_kvm_usable();
@@ -136,14 +143,14 @@ void add_demo(CLI::App& app, Globals& g) {
       if (!opts->json)
         fmt::print(stderr, "{}; running the demo inside tools/kvm-sandbox (boots a nested KVM under QEMU, a few seconds)...\n",
                    why);
-      std::vector<std::string> args{"demo", "--in-sandbox"};
+      std::vector<std::string> args{"demo", "--in-sandbox", "--guest", opts->guest};
       if (opts->json) args.push_back("--json");
       const auto err = exec_in_sandbox(args);
       fmt::print(stderr, "ferry demo: cannot start the sandbox: {}\n", err);
       g.rc = 1;
       return;
     }
-    g.rc = run_demo(opts->json, opts->in_sandbox);
+    g.rc = opts->guest == "linux" ? run_linux_demo(opts->json, opts->in_sandbox) : run_demo(opts->json, opts->in_sandbox);
   });
 }
 
