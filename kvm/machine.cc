@@ -153,7 +153,10 @@ Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqch
 Status Machine::start_vcpus(bool paused) {
   ExitHandler guest_handler;
   if (kind_ == GuestKind::kLinux) {
-    linux_devices_ = std::make_unique<LinuxDevices>(*vm_, *serial_, [this](std::string why) { on_vcpu_ended(why); });
+    // No vCPU runs yet: the UART's level is the one the (restored or fresh)
+    // interrupt controllers hold.
+    linux_devices_ = std::make_unique<LinuxDevices>(
+        *vm_, *serial_, [this](std::string why) { on_vcpu_ended(why); }, serial_->irq_level());
     guest_handler = [d = linux_devices_.get()](Vcpu& v) { return d->on_exit(v); };
   } else {
     monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), serial_.get(),
@@ -237,7 +240,8 @@ Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config
     return fail("Linux guests support at most {} MiB of RAM for now (one slot below the 32-bit MMIO hole), not {} MiB",
                 kMaxLowRam >> 20, mem >> 20);
   if (!config.irqchip) return fail("a Linux guest needs the in-kernel irqchip");
-  if (lb.vcpus == 0 || lb.vcpus > 255) return fail("Linux guest: 1..255 vCPUs, not {}", lb.vcpus);
+  // The snapshot format's limit (decode_vm_config) applies to every guest.
+  if (lb.vcpus == 0 || lb.vcpus > FG_MAX_VCPUS) return fail("Linux guest: 1..{} vCPUs, not {}", FG_MAX_VCPUS, lb.vcpus);
   std::unique_ptr<Machine> m(new Machine());
   m->kind_ = GuestKind::kLinux;
   m->notify_ = std::move(stopped);
@@ -335,9 +339,6 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
                  "(heartbeats, dirty rate) scales by {:.3f}", *khz, cfg->tsc_khz,
                  static_cast<double>(*khz) / cfg->tsc_khz);
   if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
-  // The restored PIC/IOAPIC already hold the UART's line level; only
-  // changes from here on are edges to signal.
-  if (m->linux_devices_) m->linux_devices_->assume_serial_irq_level(m->serial_->irq_level());
   spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,
                m->regions_.front()->size() >> 20, start_paused ? ", paused" : "");
   return m;

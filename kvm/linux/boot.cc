@@ -138,9 +138,12 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
   const std::uint64_t load = get<std::uint64_t>(k, kPrefAddress);
   const std::uint64_t init_size = get<std::uint32_t>(k, kInitSize);
   info.kernel_bytes = k.size() - pm_offset;
-  if (load < kLinuxHighRamStart || load + std::max<std::uint64_t>(init_size, info.kernel_bytes) > ram.size())
-    return fail("kernel {}: needs {:#x}..{:#x} (its decompression area), RAM ends at {:#x}", c.kernel, load,
-                load + init_size, ram.size());
+  // Both values come from the file: compare without letting the sum wrap.
+  const std::uint64_t need = std::max<std::uint64_t>(init_size, info.kernel_bytes);
+  if (load < kLinuxHighRamStart || load > ram.size() || need > ram.size() - load)
+    return fail("kernel {}: needs {:#x} bytes from {:#x} (its decompression area), RAM ends at {:#x}", c.kernel, need,
+                load, ram.size());
+  const std::uint64_t kernel_end = load + need;
   std::memcpy(ram.host_at(load), k.data() + pm_offset, info.kernel_bytes);
   info.entry = load + 0x200;  // startup_64
 
@@ -153,7 +156,9 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
   put<std::uint8_t>(ram, bp + kLoadflags, static_cast<std::uint8_t>(k[kLoadflags] | kLoadedHigh | kCanUseHeap));
   put<std::uint16_t>(ram, bp + kHeapEndPtr, 0xfe00);
 
-  const std::uint32_t cmdline_max = get<std::uint32_t>(k, kCmdlineSize);
+  // The kernel's own limit, and the room below the EBDA where it goes.
+  const std::uint64_t cmdline_max =
+      std::min<std::uint64_t>(get<std::uint32_t>(k, kCmdlineSize), kLinuxLowRamEnd - kCmdlineGpa - 1);
   if (c.cmdline.size() > cmdline_max) return fail("command line of {} bytes exceeds the kernel's {}", c.cmdline.size(), cmdline_max);
   std::memset(ram.host_at(kCmdlineGpa), 0, c.cmdline.size() + 1);
   std::memcpy(ram.host_at(kCmdlineGpa), c.cmdline.data(), c.cmdline.size());
@@ -164,7 +169,7 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
     if (!rd) return std::unexpected(rd.error());
     const std::uint64_t max = std::min<std::uint64_t>(get<std::uint32_t>(k, kInitrdAddrMax), ram.size() - 1);
     const std::uint64_t at = (max + 1 - rd->size()) & ~(kPageSize - 1);
-    if (rd->size() > max || at < load + init_size)
+    if (rd->size() > max || at < kernel_end)
       return fail("initrd {} ({} MiB) does not fit between the kernel and the end of RAM; give the VM more memory",
                   c.initrd, rd->size() >> 20);
     std::memcpy(ram.host_at(at), rd->data(), rd->size());

@@ -95,7 +95,9 @@ Result<ExitAction> LinuxDevices::on_io(Vcpu& vcpu) {
       std::lock_guard lock(irq_mu_);
       for (std::uint32_t b = 0; b < run.io.size; ++b) {
         const auto reg = port - kAcpiPm1aEventPort + b;
-        if (reg < 2) {
+        if (reg >= 4) {  // a wide access running past the block
+          if (!out) data[b] = 0xff;
+        } else if (reg < 2) {
           if (!out) data[b] = 0;
         } else if (out) {
           const int shift = static_cast<int>(reg - 2) * 8;

@@ -22,8 +22,11 @@ class LinuxDevices {
  public:
   // `on_stop(reason)` runs on the vCPU thread that powered off or reset the
   // guest; that vCPU then stops (the caller stops the rest).
-  LinuxDevices(Vm& vm, Serial& serial, std::function<void(std::string)> on_stop)
-      : vm_(vm), serial_(serial), on_stop_(std::move(on_stop)) {}
+  // `irq_level` is the UART line as the interrupt controllers already hold
+  // it (restored with them after a snapshot; low at boot): only changes
+  // from there are signalled. Construct before any vCPU runs.
+  LinuxDevices(Vm& vm, Serial& serial, std::function<void(std::string)> on_stop, bool irq_level)
+      : vm_(vm), serial_(serial), on_stop_(std::move(on_stop)), irq_level_(irq_level) {}
 
   Result<ExitAction> on_exit(Vcpu& vcpu);
 
@@ -31,12 +34,6 @@ class LinuxDevices {
   void console_input(std::string_view bytes);
   // Drives IRQ 4 from the UART's interrupt output (edge: KVM sees 0 -> 1).
   void sync_serial_irq();
-  // After a restore: the interrupt controllers' state already reflects this
-  // level, so record it without signalling an edge.
-  void assume_serial_irq_level(bool level) {
-    std::lock_guard lock(irq_mu_);
-    irq_level_ = level;
-  }
 
  private:
   Result<ExitAction> on_io(Vcpu& vcpu);
