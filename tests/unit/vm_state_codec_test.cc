@@ -366,10 +366,19 @@ TEST(VmStateCodecVmConfig, RejectsEveryTruncationAndTrailingByte) {
 }
 
 TEST(VmStateCodecVmConfig, RejectsUnknownGuestKind) {
-  for (std::uint32_t kind : {0u, 2u}) {
+  // 1 is the built-in test guest, 2 a Linux guest.
+  for (std::uint32_t kind : {0u, 3u, 0xffffffffu}) {
     VmConfigState c{static_cast<GuestKind>(kind), 2, true, true, 1000};
     EXPECT_TRUE(Mentions(error_of(decode_vm_config(encode_vm_config(c))), fmt::format("unknown guest kind {}", kind)));
   }
+}
+
+TEST(VmStateCodecVmConfig, AcceptsLinuxGuestsOnlyWithAnIrqchip) {
+  auto ok = decode_vm_config(encode_vm_config({GuestKind::kLinux, 2, true, true, 1000}));
+  ASSERT_TRUE(ok) << ok.error().what();
+  EXPECT_EQ(ok->kind, GuestKind::kLinux);
+  EXPECT_TRUE(Mentions(error_of(decode_vm_config(encode_vm_config({GuestKind::kLinux, 2, false, false, 1000}))),
+                       "a Linux guest without an irqchip"));
 }
 
 TEST(VmStateCodecVmConfig, RejectsVcpuCountOutsideOneToSixteen) {

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "ferry/demo.hh"
 #include "kvm/machine.hh"
@@ -112,6 +113,9 @@ std::string trim_line(std::string s) {
 }  // namespace
 
 int run_linux_demo(bool json, bool in_sandbox) {
+  // Inside the sandbox stdout and stderr arrive as one stream: with --json,
+  // keep progress logs out of it so the output stays one JSON object.
+  if (json && spdlog::default_logger()->level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
   auto say = [&](const std::string& line) {
     if (json) return;
     std::fputs(line.c_str(), stdout);
