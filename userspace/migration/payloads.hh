@@ -1,0 +1,178 @@
+#pragma once
+// Typed payloads of the migration frames (protocol.hh), one struct per
+// frame type, each with encode() and a decode_*() that validates every field.
+// Integers are little-endian and encoded field by field with
+// kvm/state/bytes.hh; strings and lists are a u32 count then the items.
+// Decoders check a count against its limit and against the bytes left
+// before allocating anything, and reject truncation and trailing bytes.
+// Layouts are in docs/protocol.md.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/error.hh"
+#include "migration/protocol.hh"
+
+namespace ferry::migration {
+
+inline constexpr std::size_t kMaxHostName = 255;
+inline constexpr std::size_t kMaxReason = 4096;
+inline constexpr std::size_t kMaxRegions = 64;
+inline constexpr std::size_t kMaxCpuidEntries = 256;
+inline constexpr std::size_t kMaxZeroPagesPerFrame = 65536;
+
+// HELLO, both directions, first. The header's version says how to parse
+// frames; this one is the protocol the peer implements, for the session to
+// report and, once there are several, to choose from. Capabilities are
+// optional features; unknown bits are ignored (that is what they are for):
+// the session uses the intersection of both sides' masks. None defined yet.
+struct Hello {
+  std::uint16_t major = kVersionMajor;
+  std::uint16_t minor = kVersionMinor;
+  std::uint64_t capabilities = 0;
+  std::string host;  // for reports and logs only; at most kMaxHostName bytes
+  bool operator==(const Hello&) const = default;
+};
+
+// PRECHECK, source to destination: what the destination must be able to run.
+struct MemoryRegion {
+  std::uint32_t slot = 0;
+  std::uint64_t gpa = 0;   // page-aligned
+  std::uint64_t size = 0;  // non-zero, a multiple of kPageSize
+  bool operator==(const MemoryRegion&) const = default;
+};
+struct CpuidEntry {
+  std::uint32_t function = 0;
+  std::uint32_t index = 0;
+  std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+  bool operator==(const CpuidEntry&) const = default;
+};
+struct Precheck {
+  std::uint32_t vcpus = 0;              // non-zero
+  std::vector<MemoryRegion> regions;    // unique slots, at most kMaxRegions
+  std::uint32_t guest_kind = 0;         // kvm::GuestKind; non-zero
+  std::vector<CpuidEntry> cpuid;        // what the guest was given, at most kMaxCpuidEntries
+  std::uint32_t tsc_khz = 0;            // non-zero
+  bool operator==(const Precheck&) const = default;
+};
+
+// PRECHECK_RESULT, destination to source.
+struct PrecheckResult {
+  bool ok = false;
+  std::string reason;  // why not, when !ok; at most kMaxReason bytes
+  bool operator==(const PrecheckResult&) const = default;
+};
+
+// PAGES, source to destination: the fixed part, then count descriptors,
+// then count * kPageSize bytes of page data in descriptor order. Page
+// indices count pages from the start of the slot.
+struct PageDescriptor {
+  std::uint64_t page_index = 0;
+  std::uint64_t checksum = 0;  // page_checksum() of the bytes the sender read
+  bool operator==(const PageDescriptor&) const = default;
+};
+struct PagesHeader {
+  std::uint32_t slot = 0;
+  std::uint32_t round = 0;
+  std::vector<PageDescriptor> pages;  // at most kMaxPagesPerFrame
+  bool operator==(const PagesHeader&) const = default;
+};
+struct DecodedPages {
+  PagesHeader header;
+  std::span<const std::byte> data;  // aliases the payload
+  std::span<const std::byte> page(std::size_t i) const { return data.subspan(i * kPageSize, kPageSize); }
+};
+
+// The per-page checksum: CRC-64/XZ over the u64 little-endian page index
+// then the page, as the snapshot's memory check (kvm/snapshot.cc) does per
+// region. The index is included so that data filed under the wrong index
+// fails too. A mismatch is not necessarily corruption; see page_ledger.hh.
+std::uint64_t page_checksum(std::uint64_t page_index, std::span<const std::byte> page);
+
+// ZERO_PAGES: pages whose content is all zero, sent as indices only.
+struct ZeroPages {
+  std::uint32_t slot = 0;
+  std::uint32_t round = 0;
+  std::vector<std::uint64_t> page_index;  // at most kMaxZeroPagesPerFrame
+  bool operator==(const ZeroPages&) const = default;
+};
+
+// ROUND_END: the sender's totals for a pre-copy round, for reports and as a
+// cross-check of what the receiver counted.
+struct RoundEnd {
+  std::uint32_t round = 0;
+  std::uint64_t pages_sent = 0;
+  std::uint64_t zero_pages = 0;
+  std::uint64_t bytes = 0;
+  bool operator==(const RoundEnd&) const = default;
+};
+
+// STATE: a u64 length, then a state image (kvm/state/format.hh), which
+// validates itself; here it is only length-checked and must not be empty.
+struct State {
+  std::vector<std::byte> image;
+  bool operator==(const State&) const = default;
+};
+
+// The commit handshake. The token is chosen by the source for the session
+// and echoed, so that a stray frame of another session cannot commit this one.
+struct Ready {
+  std::uint64_t token = 0;
+  bool operator==(const Ready&) const = default;
+};
+struct Commit {
+  std::uint64_t token = 0;
+  bool operator==(const Commit&) const = default;
+};
+struct Confirmed {
+  std::uint64_t token = 0;
+  bool operator==(const Confirmed&) const = default;
+};
+
+struct Abort {
+  std::string reason;  // at most kMaxReason bytes
+  bool operator==(const Abort&) const = default;
+};
+
+// VERIFY_DIGEST: a slot's memory digest, computed like the snapshot's
+// memory check (CRC-64 over (index, page) of every non-zero page in order).
+struct VerifyDigest {
+  std::uint32_t slot = 0;
+  std::uint64_t digest = 0;
+  bool operator==(const VerifyDigest&) const = default;
+};
+
+// Encoders write only what the decoders accept; a value over a limit is a
+// programming error and aborts.
+std::vector<std::byte> encode(const Hello& m);
+std::vector<std::byte> encode(const Precheck& m);
+std::vector<std::byte> encode(const PrecheckResult& m);
+std::vector<std::byte> encode_pages_header(const PagesHeader& m);  // append the page data after it
+std::vector<std::byte> encode(const ZeroPages& m);
+std::vector<std::byte> encode(const RoundEnd& m);
+std::vector<std::byte> encode(const State& m);
+std::vector<std::byte> encode(const Ready& m);
+std::vector<std::byte> encode(const Commit& m);
+std::vector<std::byte> encode(const Confirmed& m);
+std::vector<std::byte> encode(const Abort& m);
+std::vector<std::byte> encode(const VerifyDigest& m);
+
+// Errors are prefixed with the frame type: "precheck: region 2: ...".
+Result<Hello> decode_hello(std::span<const std::byte> payload);
+Result<Precheck> decode_precheck(std::span<const std::byte> payload);
+Result<PrecheckResult> decode_precheck_result(std::span<const std::byte> payload);
+// Checks the data is exactly count * kPageSize bytes; does not verify the
+// page checksums (that is the receiver's PageLedger decision).
+Result<DecodedPages> decode_pages(std::span<const std::byte> payload);
+Result<ZeroPages> decode_zero_pages(std::span<const std::byte> payload);
+Result<RoundEnd> decode_round_end(std::span<const std::byte> payload);
+Result<State> decode_state(std::span<const std::byte> payload);
+Result<Ready> decode_ready(std::span<const std::byte> payload);
+Result<Commit> decode_commit(std::span<const std::byte> payload);
+Result<Confirmed> decode_confirmed(std::span<const std::byte> payload);
+Result<Abort> decode_abort(std::span<const std::byte> payload);
+Result<VerifyDigest> decode_verify_digest(std::span<const std::byte> payload);
+
+}  // namespace ferry::migration
