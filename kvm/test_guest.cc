@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "kvm/dirty_tracker.hh"
+#include "kvm/long_mode.hh"
 
 extern "C" const unsigned char ferry_guest_image[];
 extern "C" const unsigned char ferry_guest_image_end[];
@@ -19,6 +20,8 @@ static_assert(sizeof(fg_status) == 64, "guest ABI drifted");
 static_assert(sizeof(fg_page_header) == 32, "guest ABI drifted");
 
 constexpr std::uint64_t kTwoMiB = 2ull << 20;
+// Code at selector 0x08, data at 0x10, identity map of 0..4 GiB.
+constexpr LongModeLayout kLayout{FG_GDT_GPA, 0x08, 0x10, FG_PML4_GPA, FG_PDPT_GPA, FG_PD_GPA};
 constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
 std::uint64_t ws_pages(const TestGuestOptions& o) { return o.working_set_mib * 256; }
@@ -56,14 +59,7 @@ Status load_test_guest(GuestRegion& ram, const TestGuestOptions& o, std::uint32_
   const auto image = test_guest_image();
   if (image.size() > FG_CODE_MAX) return fail("test guest: image of {} bytes exceeds {}", image.size(), FG_CODE_MAX);
 
-  // GDT: null, 64-bit code (selector 0x08), data (0x10).
-  const std::uint64_t gdt[3] = {0, 0x00af9b000000ffffull, 0x00cf93000000ffffull};
-  put(ram, FG_GDT_GPA, gdt, tracker);
-  // Identity map 0..4 GiB: PML4[0] -> PDPT, PDPT[0..3] -> four PDs of 2 MiB pages.
-  constexpr std::uint64_t kP = 1, kRW = 2, kPS = 0x80;
-  put(ram, FG_PML4_GPA, FG_PDPT_GPA | kP | kRW, tracker);
-  for (std::uint64_t i = 0; i < 4; ++i) put(ram, FG_PDPT_GPA + i * 8, (FG_PD_GPA + i * kPageSize) | kP | kRW, tracker);
-  for (std::uint64_t i = 0; i < 4 * 512; ++i) put(ram, FG_PD_GPA + i * 8, (i * kTwoMiB) | kP | kRW | kPS, tracker);
+  write_long_mode_tables(ram, kLayout, tracker);
 
   fg_params p{};
   p.magic = FG_MAGIC;
@@ -90,37 +86,12 @@ Status load_test_guest(GuestRegion& ram, const TestGuestOptions& o, std::uint32_
 }
 
 Status enter_test_guest(Vcpu& vcpu, std::uint32_t cpu) {
-  auto sregs = vcpu.get_sregs();
-  if (!sregs) return std::unexpected(sregs.error());
-  kvm_segment code{};
-  code.base = 0;
-  code.limit = 0xffffffff;
-  code.selector = 0x08;
-  code.type = 11;  // execute/read, accessed
-  code.present = 1;
-  code.s = 1;
-  code.l = 1;  // 64-bit
-  code.g = 1;
-  kvm_segment data = code;
-  data.selector = 0x10;
-  data.type = 3;  // read/write, accessed
-  data.l = 0;
-  data.db = 1;
-  sregs->cs = code;
-  sregs->ds = sregs->es = sregs->fs = sregs->gs = sregs->ss = data;
-  sregs->gdt.base = FG_GDT_GPA;
-  sregs->gdt.limit = 3 * 8 - 1;
-  sregs->cr3 = FG_PML4_GPA;
-  sregs->cr4 = 0x20;                   // PAE
-  sregs->cr0 = 0x80000001 | 0x10 | 0x20;  // PG | PE | ET | NE
-  sregs->efer = 0x500;                 // LME | LMA
-  if (auto ok = vcpu.set_sregs(*sregs); !ok) return ok;
   kvm_regs regs{};
   regs.rip = FG_CODE_GPA;
   regs.rsp = FG_STACKS_GPA + (cpu + 1) * FG_STACK_BYTES - 8;  // 16-byte aligned after the entry's call
   regs.rdi = cpu;
   regs.rflags = 0x2;
-  return vcpu.set_regs(regs);
+  return enter_long_mode(vcpu, kLayout, regs);
 }
 
 fg_status read_test_guest_status(const GuestRegion& ram, std::uint32_t cpu) {

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvm/linux/acpi.hh"
+#include "kvm/long_mode.hh"
 #include "kvm/system.hh"
 #include "kvm/vcpu.hh"
 #include "kvm/vcpu_state.hh"
@@ -25,10 +26,9 @@ constexpr std::uint64_t kPml4Gpa = 0x9000;
 constexpr std::uint64_t kPdptGpa = 0xa000;
 constexpr std::uint64_t kPdGpa = 0xb000;  // 4 pages
 constexpr std::uint64_t kCmdlineGpa = 0x20000;
-constexpr std::uint64_t kTwoMiB = 2ull << 20;
 
 // The boot protocol's selectors: __BOOT_CS = 0x10, __BOOT_DS = 0x18.
-constexpr std::uint16_t kBootCs = 0x10, kBootDs = 0x18;
+constexpr LongModeLayout kLayout{kGdtGpa, 0x10, 0x18, kPml4Gpa, kPdptGpa, kPdGpa};
 
 // boot_params offsets (arch/x86/include/uapi/asm/bootparam.h).
 constexpr std::size_t kAcpiRsdpAddr = 0x070;
@@ -89,16 +89,6 @@ void write_e820(GuestRegion& ram, std::uint64_t bp) {
     put(ram, at + 16, map[i].type);
   }
   put<std::uint8_t>(ram, bp + kE820Entries, static_cast<std::uint8_t>(std::size(map)));
-}
-
-void write_paging(GuestRegion& ram) {
-  // GDT: null, null, 64-bit code at 0x10, data at 0x18 (flat).
-  const std::uint64_t gdt[4] = {0, 0, 0x00af9b000000ffffull, 0x00cf93000000ffffull};
-  std::memcpy(ram.host_at(kGdtGpa), gdt, sizeof gdt);
-  constexpr std::uint64_t kP = 1, kRW = 2, kPS = 0x80;
-  put(ram, kPml4Gpa, kPdptGpa | kP | kRW);
-  for (std::uint64_t i = 0; i < 4; ++i) put(ram, kPdptGpa + i * 8, (kPdGpa + i * kPageSize) | kP | kRW);
-  for (std::uint64_t i = 0; i < 4 * 512; ++i) put(ram, kPdGpa + i * 8, (i * kTwoMiB) | kP | kRW | kPS);
 }
 
 Status set_lint(Vcpu& vcpu) {
@@ -182,7 +172,7 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
   auto rsdp = write_acpi_tables(ram, c.vcpus);
   if (!rsdp) return std::unexpected(rsdp.error());
   put<std::uint64_t>(ram, bp + kAcpiRsdpAddr, *rsdp);
-  write_paging(ram);
+  write_long_mode_tables(ram, kLayout);
   // No firmware, but the reset vector (F000:FFF0) is where a kernel that
   // reboots "through the BIOS" (reboot=bios, and what this Debian kernel
   // picked after a panic) ends up. Put the PC's reset request there:
@@ -242,35 +232,11 @@ Status setup_linux_vcpu(const Kvm& kvm, Vcpu& vcpu, const LinuxBootInfo& info, s
   if (auto ok = set_lint(vcpu); !ok) return ctx(ok.error());
   if (vcpu.id() != 0) return {};  // waits for INIT/SIPI
 
-  auto sregs = vcpu.get_sregs();
-  if (!sregs) return ctx(sregs.error());
-  kvm_segment code{};
-  code.limit = 0xffffffff;
-  code.selector = kBootCs;
-  code.type = 11;
-  code.present = 1;
-  code.s = 1;
-  code.l = 1;
-  code.g = 1;
-  kvm_segment data = code;
-  data.selector = kBootDs;
-  data.type = 3;
-  data.l = 0;
-  data.db = 1;
-  sregs->cs = code;
-  sregs->ds = sregs->es = sregs->fs = sregs->gs = sregs->ss = data;
-  sregs->gdt.base = kGdtGpa;
-  sregs->gdt.limit = 4 * 8 - 1;
-  sregs->cr3 = kPml4Gpa;
-  sregs->cr4 = 0x20;                      // PAE
-  sregs->cr0 = 0x80000001 | 0x10 | 0x20;  // PG | PE | ET | NE
-  sregs->efer = 0x500;                    // LME | LMA
-  if (auto ok = vcpu.set_sregs(*sregs); !ok) return ctx(ok.error());
   kvm_regs regs{};
   regs.rip = info.entry;
   regs.rsi = info.boot_params;
   regs.rflags = 0x2;
-  if (auto ok = vcpu.set_regs(regs); !ok) return ctx(ok.error());
+  if (auto ok = enter_long_mode(vcpu, kLayout, regs); !ok) return ctx(ok.error());
   return {};
 }
 
