@@ -41,10 +41,7 @@ Status set_mp_state(Vcpu& v, std::uint32_t state) {
 // synchronised"), all vCPUs get vCPU 0's offset.
 Status resync_tsc_offsets(std::vector<Vcpu>& vcpus, const std::vector<std::uint64_t>& tscs) {
   if (tscs.size() != vcpus.size() || vcpus.size() < 2) return {};
-  kvm_device_attr attr{};
-  attr.group = KVM_VCPU_TSC_CTRL;
-  attr.attr = KVM_VCPU_TSC_OFFSET;
-  if (::ioctl(vcpus[0].fd(), KVM_HAS_DEVICE_ATTR, &attr) < 0) return {};  // KVM syncs its own way
+  if (!vcpus[0].has_tsc_offset()) return {};  // IA32_TSC writes: KVM syncs its own way
   auto khz = vcpu_tsc_khz(vcpus[0]);
   if (!khz) return std::unexpected(khz.error());
   const std::uint64_t window = std::uint64_t{*khz} * 1000;
@@ -53,14 +50,10 @@ Status resync_tsc_offsets(std::vector<Vcpu>& vcpus, const std::vector<std::uint6
       spdlog::warn("vCPU TSCs differ by more than a second in the snapshot; restored as they were");
       return {};
     }
-  std::uint64_t offset = 0;
-  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
-  if (::ioctl(vcpus[0].fd(), KVM_GET_DEVICE_ATTR, &attr) < 0) return fail_sys("KVM_GET_DEVICE_ATTR TSC offset of vCPU 0");
+  auto offset = vcpus[0].tsc_offset();
+  if (!offset) return std::unexpected(offset.error());
   for (std::size_t i = 1; i < vcpus.size(); ++i)
-    if (::ioctl(vcpus[i].fd(), KVM_SET_DEVICE_ATTR, &attr) < 0) {
-      const int e = errno;
-      return std::unexpected(sys_error(fmt::format("KVM_SET_DEVICE_ATTR TSC offset of vCPU {}", i), e));
-    }
+    if (auto ok = vcpus[i].set_tsc_offset(*offset); !ok) return ok;
   return {};
 }
 

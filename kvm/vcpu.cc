@@ -70,4 +70,38 @@ Status Vcpu::set_sregs(const kvm_sregs& s) {
   return {};
 }
 
+namespace {
+kvm_device_attr tsc_offset_attr(std::uint64_t* value) {
+  kvm_device_attr attr{};
+  attr.group = KVM_VCPU_TSC_CTRL;
+  attr.attr = KVM_VCPU_TSC_OFFSET;
+  attr.addr = reinterpret_cast<std::uint64_t>(value);
+  return attr;
+}
+}  // namespace
+
+bool Vcpu::has_tsc_offset() const {
+  auto attr = tsc_offset_attr(nullptr);
+  return ::ioctl(fd_.get(), KVM_HAS_DEVICE_ATTR, &attr) == 0;
+}
+
+Result<std::uint64_t> Vcpu::tsc_offset() const {
+  std::uint64_t v = 0;
+  auto attr = tsc_offset_attr(&v);
+  if (::ioctl(fd_.get(), KVM_GET_DEVICE_ATTR, &attr) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_GET_DEVICE_ATTR TSC offset of vCPU {}", id_), e));
+  }
+  return v;
+}
+
+Status Vcpu::set_tsc_offset(std::uint64_t offset) {
+  auto attr = tsc_offset_attr(&offset);
+  if (::ioctl(fd_.get(), KVM_SET_DEVICE_ATTR, &attr) < 0) {
+    const int e = errno;
+    return std::unexpected(sys_error(fmt::format("KVM_SET_DEVICE_ATTR TSC offset of vCPU {}", id_), e));
+  }
+  return {};
+}
+
 }  // namespace ferry::kvm

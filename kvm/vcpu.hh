@@ -32,6 +32,13 @@ class Vcpu {
   Result<kvm_sregs> get_sregs() const;
   Status set_sregs(const kvm_sregs& s);
 
+  // The vCPU's TSC offset (KVM_VCPU_TSC_CTRL / KVM_VCPU_TSC_OFFSET, Linux
+  // 5.16+): guest TSC = host TSC (scaled) + offset, applied verbatim, unlike
+  // an IA32_TSC write. has_tsc_offset() is false where KVM lacks it (PVM).
+  bool has_tsc_offset() const;
+  Result<std::uint64_t> tsc_offset() const;
+  Status set_tsc_offset(std::uint64_t offset);
+
   // Bytes KVM_GET_XSAVE2/KVM_SET_XSAVE move for this vCPU: 4096, or more
   // when the process enabled dynamic xfeatures (AMX) before creating it.
   std::size_t xsave_bytes() const { return xsave_bytes_; }

@@ -128,24 +128,16 @@ Result<std::uint64_t> read_one_msr(const Vcpu& vcpu, std::uint32_t index) {
 // started) came back with its TSC rewound (seen on the 6.1 sandbox kernel;
 // Linux 6.5 stopped matching userspace writes). The offset attribute is
 // applied verbatim.
-Result<bool> restore_tsc_offset(const Vcpu& vcpu, std::uint64_t value) {
-  kvm_device_attr attr{};
-  attr.group = KVM_VCPU_TSC_CTRL;
-  attr.attr = KVM_VCPU_TSC_OFFSET;
-  if (::ioctl(vcpu.fd(), KVM_HAS_DEVICE_ATTR, &attr) < 0) return false;
+Result<bool> restore_tsc_offset(Vcpu& vcpu, std::uint64_t value) {
+  if (!vcpu.has_tsc_offset()) return false;
   // guest TSC = host TSC * ratio + offset. Ferry never sets a TSC frequency
   // (KVM_SET_TSC_KHZ), so the ratio is 1, and this rdtsc reads the clock
   // KVM offsets from (the host's; in the sandbox, its kernel's).
-  std::uint64_t offset = value - __rdtsc();
-  attr.addr = reinterpret_cast<std::uint64_t>(&offset);
-  if (::ioctl(vcpu.fd(), KVM_SET_DEVICE_ATTR, &attr) < 0) {
-    const int e = errno;
-    return std::unexpected(sys_error(fmt::format("KVM_SET_DEVICE_ATTR TSC offset on vCPU {}", vcpu.id()), e));
-  }
+  if (auto ok = vcpu.set_tsc_offset(value - __rdtsc()); !ok) return std::unexpected(ok.error());
   return true;
 }
 
-Status restore_msrs(const Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs) {
+Status restore_msrs(Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs) {
   std::vector<kvm_msr_entry> ordered = msrs;
   // The TSC first and through its offset where possible (see above); the
   // MSRs that depend on it (TSC_DEADLINE) follow in the batch.

@@ -20,11 +20,6 @@ constexpr std::uint16_t kPciResetControl = 0xcf9;  // bit 2: reset
 
 }  // namespace
 
-void LinuxDevices::sync_serial_irq() {
-  std::lock_guard lock(irq_mu_);
-  sync_serial_irq_locked(false);
-}
-
 void LinuxDevices::set_line(bool level) {
   kvm_irq_level l{};
   l.irq = kCom1Irq;

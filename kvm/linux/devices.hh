@@ -32,8 +32,6 @@ class LinuxDevices {
 
   // Bytes typed at the console: queued in the UART, interrupt raised.
   void console_input(std::string_view bytes);
-  // Drives IRQ 4 from the UART's interrupt output (edge: KVM sees 0 -> 1).
-  void sync_serial_irq();
 
  private:
   Result<ExitAction> on_io(Vcpu& vcpu);
