@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "temp_dir.hh"
 #include "e2e/process.hh"
 
 namespace ferry::test {
@@ -24,14 +25,6 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-e2e-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path);

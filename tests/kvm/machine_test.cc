@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "temp_dir.hh"
 #include "kvm/machine.hh"
 #include "kvm/running_clocks.hh"
 #include "kvm/wait.hh"
@@ -32,14 +33,7 @@ std::uint64_t total(const MachineStatus& s, std::uint64_t fg_status::*field) {
   return t;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-machine-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
+using test::TempDir;
 
 MachineConfig dirty_config(bool irqchip) {
   MachineConfig c;

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <thread>
 
+#include "temp_dir.hh"
 #include "control/api.hh"
 
 namespace ferry::control {
@@ -41,19 +42,7 @@ using namespace std::chrono_literals;
   return ::testing::AssertionFailure() << "'" << text << "' does not mention '" << part << "'";
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-api-test-XXXXXX";
-    if (const char* p = ::mkdtemp(tmpl)) path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using test::TempDir;
 
 sockaddr_un address_of(const std::string& path) {
   sockaddr_un a{};

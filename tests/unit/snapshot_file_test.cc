@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "temp_dir.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/machine.hh"
 #include "kvm/snapshot.hh"
@@ -44,19 +45,7 @@ std::string error_of(const Result<T>& r) {
   return r ? std::string("(succeeded)") : r.error().what();
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-snapshot-test-XXXXXX";
-    if (const char* p = ::mkdtemp(tmpl)) path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path.empty()) fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using test::TempDir;
 
 Bytes bytes_of(std::string_view s) {
   auto b = std::as_bytes(std::span(s.data(), s.size()));
@@ -435,9 +424,9 @@ TEST(SnapshotFileSparse, NeitherSnapshotNorRestoreTouchesUntouchedMemory) {
   // A 256 MiB guest of which 3 pages were ever written: the memfd holds 3
   // pages, and must still hold 3 after the snapshot read it; the restored
   // region must be allocated for those 3 only.
-  char tmpl[] = "/tmp/ferry-sparse-XXXXXX";
-  const std::string dir = ::mkdtemp(tmpl);
-  const std::string file = dir + "/vm.snap";
+  TempDir tmp("ferry-sparse");
+  ASSERT_FALSE(tmp.path.empty());
+  const std::string file = tmp.path + "/vm.snap";
   auto g = GuestRegion::create(0, 0, 256ull << 20, "big");
   ASSERT_TRUE(g) << g.error().what();
   for (std::uint64_t p : {0ull, 1000ull, 65535ull}) std::memset(g->host() + p * kPageSize, 0x11, kPageSize);
@@ -461,7 +450,6 @@ TEST(SnapshotFileSparse, NeitherSnapshotNorRestoreTouchesUntouchedMemory) {
   ASSERT_TRUE(read) << read.error().what();
   EXPECT_LE(allocated(into->memfd()), 3 * kPageSize + (1ull << 20)) << "restore allocated the holes";
   EXPECT_EQ(std::memcmp(into->host() + 1000 * kPageSize, g->host() + 1000 * kPageSize, kPageSize), 0);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
