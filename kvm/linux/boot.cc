@@ -177,8 +177,8 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
   // reboots "through the BIOS" (reboot=bios, and what this Debian kernel
   // picked after a panic) ends up. Put the PC's reset request there:
   // mov al, 0xfe; out 0x64, al (the 8042 reset line the VMM traps); hlt.
-  const std::uint8_t reset_stub[] = {0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd};
-  std::memcpy(ram.host_at(0xffff0), reset_stub, sizeof reset_stub);
+  const std::uint8_t reset_vector_code[] = {0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd};
+  std::memcpy(ram.host_at(0xffff0), reset_vector_code, sizeof reset_vector_code);
   info.boot_params = bp;
   (void)kRelocatable;
   spdlog::debug("Linux {:x}.{:02x}: kernel {} KiB at {:#x}, initrd {} KiB at {:#x}", info.protocol >> 8,

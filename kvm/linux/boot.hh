@@ -10,7 +10,7 @@
 // MMIO hole above it holds the IOAPIC and LAPICs):
 //   0x00500  GDT                       0x07000  boot_params (zero page)
 //   0x09000  PML4, PDPT, 4 PDs: identity map of 0..4 GiB in 2 MiB pages
-//   0xffff0  the reset vector: a stub that asks the VMM to reset
+//   0xffff0  the reset vector: code that asks the VMM to reset
 //   0x20000  command line              0x9fc00-0xfffff  reserved (ACPI at 0xe0000)
 //   16 MiB   the kernel (its preferred address), initrd at the top of RAM
 #include <linux/kvm.h>
