@@ -34,7 +34,7 @@ DirtyBackend resolve_dirty_backend(const Vm& vm, DirtyBackend requested) {
   const bool ring = vm.check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0 || vm.check_extension(KVM_CAP_DIRTY_LOG_RING) > 0;
   if (!ring) return DirtyBackend::kBitmap;
   if (auto why = dirty_ring_unreliable_reason()) {
-    spdlog::info("dirty tracking: using the bitmap, not the ring: {}", *why);
+    spdlog::debug("dirty tracking: using the bitmap, not the ring: {}", *why);
     return DirtyBackend::kBitmap;
   }
   return DirtyBackend::kRing;
@@ -92,6 +92,11 @@ Status DirtyTracker::harvest(DirtyLog& out) {
   return {};
 }
 
+std::vector<std::uint64_t> DirtyTracker::dirtied_per_vcpu() {
+  std::lock_guard lock(mu_);
+  return per_vcpu_;
+}
+
 void DirtyTracker::mark_vmm_write(std::uint64_t gpa, std::uint64_t len) {
   if (len == 0) return;
   std::lock_guard lock(mu_);
@@ -103,7 +108,9 @@ namespace {
 class RingTracker final : public DirtyTracker {
  public:
   RingTracker(int vm_fd, std::vector<DirtyRing> rings, std::vector<TrackedSlot> slots)
-      : DirtyTracker(std::move(slots)), vm_fd_(vm_fd), rings_(std::move(rings)) {}
+      : DirtyTracker(std::move(slots)), vm_fd_(vm_fd), rings_(std::move(rings)) {
+    per_vcpu_.assign(rings_.size(), 0);
+  }
   DirtyBackend backend() const override { return DirtyBackend::kRing; }
 
  protected:
@@ -112,8 +119,8 @@ class RingTracker final : public DirtyTracker {
     // re-protects exactly the entries we marked RESET.
     std::uint64_t stray = 0;
     DirtyGfn first_stray{};
-    for (auto& ring : rings_) {
-      ring.harvest([&](const DirtyGfn& g) {
+    for (std::size_t i = 0; i < rings_.size(); ++i) {
+      per_vcpu_[i] += rings_[i].harvest([&](const DirtyGfn& g) {
         auto* bits = out.find(g.slot & 0xffff);
         if ((g.slot >> 16) != 0 || !bits || g.offset >= bits->pages()) {
           if (stray++ == 0) first_stray = g;

@@ -83,12 +83,17 @@ class DirtyTracker {
 
   const std::vector<TrackedSlot>& slots() const { return slots_; }
   std::uint64_t harvests() const { return harvests_; }
+  // Entries each vCPU's ring reported since the tracker was made (ring
+  // backend; empty for the bitmap, which cannot attribute writes). For the
+  // switchover policy, which slows the vCPUs that dirty most.
+  std::vector<std::uint64_t> dirtied_per_vcpu();
 
  protected:
   explicit DirtyTracker(std::vector<TrackedSlot> slots) : slots_(std::move(slots)), vmm_writes_(slots_) {}
   virtual Status harvest_kernel(DirtyLog& out) = 0;  // called with mu_ held
 
   std::vector<TrackedSlot> slots_;
+  std::vector<std::uint64_t> per_vcpu_;  // guarded by mu_; filled by harvest_kernel
 
  private:
   std::mutex mu_;

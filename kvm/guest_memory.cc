@@ -2,6 +2,10 @@
 
 #include "kvm/guest_memory.hh"
 
+#include <algorithm>
+
+#include <cstring>
+
 #include <linux/memfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -50,6 +54,33 @@ Result<GuestRegion> GuestRegion::create(std::uint32_t slot, std::uint64_t gpa, s
     return std::unexpected(sys_error(fmt::format("madvise(MADV_HUGEPAGE) on {}", name), e));
   }
   return GuestRegion(slot, gpa, std::move(fd), std::move(*m), huge);
+}
+
+bool page_is_zero(const std::byte* p) {
+  // Compare against the page's own first word: memcmp of overlapping ranges
+  // is the fastest portable zero test (glibc vectorises it).
+  std::uint64_t first;
+  std::memcpy(&first, p, sizeof(first));
+  return first == 0 && std::memcmp(p, p + sizeof(first), kPageSize - sizeof(first)) == 0;
+}
+
+void for_each_data_extent(int fd, std::uint64_t begin, std::uint64_t end,
+                          const std::function<void(std::uint64_t, std::uint64_t)>& fn) {
+  std::uint64_t pos = begin;
+  while (pos < end) {
+    const off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0 && errno == ENXIO) return;  // only holes from here on
+    if (data < 0) {
+      fn(pos, end);
+      return;
+    }
+    const auto d = static_cast<std::uint64_t>(data);
+    if (d >= end) return;
+    const off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    const std::uint64_t h = hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
+    fn(d, h);
+    pos = h;
+  }
 }
 
 }  // namespace ferry::kvm

@@ -3,6 +3,7 @@
 // with another process (snapshot, migration receive) without copying, and
 // is registered with KVM as one memory slot.
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "base/error.hh"
@@ -56,5 +57,16 @@ class GuestRegion {
   Mapping mapping_;
   HugePages huge_ = HugePages::kOff;
 };
+
+// Whether a 4 KiB page is all zero.
+bool page_is_zero(const std::byte* page);
+
+// Calls fn(start, end) for each byte range of [begin, end) of `memfd` that
+// may hold data, skipping holes (SEEK_DATA/SEEK_HOLE). Reading a hole of a
+// memfd through its mapping would allocate it, so snapshots and migration
+// scan only these extents: a hole is a zero page nobody touched. Without
+// SEEK_DATA support the whole range is one extent.
+void for_each_data_extent(int memfd, std::uint64_t begin, std::uint64_t end,
+                          const std::function<void(std::uint64_t, std::uint64_t)>& fn);
 
 }  // namespace ferry::kvm

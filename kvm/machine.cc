@@ -22,6 +22,9 @@ using state::SectionType;
 // (0xfee00000) live: RAM mapped over them would shadow the devices.
 constexpr std::uint64_t kMaxLowRam = 3ull << 30;
 constexpr std::uint64_t kTwoMiB = 2ull << 20;
+// Per vCPU: 4096 entries. A full ring stops its vCPU until harvested, so
+// bigger is smoother; every x86 host accepts this size (see Vm).
+constexpr std::uint32_t kDirtyRingBytes = 64u << 10;
 
 Status set_mp_state(Vcpu& v, std::uint32_t state) {
   kvm_mp_state mp{state};
@@ -54,6 +57,19 @@ Status resync_tsc_offsets(std::vector<Vcpu>& vcpus, const std::vector<std::uint6
   if (!offset) return std::unexpected(offset.error());
   for (std::size_t i = 1; i < vcpus.size(); ++i)
     if (auto ok = vcpus[i].set_tsc_offset(*offset); !ok) return ok;
+  return {};
+}
+
+// The bounds boot enforces, for restores and migrations: RAM is one region
+// from gpa 0 up to the MMIO hole, large enough for what this VMM reads of
+// the guest (a crafted snapshot or stream must not make status() read past
+// the mapping).
+Status check_memory_layout(GuestKind kind, const std::vector<std::unique_ptr<GuestRegion>>& regions) {
+  const std::uint64_t min_ram = kind == GuestKind::kLinux ? kLinuxMinMemory : FG_DATA_GPA;
+  if (regions.size() != 1 || regions.front()->gpa() != 0 || regions.front()->size() < min_ram ||
+      regions.front()->size() > kMaxLowRam)
+    return fail("unsupported memory layout: expected one region at gpa 0 of {} KiB..{} MiB", min_ram >> 10,
+                kMaxLowRam >> 20);
   return {};
 }
 
@@ -121,6 +137,16 @@ Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqch
   auto vm = kvm_->create_vm();
   if (!vm) return std::unexpected(vm.error());
   vm_.emplace(std::move(*vm));
+  // The dirty ring can only be enabled before the first vCPU exists, so the
+  // choice is made now for a migration that may come later. Nothing is
+  // logged until start_dirty_tracking() sets KVM_MEM_LOG_DIRTY_PAGES.
+  dirty_backend_ = resolve_dirty_backend(*vm_, DirtyBackend::kAuto);
+  if (dirty_backend_ == DirtyBackend::kRing) {
+    if (auto ok = vm_->enable_dirty_ring(kDirtyRingBytes); !ok) {
+      spdlog::warn("dirty ring unavailable ({}); using the dirty bitmap", ok.error());
+      dirty_backend_ = DirtyBackend::kBitmap;
+    }
+  }
   if (regions_.empty()) {
     auto ram = GuestRegion::create(0, 0, memory_bytes, "ferry-ram", huge);
     if (!ram) return std::unexpected(ram.error());
@@ -140,8 +166,72 @@ Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqch
     if (!v) return std::unexpected(v.error());
     vcpus_.push_back(std::move(*v));
   }
+  return create_dirty_tracker();
+}
+
+Status Machine::create_dirty_tracker() {
+  std::vector<TrackedSlot> slots;
+  for (const auto& r : regions_) slots.push_back({r->slot(), r->gpa(), r->pages()});
+  ring_full_log_ = std::make_unique<DirtyLog>(slots);
+  Result<std::unique_ptr<DirtyTracker>> t;
+  if (dirty_backend_ == DirtyBackend::kRing) {
+    std::vector<DirtyRing> rings;
+    for (auto& v : vcpus_)
+      if (auto ring = v.take_dirty_ring()) rings.push_back(std::move(*ring));
+    t = make_ring_tracker(*vm_, std::move(rings), std::move(slots));
+  } else {
+    t = make_bitmap_tracker(*vm_, std::move(slots));
+  }
+  if (!t) return std::unexpected(std::move(t.error()).context("dirty tracking"));
+  tracker_ = std::move(*t);
   return {};
 }
+
+Status Machine::start_dirty_tracking() {
+  if (tracking_) return {};
+  for (const auto& r : regions_)
+    if (auto ok = vm_->set_memory_region(*r, true); !ok) return std::unexpected(std::move(ok.error()).context("start dirty logging"));
+  tracking_ = true;
+  // Forget anything from an earlier tracking period: round 0 sends all.
+  DirtyLog discard(tracker_->slots());
+  return harvest_dirty(discard);
+}
+
+Status Machine::stop_dirty_tracking() {
+  if (!tracking_) return {};
+  for (const auto& r : regions_)
+    if (auto ok = vm_->set_memory_region(*r, false); !ok) return std::unexpected(std::move(ok.error()).context("stop dirty logging"));
+  tracking_ = false;
+  return {};
+}
+
+Status Machine::harvest_dirty(DirtyLog& out) {
+  if (auto ok = tracker_->harvest(out); !ok) return ok;
+  std::lock_guard lock(ring_full_mu_);
+  out.merge(*ring_full_log_);
+  ring_full_log_->clear();
+  return {};
+}
+
+std::vector<std::uint64_t> Machine::dirtied_per_vcpu() const { return tracker_->dirtied_per_vcpu(); }
+
+void Machine::set_throttle(const std::vector<double>& shares) {
+  for (std::size_t i = 0; i < shares.size() && i < runner_->size(); ++i) runner_->set_throttle(i, shares[i]);
+}
+
+std::vector<std::chrono::nanoseconds> Machine::throttled_time() const {
+  std::vector<std::chrono::nanoseconds> out;
+  for (std::size_t i = 0; i < runner_->size(); ++i) out.push_back(runner_->throttled(i));
+  return out;
+}
+
+std::vector<const GuestRegion*> Machine::regions() const {
+  std::vector<const GuestRegion*> out;
+  for (const auto& r : regions_) out.push_back(r.get());
+  return out;
+}
+
+TestGuestMonitor::Figures Machine::monitor_figures() const { return monitor_ ? monitor_->figures() : TestGuestMonitor::Figures{}; }
 
 Status Machine::start_vcpus(bool paused) {
   ExitHandler guest_handler;
@@ -156,6 +246,20 @@ Status Machine::start_vcpus(bool paused) {
                                                   [this] { on_vcpu_ended("the guest powered off"); });
     guest_handler = [m = monitor_.get()](Vcpu& v) { return m->on_exit(v); };
   }
+  // A vCPU whose dirty ring filled up stops with DIRTY_RING_FULL and must
+  // not re-enter the guest before its ring is harvested and reset.
+  ExitHandler handler = [this, guest_handler](Vcpu& v) -> Result<ExitAction> {
+    if (v.run().exit_reason == KVM_EXIT_DIRTY_RING_FULL) {
+      std::lock_guard lock(ring_full_mu_);
+      if (auto ok = tracker_->harvest(*ring_full_log_); !ok) return std::unexpected(ok.error());
+      return ExitAction::kContinue;
+    }
+    return guest_handler(v);
+  };
+  // What a migration destination must support: read before any vCPU runs.
+  auto cpuid = vcpu_cpuid(vcpus_.front());
+  if (!cpuid) return std::unexpected(cpuid.error());
+  guest_cpuid_ = std::move(*cpuid);
   std::vector<Vcpu*> ptrs;
   for (auto& v : vcpus_) ptrs.push_back(&v);
   // Every thread that ends by itself reports here: an error stops the whole
@@ -174,7 +278,7 @@ Status Machine::start_vcpus(bool paused) {
   };
   // Started parked and released only once runner_ is set: a vCPU that stops
   // on its very first exit calls on_vcpu_ended, which uses runner_.
-  auto runner = VcpuRunner::start(ptrs, guest_handler, /*start_paused=*/true, on_end);
+  auto runner = VcpuRunner::start(ptrs, handler, /*start_paused=*/true, on_end);
   if (!runner) return std::unexpected(runner.error());
   runner_ = std::move(*runner);
   paused_ = paused;
@@ -275,66 +379,99 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
     spdlog::debug("slot {}: {} MiB, {} MiB read (the rest are holes)", r.slot, r.size >> 20, *read >> 20);
     m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
   }
-  // The same bounds boot enforces: RAM from 0 up to the MMIO hole, large
-  // enough for what this VMM reads of the guest (a crafted file must not
-  // make status() read past the mapping).
-  const auto& ram0 = *m->regions_.front();
-  const std::uint64_t min_ram = cfg->kind == GuestKind::kLinux ? kLinuxMinMemory : FG_DATA_GPA;
-  if (m->regions_.size() != 1 || ram0.gpa() != 0 || ram0.size() < min_ram || ram0.size() > kMaxLowRam)
-    return ctx(Error(fmt::format("unsupported memory layout: expected one region at gpa 0 of {} KiB..{} MiB",
-                                 min_ram >> 10, kMaxLowRam >> 20)));
+  if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return ctx(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
-  if (cfg->pit != m->vm_->has_pit()) return ctx(Error("PIT without irqchip"));
   m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
-
-  // Restore order: every vCPU (CPUID, registers, MSRs, LAPIC, events...: the
-  // per-vCPU order is in restore_vcpu_state), then the VM-wide chips and the
-  // clock last (see vm_state.hh), then devices.
-  std::vector<std::uint64_t> tscs;  // each vCPU's captured TSC
-  for (auto& v : m->vcpus_) {
-    const auto* sec = img.find(SectionType::kVcpu, v.id());
-    if (!sec) return ctx(Error(fmt::format("no state for vCPU {}", v.id())));
-    auto st = decode_vcpu_state(sec->payload);
-    if (!st) return ctx(std::move(st.error()).context(fmt::format("vCPU {}", v.id())));
-    for (const auto& e : st->msrs)
-      if (e.index == msr::kTsc) tscs.push_back(e.data);
-    if (auto ok = restore_vcpu_state(v, *st); !ok) return ctx(std::move(ok.error()).context(fmt::format("vCPU {}", v.id())));
-  }
-  if (auto ok = resync_tsc_offsets(m->vcpus_, tscs); !ok) return ctx(ok.error());
-  VmState vs;
-  const auto* clock = img.find(SectionType::kClock, 0);
-  if (!clock) return ctx(Error("no clock section"));
-  auto c = decode_clock_state(clock->payload);
-  if (!c) return ctx(c.error());
-  vs.clock = *c;
-  if (const auto* s = img.find(SectionType::kIrqchip, 0)) {
-    auto ic = decode_irqchip_state(s->payload);
-    if (!ic) return ctx(ic.error());
-    vs.irqchip = *ic;
-  }
-  if (const auto* s = img.find(SectionType::kPit, 0)) {
-    auto pit = decode_pit_state(s->payload);
-    if (!pit) return ctx(pit.error());
-    vs.pit = *pit;
-  }
-  if (auto ok = restore_vm_state(*m->vm_, vs); !ok) return ctx(ok.error());
-  const auto* ser = img.find(SectionType::kSerial, 0);
-  if (!ser) return ctx(Error("no serial section"));
-  auto ss = decode_serial_state(ser->payload);
-  if (!ss) return ctx(ss.error());
-  m->serial_->restore(*ss);
-
-  auto khz = vcpu_tsc_khz(m->vcpus_[0]);
-  if (!khz) return ctx(khz.error());
-  m->tsc_khz_ = *khz;
-  if (cfg->tsc_khz != *khz)
-    spdlog::warn("TSC runs at {} kHz here, {} kHz where the snapshot was taken: the guest's TSC-paced timing "
-                 "(heartbeats, dirty rate) scales by {:.3f}", *khz, cfg->tsc_khz,
-                 static_cast<double>(*khz) / cfg->tsc_khz);
+  if (auto ok = m->apply_state(img, *cfg); !ok) return ctx(ok.error());
   if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
   spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,
                m->regions_.front()->size() >> 20, start_paused ? ", paused" : "");
   return m;
+}
+
+// Restore order: every vCPU (CPUID, registers, MSRs, LAPIC, events...: the
+// per-vCPU order is in restore_vcpu_state), then the VM-wide chips and the
+// clock last (see vm_state.hh), then devices. Memory is already in place:
+// vCPU MSRs (kvmclock, steal time) name guest pages.
+Status Machine::apply_state(const state::StateImage& img, const VmConfigState& cfg) {
+  auto fail_with = [](Error e) { return std::unexpected(std::move(e)); };
+  if (cfg.pit != vm_->has_pit()) return fail("PIT without irqchip");
+  std::vector<std::uint64_t> tscs;  // each vCPU's captured TSC
+  for (auto& v : vcpus_) {
+    const auto* sec = img.find(SectionType::kVcpu, v.id());
+    if (!sec) return fail_with(Error(fmt::format("no state for vCPU {}", v.id())));
+    auto st = decode_vcpu_state(sec->payload);
+    if (!st) return fail_with(std::move(st.error()).context(fmt::format("vCPU {}", v.id())));
+    for (const auto& e : st->msrs)
+      if (e.index == msr::kTsc) tscs.push_back(e.data);
+    if (auto ok = restore_vcpu_state(v, *st); !ok) return fail_with(std::move(ok.error()).context(fmt::format("vCPU {}", v.id())));
+  }
+  if (auto ok = resync_tsc_offsets(vcpus_, tscs); !ok) return fail_with(ok.error());
+  VmState vs;
+  const auto* clock = img.find(SectionType::kClock, 0);
+  if (!clock) return fail_with(Error("no clock section"));
+  auto c = decode_clock_state(clock->payload);
+  if (!c) return fail_with(c.error());
+  vs.clock = *c;
+  if (const auto* s = img.find(SectionType::kIrqchip, 0)) {
+    auto ic = decode_irqchip_state(s->payload);
+    if (!ic) return fail_with(ic.error());
+    vs.irqchip = *ic;
+  }
+  if (const auto* s = img.find(SectionType::kPit, 0)) {
+    auto pit = decode_pit_state(s->payload);
+    if (!pit) return fail_with(pit.error());
+    vs.pit = *pit;
+  }
+  if (auto ok = restore_vm_state(*vm_, vs); !ok) return fail_with(ok.error());
+  const auto* ser = img.find(SectionType::kSerial, 0);
+  if (!ser) return fail_with(Error("no serial section"));
+  auto ss = decode_serial_state(ser->payload);
+  if (!ss) return fail_with(ss.error());
+  serial_->restore(*ss);
+
+  auto khz = vcpu_tsc_khz(vcpus_[0]);
+  if (!khz) return fail_with(khz.error());
+  tsc_khz_ = *khz;
+  if (cfg.tsc_khz != *khz)
+    spdlog::warn("TSC runs at {} kHz here, {} kHz where the snapshot was taken: the guest's TSC-paced timing "
+                 "(heartbeats, dirty rate) scales by {:.3f}", *khz, cfg.tsc_khz,
+                 static_cast<double>(*khz) / cfg.tsc_khz);
+  return {};
+}
+
+Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Serial::Sink console, Notify stopped,
+                                                   HugePages huge_pages) {
+  std::unique_ptr<Machine> m(new Machine());
+  m->kind_ = shape.kind;
+  m->notify_ = std::move(stopped);
+  m->incoming_ = true;
+  if (shape.vcpus == 0 || shape.vcpus > FG_MAX_VCPUS) return fail("{} vCPUs (1..{})", shape.vcpus, FG_MAX_VCPUS);
+  if (shape.kind == GuestKind::kLinux && !shape.irqchip) return fail("a Linux guest needs the in-kernel irqchip");
+  for (const auto& r : shape.regions) {
+    auto g = GuestRegion::create(r.slot, r.gpa, r.size, fmt::format("ferry-ram-{}", r.slot), huge_pages);
+    if (!g) return std::unexpected(g.error());
+    m->regions_.push_back(std::make_unique<GuestRegion>(std::move(*g)));
+  }
+  if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return std::unexpected(ok.error());
+  if (auto ok = m->create_vm(0, huge_pages, shape.irqchip, shape.vcpus); !ok) return std::unexpected(ok.error());
+  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  return m;
+}
+
+Status Machine::load_state(const state::StateImage& img, bool start_paused) {
+  if (!incoming_) return fail("load state: only a VM built by Machine::incoming takes a state image");
+  const auto* cfg_sec = img.find(SectionType::kVmConfig, 0);
+  if (!cfg_sec) return fail("load state: no VM config section");
+  auto cfg = decode_vm_config(cfg_sec->payload);
+  if (!cfg) return std::unexpected(std::move(cfg.error()).context("load state"));
+  if (cfg->kind != kind_ || cfg->vcpus != vcpus_.size() || cfg->irqchip != vm_->has_irqchip())
+    return fail("load state: the state is for a {} VM with {} vCPUs{}, this VM is {} with {}{}",
+                guest_kind_name(cfg->kind), cfg->vcpus, cfg->irqchip ? " and an irqchip" : "", guest_kind_name(kind_),
+                vcpus_.size(), vm_->has_irqchip() ? " and an irqchip" : "");
+  if (auto ok = apply_state(img, *cfg); !ok) return std::unexpected(std::move(ok.error()).context("load state"));
+  incoming_ = false;
+  return start_vcpus(start_paused);
 }
 
 Status Machine::pause() {
@@ -377,6 +514,27 @@ Result<Machine::CapturedState> Machine::capture_state() {
   return s;
 }
 
+Result<state::StateWriter> Machine::state_sections() {
+  auto st = capture_state();
+  if (!st) return std::unexpected(st.error());
+  state::StateWriter w;
+  w.add(SectionType::kVmConfig, 0, kVmConfigVersion,
+        encode_vm_config({kind_, static_cast<std::uint32_t>(vcpus_.size()), vm_->has_irqchip(), vm_->has_pit(), tsc_khz_}));
+  for (std::size_t i = 0; i < st->vcpus.size(); ++i)
+    w.add(SectionType::kVcpu, static_cast<std::uint32_t>(i), kVcpuStateVersion, encode_vcpu_state(st->vcpus[i]));
+  w.add(SectionType::kClock, 0, kClockStateVersion, encode_clock_state(st->vm.clock));
+  if (st->vm.irqchip) w.add(SectionType::kIrqchip, 0, kIrqchipStateVersion, encode_irqchip_state(*st->vm.irqchip));
+  if (st->vm.pit) w.add(SectionType::kPit, 0, kPitStateVersion, encode_pit_state(*st->vm.pit));
+  w.add(SectionType::kSerial, 0, 1, encode_serial_state(st->serial));
+  return w;
+}
+
+Result<std::vector<std::byte>> Machine::state_image() {
+  auto w = state_sections();
+  if (!w) return std::unexpected(w.error());
+  return w->finish();
+}
+
 Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
   SnapshotFigures f;
   bool was_running;
@@ -390,21 +548,11 @@ Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
   if (was_running)
     if (auto ok = pause(); !ok) return std::unexpected(ok.error());
   auto result = [&]() -> Result<SnapshotWriteFigures> {
-    auto st = capture_state();
-    if (!st) return std::unexpected(st.error());
-    state::StateWriter w;
-    w.add(SectionType::kVmConfig, 0, kVmConfigVersion,
-          encode_vm_config({kind_, static_cast<std::uint32_t>(vcpus_.size()), vm_->has_irqchip(),
-                            vm_->has_pit(), tsc_khz_}));
-    for (std::size_t i = 0; i < st->vcpus.size(); ++i)
-      w.add(SectionType::kVcpu, static_cast<std::uint32_t>(i), kVcpuStateVersion, encode_vcpu_state(st->vcpus[i]));
-    w.add(SectionType::kClock, 0, kClockStateVersion, encode_clock_state(st->vm.clock));
-    if (st->vm.irqchip) w.add(SectionType::kIrqchip, 0, kIrqchipStateVersion, encode_irqchip_state(*st->vm.irqchip));
-    if (st->vm.pit) w.add(SectionType::kPit, 0, kPitStateVersion, encode_pit_state(*st->vm.pit));
-    w.add(SectionType::kSerial, 0, 1, encode_serial_state(st->serial));
+    auto w = state_sections();
+    if (!w) return std::unexpected(w.error());
     std::vector<const GuestRegion*> regions;
     for (const auto& r : regions_) regions.push_back(r.get());
-    return write_snapshot(path, std::move(w), regions);
+    return write_snapshot(path, std::move(*w), regions);
   }();
   // Resume even when the snapshot failed: a failed snapshot must not leave
   // the VM stopped.

@@ -18,6 +18,7 @@
 
 #include "base/error.hh"
 #include "kvm/devices/serial.hh"
+#include "kvm/dirty_tracker.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/linux/boot.hh"
 #include "kvm/linux/devices.hh"
@@ -82,6 +83,20 @@ struct MachineStatus {
   std::vector<VcpuStatus> per_vcpu;
 };
 
+// The shape a migration destination builds before any memory arrives: the
+// VM and its memory, no CPU state yet (Machine::incoming).
+struct MachineShape {
+  GuestKind kind = GuestKind::kTestGuest;
+  std::uint32_t vcpus = 0;
+  bool irqchip = true;
+  struct Region {
+    std::uint32_t slot = 0;
+    std::uint64_t gpa = 0;
+    std::uint64_t size = 0;
+  };
+  std::vector<Region> regions;
+};
+
 struct SnapshotFigures {
   SnapshotWriteFigures file;
   std::chrono::nanoseconds paused_for{0};  // how long the vCPUs were stopped for it
@@ -101,6 +116,15 @@ class Machine {
   // not part of the snapshot.
   static Result<std::unique_ptr<Machine>> restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
                                                   bool start_paused, HugePages huge_pages = HugePages::kOff);
+
+  // A migration destination's VM: memory and vCPUs exist, nothing runs and
+  // no CPU state is loaded. Memory is written by the receiver, then
+  // load_state() applies the source's state image and starts the vCPUs.
+  static Result<std::unique_ptr<Machine>> incoming(const MachineShape& shape, Serial::Sink console, Notify stopped,
+                                                   HugePages huge_pages = HugePages::kOff);
+  // incoming() only, once: the state image (kVmConfig, vCPUs, clock,
+  // chips, serial; what state_image() produced), which must match the shape.
+  Status load_state(const state::StateImage& image, bool start_paused);
 
   ~Machine();
   Machine(const Machine&) = delete;
@@ -124,6 +148,43 @@ class Machine {
   };
   Result<CapturedState> capture_state();
 
+  // The state image a snapshot holds minus memory: kVmConfig, every vCPU,
+  // clock, irqchip, PIT, serial. Paused only.
+  Result<std::vector<std::byte>> state_image();
+
+  // Dirty tracking for live migration. The backend (ring or bitmap) is
+  // chosen when the VM is created, because the ring must be enabled before
+  // the first vCPU exists; tracking itself costs nothing until started.
+  // start: sets KVM_MEM_LOG_DIRTY_PAGES on every slot, which write-protects
+  // guest memory so that every later write is reported. stop: clears it
+  // (the guest writes at full speed again).
+  Status start_dirty_tracking();
+  Status stop_dirty_tracking();
+  // Pages dirtied since the previous harvest, re-armed before returning
+  // (see DirtyTracker::harvest); includes what vCPU threads harvested when
+  // their rings filled up.
+  Status harvest_dirty(DirtyLog& out);
+  DirtyBackend dirty_backend() const { return dirty_backend_; }
+  // Pages each vCPU pushed to its ring since the VM started (ring backend);
+  // empty with the bitmap, which cannot attribute writes to vCPUs.
+  std::vector<std::uint64_t> dirtied_per_vcpu() const;
+  // Per vCPU, the share of time to hold it back (0 = full speed), as the
+  // switchover policy decides; see VcpuRunner::set_throttle.
+  void set_throttle(const std::vector<double>& shares);
+  std::vector<std::chrono::nanoseconds> throttled_time() const;
+
+  // The CPUID the guest was given (vCPU 0's, read before it first ran).
+  const std::vector<kvm_cpuid_entry2>& guest_cpuid() const { return guest_cpuid_; }
+  std::vector<const GuestRegion*> regions() const;
+  std::uint32_t vcpu_count() const { return static_cast<std::uint32_t>(vcpus_.size()); }
+  GuestKind kind() const { return kind_; }
+  bool has_irqchip() const { return vm_->has_irqchip(); }
+  std::uint32_t tsc_khz() const { return tsc_khz_; }
+  // Test guest only: the heartbeat monitor's figures (zeros otherwise).
+  TestGuestMonitor::Figures monitor_figures() const;
+  // Marks the VM as restored from `what` for status() ("migrated from ...").
+  void set_origin(std::string what) { restored_from_ = std::move(what); }
+
   Serial& serial() { return *serial_; }
   const GuestRegion& ram() const { return *regions_.front(); }
 
@@ -131,6 +192,9 @@ class Machine {
   Machine() = default;
   static Result<std::unique_ptr<Machine>> boot_linux(const MachineConfig& config, Serial::Sink console, Notify stopped);
   Status create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus);
+  Status create_dirty_tracker();
+  Result<state::StateWriter> state_sections();
+  Status apply_state(const state::StateImage& img, const VmConfigState& cfg);
   Status start_vcpus(bool paused);
   void on_vcpu_ended(const std::string& why);
 
@@ -144,6 +208,13 @@ class Machine {
   std::unique_ptr<TestGuestMonitor> monitor_;      // kTestGuest
   std::unique_ptr<LinuxDevices> linux_devices_;    // kLinux
   std::unique_ptr<VcpuRunner> runner_;
+  DirtyBackend dirty_backend_ = DirtyBackend::kBitmap;
+  std::unique_ptr<DirtyTracker> tracker_;
+  bool tracking_ = false;
+  std::mutex ring_full_mu_;
+  std::unique_ptr<DirtyLog> ring_full_log_;  // harvested by vCPUs whose ring filled
+  std::vector<kvm_cpuid_entry2> guest_cpuid_;
+  bool incoming_ = false;  // built by incoming(), state not yet loaded
   Notify notify_;
   std::uint32_t tsc_khz_ = 0;
   std::string restored_from_;

@@ -57,38 +57,7 @@ Status pread_all(int fd, std::byte* p, std::size_t n, std::uint64_t off, const s
   return {};
 }
 
-bool page_is_zero(const std::byte* p) {
-  // Compare against the page's own first word: memcmp of overlapping ranges
-  // is the fastest portable zero test (glibc vectorises it).
-  std::uint64_t first;
-  std::memcpy(&first, p, sizeof(first));
-  return first == 0 && std::memcmp(p, p + sizeof(first), kPageSize - sizeof(first)) == 0;
-}
-
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
-
-// Calls fn(start, end) for each range of [begin, end) that may hold data,
-// skipping holes (SEEK_DATA/SEEK_HOLE). Reading a hole of a memfd through
-// its mapping would allocate it, so the scans below never touch holes.
-// Without SEEK_DATA support the whole range is one extent.
-template <class F>
-void for_each_data_extent(int fd, std::uint64_t begin, std::uint64_t end, F&& fn) {
-  std::uint64_t pos = begin;
-  while (pos < end) {
-    const off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
-    if (data < 0 && errno == ENXIO) return;  // only holes from here on
-    if (data < 0) {
-      fn(pos, end);
-      return;
-    }
-    const auto d = static_cast<std::uint64_t>(data);
-    if (d >= end) return;
-    const off_t hole = ::lseek(fd, data, SEEK_HOLE);
-    const std::uint64_t h = hole < 0 ? end : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), end);
-    fn(d, h);
-    pos = h;
-  }
-}
 
 // The memory checksum: CRC-64 over (u64 page index, page bytes) of every
 // non-zero page in order. Zero pages do not contribute, so neither side

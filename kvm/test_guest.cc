@@ -128,6 +128,8 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
       const auto now = std::chrono::steady_clock::now();
       if (f_.heartbeats > 0) f_.max_gap = std::max<std::chrono::nanoseconds>(f_.max_gap, now - last_beat_);
       last_beat_ = now;
+      f_.last_beat_wall = std::chrono::system_clock::now();
+      if (f_.heartbeats == 0) f_.first_beat_wall = f_.last_beat_wall;
       ++f_.heartbeats;
       f_.last_sequence = value;
       return ExitAction::kContinue;

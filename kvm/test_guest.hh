@@ -75,6 +75,12 @@ class TestGuestMonitor {
     std::uint64_t heartbeats = 0;
     std::uint64_t last_sequence = 0;
     std::chrono::nanoseconds max_gap{0};
+    // Wall-clock (CLOCK_REALTIME) arrival of the first heartbeat this monitor
+    // saw and of the latest: a migration's guest-seen downtime is the
+    // destination's first minus the source's last (same host, or clocks
+    // kept in sync by NTP/PTP).
+    std::chrono::system_clock::time_point first_beat_wall{};
+    std::chrono::system_clock::time_point last_beat_wall{};
     std::uint32_t ready = 0;
     std::uint32_t done = 0;
     bool powered_off = false;

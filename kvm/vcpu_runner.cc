@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "kvm/exit_reason.hh"
@@ -94,6 +95,7 @@ void VcpuRunner::thread_main(Slot& slot) {
       result = std::unexpected(ok.error());
       break;
     }
+    maybe_throttle(slot);
     const auto reason = v.run().exit_reason;
     if (reason == KVM_EXIT_INTR) continue;  // our kick (or immediate_exit): re-check the flags
     slot.exits.fetch_add(1, std::memory_order_relaxed);
@@ -128,6 +130,7 @@ Status VcpuRunner::pause(std::chrono::milliseconds timeout) {
     if (stop_requested_) return fail("vCPU runner: pause after stop");
     pause_requested_ = true;
     attention_.store(true, std::memory_order_release);
+    cv_.notify_all();  // wakes a vCPU sleeping off its throttle share
   }
   kick_all();
   std::unique_lock lock(mu_);
@@ -162,6 +165,12 @@ bool VcpuRunner::paused() const {
 
 std::vector<Status> VcpuRunner::join() {
   std::vector<Status> out;
+  {
+    std::lock_guard lock(mu_);
+    ticker_stop_ = true;
+    cv_.notify_all();
+  }
+  if (ticker_.joinable()) ticker_.join();
   for (auto& s : slots_)
     if (s->thread.joinable()) s->thread.join();
   joined_ = true;
@@ -182,6 +191,44 @@ void VcpuRunner::request_stop() {
 std::vector<Status> VcpuRunner::stop_and_join() {
   request_stop();
   return join();
+}
+
+void VcpuRunner::set_throttle(std::size_t i, double share) {
+  share = std::clamp(share, 0.0, 0.95);
+  slots_[i]->throttle_permille.store(static_cast<std::uint32_t>(share * 1000), std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  if (share > 0 && !ticker_.joinable() && !stop_requested_) ticker_ = std::thread([this] { throttle_main(); });
+}
+
+double VcpuRunner::throttle(std::size_t i) const {
+  return slots_[i]->throttle_permille.load(std::memory_order_relaxed) / 1000.0;
+}
+
+void VcpuRunner::throttle_main() {
+  std::unique_lock lock(mu_);
+  while (!ticker_stop_ && !stop_requested_) {
+    // Only the signal, not immediate_exit: a tick that arrives while the
+    // thread is outside KVM_RUN is not lost, because throttle_due stays set
+    // until the thread's next exit.
+    for (auto& s : slots_)
+      if (s->alive && s->throttle_permille.load(std::memory_order_relaxed) > 0) {
+        s->throttle_due.store(true, std::memory_order_release);
+        ::pthread_kill(s->handle, kKickSignal);
+      }
+    cv_.wait_for(lock, kThrottlePeriod, [&] { return ticker_stop_ || stop_requested_; });
+  }
+}
+
+void VcpuRunner::maybe_throttle(Slot& slot) {
+  if (!slot.throttle_due.exchange(false, std::memory_order_acq_rel)) return;
+  const auto permille = slot.throttle_permille.load(std::memory_order_relaxed);
+  if (permille == 0) return;
+  const auto hold = std::chrono::duration_cast<std::chrono::nanoseconds>(kThrottlePeriod) * permille / 1000;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, hold, [&] { return pause_requested_ || stop_requested_; });
+  slot.throttled_ns.fetch_add(static_cast<std::uint64_t>((std::chrono::steady_clock::now() - t0).count()),
+                              std::memory_order_relaxed);
 }
 
 }  // namespace ferry::kvm

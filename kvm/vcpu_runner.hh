@@ -66,6 +66,18 @@ class VcpuRunner {
   // Waits for every vCPU to stop on its own (handler said kStop, or error).
   std::vector<Status> join();
 
+  // Throttling (the switchover policy's "slow the vCPUs that dirty most",
+  // like QEMU's dirty-limit and vMotion's stun): vCPU i is held out of the
+  // guest for `share` (0..0.95) of each kThrottlePeriod. A ticker thread
+  // kicks throttled vCPUs once per period; the vCPU thread then sleeps its
+  // share (interruptibly: pause and stop still act at once). 0 = full speed.
+  static constexpr std::chrono::milliseconds kThrottlePeriod{20};
+  void set_throttle(std::size_t i, double share);
+  double throttle(std::size_t i) const;
+  std::chrono::nanoseconds throttled(std::size_t i) const {
+    return std::chrono::nanoseconds(slots_[i]->throttled_ns.load(std::memory_order_relaxed));
+  }
+
   std::uint64_t exits(std::size_t i) const { return slots_[i]->exits.load(std::memory_order_relaxed); }
   std::size_t size() const { return slots_.size(); }
   // vCPU threads that have not ended (by kStop, an error or a stop request).
@@ -78,12 +90,17 @@ class VcpuRunner {
     pthread_t handle{};  // for kicks: read without touching `thread`
     bool alive = false;  // guarded by mu_; a kick only goes to a live thread
     std::atomic<std::uint64_t> exits{0};
+    std::atomic<std::uint32_t> throttle_permille{0};
+    std::atomic<bool> throttle_due{false};
+    std::atomic<std::uint64_t> throttled_ns{0};
     Status result;
   };
 
   VcpuRunner(std::vector<Vcpu*> vcpus, ExitHandler handler, bool start_paused, EndHandler on_end);
   void thread_main(Slot& slot);
   void kick_all();
+  void throttle_main();
+  void maybe_throttle(Slot& slot);
 
   ExitHandler handler_;
   EndHandler on_end_;
@@ -98,6 +115,8 @@ class VcpuRunner {
   std::size_t acked_ = 0;  // live threads parked in the pause
   std::size_t live_ = 0;   // threads still running their loop
   bool joined_ = false;
+  std::thread ticker_;  // started by the first set_throttle
+  bool ticker_stop_ = false;  // guarded by mu_
 };
 
 }  // namespace ferry::kvm

@@ -284,6 +284,8 @@ bool exit_is_incomplete(std::uint32_t reason) {
 
 }  // namespace
 
+Result<std::vector<kvm_cpuid_entry2>> vcpu_cpuid(const Vcpu& vcpu) { return capture_cpuid(vcpu); }
+
 int msr_restore_rank(std::uint32_t index) {
   switch (index) {
     // QEMU writes it first: it decides whether VMX MSRs and nested state

@@ -96,6 +96,8 @@ Status restore_vcpu_state(Vcpu& vcpu, const VcpuState& state);
 // CPUID table (KVM_SET_CPUID2), and MSRs in msr_restore_rank order (a
 // refused write is an error naming the MSR).
 Status set_vcpu_cpuid(Vcpu& vcpu, const std::vector<kvm_cpuid_entry2>& cpuid);
+// KVM_GET_CPUID2: the table the vCPU was given (empty if none was set).
+Result<std::vector<kvm_cpuid_entry2>> vcpu_cpuid(const Vcpu& vcpu);
 Status set_vcpu_msrs(Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs);
 
 // The order restore writes MSRs in: lower rank first, capture order within

@@ -160,13 +160,14 @@ TEST(MigrationFrame, TypeValuesAndNamesArePinned) {
       {FrameType::kRoundEnd, "ROUND_END"},      {FrameType::kState, "STATE"},
       {FrameType::kReady, "READY"},             {FrameType::kCommit, "COMMIT"},
       {FrameType::kConfirmed, "CONFIRMED"},     {FrameType::kAbort, "ABORT"},
-      {FrameType::kVerifyDigest, "VERIFY_DIGEST"}};
+      {FrameType::kVerifyDigest, "VERIFY_DIGEST"}, {FrameType::kQuery, "QUERY"},
+      {FrameType::kQueryResult, "QUERY_RESULT"}};
   for (std::size_t i = 0; i < all.size(); ++i) {
     EXPECT_EQ(static_cast<std::size_t>(all[i].first), i) << all[i].second;  // values never move
     EXPECT_EQ(frame_type_name(all[i].first), all[i].second);
   }
-  EXPECT_EQ(frame_type_name(static_cast<FrameType>(13)), "UNKNOWN");
-  EXPECT_EQ(kLastFrameType, FrameType::kVerifyDigest);
+  EXPECT_EQ(frame_type_name(static_cast<FrameType>(15)), "UNKNOWN");
+  EXPECT_EQ(kLastFrameType, FrameType::kQueryResult);
 }
 
 TEST(MigrationFrame, PagesCrcCoversOnlyTheFixedPartAndDescriptors) {
@@ -183,7 +184,9 @@ TEST(MigrationFrame, PagesCrcCoversOnlyTheFixedPartAndDescriptors) {
 
 // ------------------------------------------------------- typed payloads
 
-Hello sample_hello() { return {1, 0, 0x8000000000000005ull, "source-7.example.net"}; }
+Hello sample_hello() {
+  return {1, 0, 0x8000000000000005ull, "source-7.example.net", HelloPurpose::kMigrate, 0x1234567890abcdefull, 2, 4};
+}
 
 Precheck sample_precheck() {
   return {4,
@@ -218,7 +221,8 @@ SamplePages sample_pages() {
 
 ZeroPages sample_zero_pages() { return {2, 9, {0, 1, 2, 1ull << 40}}; }
 RoundEnd sample_round_end() { return {5, 123456789, 42, 0x123456789ull}; }
-State sample_state() { return {pattern(100, 7)}; }
+State sample_state() { return {pattern(100, 7), 9, 1700000000123456789ull}; }
+QueryResult sample_query_result() { return {0x42, SessionOutcome::kHolding, "READY sent 3 s ago, no COMMIT"}; }
 Abort sample_abort() { return {"cancelled by operator"}; }
 VerifyDigest sample_verify_digest() { return {3, 0xdeadbeefcafef00dull}; }
 
@@ -237,9 +241,13 @@ TEST(MigrationPayload, EveryTypeRoundTripsWithNonTrivialValues) {
   expect_round_trip(sample_zero_pages(), decode_zero_pages);
   expect_round_trip(sample_round_end(), decode_round_end);
   expect_round_trip(sample_state(), decode_state);
-  expect_round_trip(Ready{0x0123456789abcdefull}, decode_ready);
+  expect_round_trip(Ready{0x0123456789abcdefull, 123456789}, decode_ready);
   expect_round_trip(Commit{0xfedcba9876543210ull}, decode_commit);
-  expect_round_trip(Confirmed{0x1122334455667788ull}, decode_confirmed);
+  expect_round_trip(Confirmed{0x1122334455667788ull, 1700000000000000001ull, 1700000000000000002ull}, decode_confirmed);
+  expect_round_trip(Query{0x5555}, decode_query);
+  expect_round_trip(sample_query_result(), decode_query_result);
+  expect_round_trip(Hello{1, 0, 0, "r", HelloPurpose::kResolve, 7, 0, 0}, decode_hello);
+  expect_round_trip(Hello{1, 0, 0, "s", HelloPurpose::kMigrate, 7, 15, 16}, decode_hello);
   expect_round_trip(sample_abort(), decode_abort);
   expect_round_trip(sample_verify_digest(), decode_verify_digest);
   // Limits are inclusive.
@@ -263,16 +271,20 @@ TEST(MigrationPayload, EveryTypeRoundTripsWithNonTrivialValues) {
 }
 
 TEST(MigrationPayload, BytesAreTheDocumentedLayout) {
-  EXPECT_EQ(encode(Hello{1, 2, 0x0807060504030201ull, "ab"}),
-            bytes_of({1, 0, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 2, 0, 0, 0, 'a', 'b'}));
+  EXPECT_EQ(encode(Hello{1, 2, 0x0807060504030201ull, "ab", HelloPurpose::kMigrate, 0x0102, 3, 4}),
+            bytes_of({1, 0, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 2, 0, 0, 0, 'a', 'b',  // version, caps, host
+                      1, 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 4, 0}));                 // purpose, session, index, count
   EXPECT_EQ(encode(RoundEnd{1, 2, 3, 4}),
             bytes_of({1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0}));
   EXPECT_EQ(encode_pages_header({1, 2, {{3, 0x0102030405060708ull}}}),
             bytes_of({1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1}));
   EXPECT_EQ(encode(PrecheckResult{true, "x"}), bytes_of({1, 1, 0, 0, 0, 'x'}));
-  EXPECT_EQ(encode(State{bytes_of({9, 8})}), bytes_of({2, 0, 0, 0, 0, 0, 0, 0, 9, 8}));
+  EXPECT_EQ(encode(State{bytes_of({9, 8}), 3, 0x0102}),
+            bytes_of({2, 0, 0, 0, 0, 0, 0, 0, 9, 8, 3, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0}));
   EXPECT_EQ(encode(VerifyDigest{1, 2}), bytes_of({1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0}));
-  EXPECT_EQ(encode(Ready{0x0102}), bytes_of({2, 1, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(encode(Ready{0x0102, 3}), bytes_of({2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(encode(QueryResult{1, SessionOutcome::kRunning, "x"}),
+            bytes_of({1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 'x'}));
   EXPECT_EQ(encode(Precheck{1, {{2, 0x1000, 0x2000}}, 3, {{4, 5, 6, 7, 8, 9}}, 10}),
             bytes_of({1, 0, 0, 0,                                               // vcpus
                       1, 0, 0, 0, 2, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0,        // 1 region: slot, gpa
@@ -312,6 +324,8 @@ std::vector<Case> all_cases() {
       {"confirmed", encode(Confirmed{1}), error_of(decode_confirmed)},
       {"abort", encode(sample_abort()), error_of(decode_abort)},
       {"verify digest", encode(sample_verify_digest()), error_of(decode_verify_digest)},
+      {"query", encode(Query{1}), error_of(decode_query)},
+      {"query result", encode(sample_query_result()), error_of(decode_query_result)},
   };
 }
 
@@ -418,6 +432,17 @@ TEST(MigrationPayload, FieldValuesNoSenderProducesAreRejected) {
 
   EXPECT_EQ(error_of(decode_precheck_result)(bytes_of({2, 0, 0, 0, 0})), "precheck result: ok is 2, not 0 or 1");
   EXPECT_EQ(error_of(decode_state)(bytes_of({0, 0, 0, 0, 0, 0, 0, 0})), "state: empty state image");
+  auto hello_error = [](Hello h) { return error_of(decode_hello)(encode(h)); };
+  EXPECT_EQ(hello_error({1, 0, 0, "", HelloPurpose::kMigrate, 1, 0, 0}), "hello: stream_count 0 is not 1..16");
+  EXPECT_EQ(hello_error({1, 0, 0, "", HelloPurpose::kMigrate, 1, 0, 17}), "hello: stream_count 17 is not 1..16");
+  EXPECT_EQ(hello_error({1, 0, 0, "", HelloPurpose::kMigrate, 1, 4, 4}),
+            "hello: stream_index 4 is not below stream_count 4");
+  EXPECT_EQ(hello_error({1, 0, 0, "", HelloPurpose::kResolve, 1, 0, 1}),
+            "hello: a resolve hello has stream_index 0 and stream_count 1 (both must be 0)");
+  EXPECT_EQ(hello_error({1, 0, 0, "", static_cast<HelloPurpose>(9), 1, 0, 1}), "hello: unknown purpose 9");
+  QueryResult bad = sample_query_result();
+  bad.outcome = static_cast<SessionOutcome>(5);
+  EXPECT_EQ(error_of(decode_query_result)(encode(bad)), "query result: unknown outcome 5");
 }
 
 TEST(MigrationPayload, PageChecksumIsCrc64OverIndexThenPage) {
@@ -447,6 +472,8 @@ std::vector<Frame> sample_frames() {
       {FrameType::kCommit, encode(Commit{7})},
       {FrameType::kConfirmed, encode(Confirmed{7})},
       {FrameType::kVerifyDigest, encode(sample_verify_digest())},
+      {FrameType::kQuery, encode(Query{7})},
+      {FrameType::kQueryResult, encode(sample_query_result())},
       {FrameType::kAbort, encode(Abort{""})},
   };
   std::vector<Frame> out;
@@ -600,8 +627,8 @@ TEST(MigrationFrameReader, RejectsAHeaderCrcMismatch) {
 TEST(MigrationFrameReader, RejectsInvalidAndUnknownTypes) {
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = 0, .sequence = 1})),
             std::string(kFrame1) + "invalid frame type 0");
-  EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = 13, .sequence = 1})),
-            std::string(kFrame1) + "unknown frame type 13");
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = 15, .sequence = 1})),
+            std::string(kFrame1) + "unknown frame type 15");
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = 0xffff, .sequence = 1})),
             std::string(kFrame1) + "unknown frame type 65535");
 }
@@ -724,7 +751,9 @@ TEST(MigrationFrameReader, DecodesEveryPayloadOfAStreamInRandomChunks) {
   EXPECT_EQ(ok(decode_commit(got[9].payload)).token, 7u);
   EXPECT_EQ(ok(decode_confirmed(got[10].payload)).token, 7u);
   EXPECT_EQ(ok(decode_verify_digest(got[11].payload)), sample_verify_digest());
-  EXPECT_EQ(ok(decode_abort(got[12].payload)), Abort{""});
+  EXPECT_EQ(ok(decode_query(got[12].payload)), Query{7});
+  EXPECT_EQ(ok(decode_query_result(got[13].payload)), sample_query_result());
+  EXPECT_EQ(ok(decode_abort(got[14].payload)), Abort{""});
 }
 
 // ------------------------------------------------------------- PageLedger

@@ -139,6 +139,10 @@ std::vector<std::byte> encode(const Hello& m) {
   w.put_u16(m.minor);
   w.put_u64(m.capabilities);
   put_string(w, m.host, kMaxHostName, "hello: host");
+  w.put_u8(static_cast<std::uint8_t>(m.purpose));
+  w.put_u64(m.session);
+  w.put_u16(m.stream_index);
+  w.put_u16(m.stream_count);
   return std::move(w).take();
 }
 
@@ -148,6 +152,21 @@ Result<Hello> decode_hello(std::span<const std::byte> payload) {
     auto host = get_string(r, "host", kMaxHostName);
     if (!host) return std::unexpected(host.error());
     m.host = std::move(*host);
+    std::uint8_t purpose = 0;
+    if (auto s = r.get(purpose, m.session, m.stream_index, m.stream_count); !s) return s;
+    if (purpose == static_cast<std::uint8_t>(HelloPurpose::kMigrate)) {
+      if (m.stream_count == 0 || m.stream_count > kMaxStreams)
+        return fail("stream_count {} is not 1..{}", m.stream_count, kMaxStreams);
+      if (m.stream_index >= m.stream_count)
+        return fail("stream_index {} is not below stream_count {}", m.stream_index, m.stream_count);
+    } else if (purpose == static_cast<std::uint8_t>(HelloPurpose::kResolve)) {
+      if (m.stream_index != 0 || m.stream_count != 0)
+        return fail("a resolve hello has stream_index {} and stream_count {} (both must be 0)", m.stream_index,
+                    m.stream_count);
+    } else {
+      return fail("unknown purpose {}", purpose);
+    }
+    m.purpose = static_cast<HelloPurpose>(purpose);
     return {};
   });
 }
@@ -268,6 +287,8 @@ std::vector<std::byte> encode(const State& m) {
   ByteWriter w;
   w.put_u64(m.image.size());
   w.put_bytes(m.image);
+  w.put_u32(m.final_round);
+  w.put_u64(m.last_heartbeat_wall_ns);
   return std::move(w).take();
 }
 
@@ -282,17 +303,65 @@ Result<State> decode_state(std::span<const std::byte> payload) {
     auto image = r.get_bytes(*n);
     if (!image) return std::unexpected(image.error());
     m.image.assign(image->begin(), image->end());
-    return {};
+    return r.get(m.final_round, m.last_heartbeat_wall_ns);
   });
 }
 
-std::vector<std::byte> encode(const Ready& m) { return encode_token(m); }
+std::vector<std::byte> encode(const Ready& m) {
+  ByteWriter w;
+  w.put_u64(m.token);
+  w.put_u64(m.load_ns);
+  return std::move(w).take();
+}
 std::vector<std::byte> encode(const Commit& m) { return encode_token(m); }
-std::vector<std::byte> encode(const Confirmed& m) { return encode_token(m); }
-Result<Ready> decode_ready(std::span<const std::byte> payload) { return decode_token<Ready>(payload, "ready"); }
+std::vector<std::byte> encode(const Confirmed& m) {
+  ByteWriter w;
+  w.put_u64(m.token);
+  w.put_u64(m.resumed_wall_ns);
+  w.put_u64(m.first_heartbeat_wall_ns);
+  return std::move(w).take();
+}
+std::vector<std::byte> encode(const Query& m) { return encode_token(m); }
+Result<Ready> decode_ready(std::span<const std::byte> payload) {
+  return decode_as<Ready>(payload, "ready", [](ByteReader& r, Ready& m) { return r.get(m.token, m.load_ns); });
+}
 Result<Commit> decode_commit(std::span<const std::byte> payload) { return decode_token<Commit>(payload, "commit"); }
 Result<Confirmed> decode_confirmed(std::span<const std::byte> payload) {
-  return decode_token<Confirmed>(payload, "confirmed");
+  return decode_as<Confirmed>(payload, "confirmed", [](ByteReader& r, Confirmed& m) {
+    return r.get(m.token, m.resumed_wall_ns, m.first_heartbeat_wall_ns);
+  });
+}
+Result<Query> decode_query(std::span<const std::byte> payload) { return decode_token<Query>(payload, "query"); }
+
+std::string_view session_outcome_name(SessionOutcome o) {
+  switch (o) {
+    case SessionOutcome::kRunning: return "running";
+    case SessionOutcome::kHolding: return "holding";
+    case SessionOutcome::kUnknown: return "unknown";
+    case SessionOutcome::kDiscarded: return "discarded";
+  }
+  return "?";
+}
+
+std::vector<std::byte> encode(const QueryResult& m) {
+  ByteWriter w;
+  w.put_u64(m.token);
+  w.put_u8(static_cast<std::uint8_t>(m.outcome));
+  put_string(w, m.detail, kMaxReason, "query result: detail");
+  return std::move(w).take();
+}
+
+Result<QueryResult> decode_query_result(std::span<const std::byte> payload) {
+  return decode_as<QueryResult>(payload, "query result", [](ByteReader& r, QueryResult& m) -> Status {
+    std::uint8_t outcome = 0;
+    if (auto s = r.get(m.token, outcome); !s) return s;
+    if (outcome < 1 || outcome > 4) return fail("unknown outcome {}", outcome);
+    m.outcome = static_cast<SessionOutcome>(outcome);
+    auto detail = get_string(r, "detail", kMaxReason);
+    if (!detail) return std::unexpected(detail.error());
+    m.detail = std::move(*detail);
+    return {};
+  });
 }
 
 std::vector<std::byte> encode(const Abort& m) {

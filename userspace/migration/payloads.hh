@@ -28,11 +28,24 @@ inline constexpr std::size_t kMaxZeroPagesPerFrame = 65536;
 // report and, once there are several, to choose from. Capabilities are
 // optional features; unknown bits are ignored (that is what they are for):
 // the session uses the intersection of both sides' masks. None defined yet.
+//
+// A migration uses stream_count TCP connections to the destination's one
+// port; each starts with a HELLO naming the session (a random token the
+// source chooses) and its index. Stream 0 is the control stream (PRECHECK,
+// STATE, the commit handshake); all streams carry pages. A HELLO with
+// purpose kResolve opens a connection that only asks about a session's
+// outcome (QUERY), see docs/protocol.md.
+enum class HelloPurpose : std::uint8_t { kMigrate = 1, kResolve = 2 };
+inline constexpr std::uint16_t kMaxStreams = 16;
 struct Hello {
   std::uint16_t major = kVersionMajor;
   std::uint16_t minor = kVersionMinor;
   std::uint64_t capabilities = 0;
   std::string host;  // for reports and logs only; at most kMaxHostName bytes
+  HelloPurpose purpose = HelloPurpose::kMigrate;
+  std::uint64_t session = 0;
+  std::uint16_t stream_index = 0;  // kMigrate: < stream_count; kResolve: 0
+  std::uint16_t stream_count = 1;  // kMigrate: 1..kMaxStreams; kResolve: 0
   bool operator==(const Hello&) const = default;
 };
 
@@ -111,8 +124,15 @@ struct RoundEnd {
 
 // STATE: a u64 length, then a state image (kvm/state/format.hh), which
 // validates itself; here it is only length-checked and must not be empty.
+// After the image: the round whose ROUND_END frames every stream sends
+// before the destination may load the state (pages of that round travel on
+// other streams too), and the wall-clock time (ns since the Unix epoch; 0
+// when unknown) of the guest's last heartbeat on the source, from which
+// the destination measures the downtime the guest saw.
 struct State {
   std::vector<std::byte> image;
+  std::uint32_t final_round = 0;
+  std::uint64_t last_heartbeat_wall_ns = 0;
   bool operator==(const State&) const = default;
 };
 
@@ -120,15 +140,41 @@ struct State {
 // and echoed, so that a stray frame of another session cannot commit this one.
 struct Ready {
   std::uint64_t token = 0;
+  std::uint64_t load_ns = 0;  // how long the destination took to load the state
   bool operator==(const Ready&) const = default;
 };
 struct Commit {
   std::uint64_t token = 0;
   bool operator==(const Commit&) const = default;
 };
+// Sent once the destination's vCPUs run. Wall-clock times in ns since the
+// Unix epoch (0: unknown): when the vCPUs were resumed, and when the built-in
+// guest's first heartbeat arrived (the destination waits briefly for it).
 struct Confirmed {
   std::uint64_t token = 0;
+  std::uint64_t resumed_wall_ns = 0;
+  std::uint64_t first_heartbeat_wall_ns = 0;
   bool operator==(const Confirmed&) const = default;
+};
+
+// QUERY, resolver to destination: what became of session `token`?
+struct Query {
+  std::uint64_t token = 0;
+  bool operator==(const Query&) const = default;
+};
+// QUERY_RESULT, destination to resolver.
+enum class SessionOutcome : std::uint8_t {
+  kRunning = 1,    // COMMIT arrived: the VM runs here; the source must stop
+  kHolding = 2,    // READY sent, no COMMIT: paused here, waiting for a decision
+  kUnknown = 3,    // no such session (or it failed before READY): nothing runs here
+  kDiscarded = 4,  // the resolver's ABORT was applied: the VM was dropped here
+};
+std::string_view session_outcome_name(SessionOutcome o);
+struct QueryResult {
+  std::uint64_t token = 0;
+  SessionOutcome outcome = SessionOutcome::kUnknown;
+  std::string detail;  // at most kMaxReason bytes
+  bool operator==(const QueryResult&) const = default;
 };
 
 struct Abort {
@@ -158,6 +204,8 @@ std::vector<std::byte> encode(const Commit& m);
 std::vector<std::byte> encode(const Confirmed& m);
 std::vector<std::byte> encode(const Abort& m);
 std::vector<std::byte> encode(const VerifyDigest& m);
+std::vector<std::byte> encode(const Query& m);
+std::vector<std::byte> encode(const QueryResult& m);
 
 // Errors are prefixed with the frame type: "precheck: region 2: ...".
 Result<Hello> decode_hello(std::span<const std::byte> payload);
@@ -174,5 +222,7 @@ Result<Commit> decode_commit(std::span<const std::byte> payload);
 Result<Confirmed> decode_confirmed(std::span<const std::byte> payload);
 Result<Abort> decode_abort(std::span<const std::byte> payload);
 Result<VerifyDigest> decode_verify_digest(std::span<const std::byte> payload);
+Result<Query> decode_query(std::span<const std::byte> payload);
+Result<QueryResult> decode_query_result(std::span<const std::byte> payload);
 
 }  // namespace ferry::migration

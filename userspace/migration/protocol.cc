@@ -62,6 +62,8 @@ std::string_view frame_type_name(FrameType type) {
     case FrameType::kConfirmed: return "CONFIRMED";
     case FrameType::kAbort: return "ABORT";
     case FrameType::kVerifyDigest: return "VERIFY_DIGEST";
+    case FrameType::kQuery: return "QUERY";
+    case FrameType::kQueryResult: return "QUERY_RESULT";
   }
   return "UNKNOWN";
 }

@@ -69,8 +69,10 @@ enum class FrameType : std::uint16_t {
   kConfirmed = 10,
   kAbort = 11,
   kVerifyDigest = 12,
+  kQuery = 13,
+  kQueryResult = 14,
 };
-inline constexpr FrameType kLastFrameType = FrameType::kVerifyDigest;
+inline constexpr FrameType kLastFrameType = FrameType::kQueryResult;
 
 // "HELLO", "PAGES", ...; "INVALID" for kInvalid and "UNKNOWN" otherwise.
 std::string_view frame_type_name(FrameType type);
