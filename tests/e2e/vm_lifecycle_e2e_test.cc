@@ -18,6 +18,7 @@
 
 #include "temp_dir.hh"
 #include "e2e/process.hh"
+#include "e2e/vm_client.hh"
 
 namespace ferry::test {
 namespace {
@@ -25,49 +26,6 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// One API call through the CLI client with --json; null when it failed.
-json ctl(const std::vector<std::string>& args) {
-  std::vector<std::string> argv{FERRY_BIN};
-  argv.insert(argv.end(), args.begin(), args.end());
-  argv.push_back("--json");
-  auto r = run_process(argv, 120s);
-  if (r.exit_code != 0) return nullptr;
-  auto j = json::parse(r.out, nullptr, false);
-  return j.is_discarded() ? json(nullptr) : j;
-}
-
-json status(const std::string& api) { return ctl({"status", "--vm", api}); }
-
-// Polls `ferry status` until pred holds; the last status either way.
-json wait_status(const std::string& api, const std::function<bool(const json&)>& pred, std::chrono::seconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  json s;
-  do {
-    s = status(api);
-    if (!s.is_null() && pred(s)) return s;
-    std::this_thread::sleep_for(100ms);
-  } while (std::chrono::steady_clock::now() < end);
-  return s;
-}
-
-std::uint64_t verified(const json& s) { return s["totals"]["verified"].get<std::uint64_t>(); }
-
-// The last JSON line a `ferry run/restore --json` printed: its final report.
-json last_event(const std::string& out) {
-  json last;
-  std::istringstream in(out);
-  for (std::string line; std::getline(in, line);)
-    if (auto j = json::parse(line, nullptr, false); !j.is_discarded()) last = j;
-  return last;
-}
 
 TEST(Vm, RunPauseResumeSnapshotThenRestoreInAnotherProcess) {
   TempDir dir;

@@ -292,7 +292,8 @@ TEST(MigrationPayload, BytesAreTheDocumentedLayout) {
                       3, 0, 0, 0,                                               // guest_kind
                       1, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0,  // 1 cpuid entry
                       8, 0, 0, 0, 9, 0, 0, 0,                                   //
-                      10, 0, 0, 0}));                                           // tsc_khz
+                      10, 0, 0, 0,                                              // tsc_khz
+                      1}));                                                     // irqchip
 }
 
 // Every decoder as "error message, or (decoded)", with a valid sample.

@@ -9,6 +9,9 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <condition_variable>
+#include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -20,6 +23,9 @@
 #include "ferry/sandbox_exec.hh"
 #include "ferry/vm_report.hh"
 #include "kvm/machine.hh"
+#include "migration/destination.hh"
+#include "migration/source.hh"
+#include "transport/stream.hh"
 
 namespace ferry::cli {
 namespace {
@@ -100,9 +106,63 @@ class ConsoleSink {
 // Serves the API for `m` until it stops or is told to quit; returns the
 // process exit status (0: quit or powered off cleanly; 1: the guest or a
 // vCPU failed).
+// `migrate` request fields -> options; unknown values are errors.
+Result<migration::MigrateOptions> migrate_options(const json& req) {
+  migration::MigrateOptions mo;
+  if (!req.contains("to") || !req["to"].is_string()) return fail("migrate: needs \"to\" (HOST:PORT)");
+  auto to = transport::parse_endpoint(req["to"].get<std::string>());
+  if (!to) return std::unexpected(to.error());
+  if (to->port == 0) return fail("migrate: \"to\" needs a port");
+  mo.to = *to;
+  try {
+    if (req.contains("downtime_limit_ms")) mo.downtime_limit = migration::Millis(req["downtime_limit_ms"].get<double>());
+    if (req.contains("max_bandwidth_bytes_per_s")) mo.max_bandwidth = req["max_bandwidth_bytes_per_s"].get<double>();
+    if (req.contains("streams")) mo.streams = req["streams"].get<std::uint32_t>();
+    if (req.contains("timeout_s")) mo.timeout = std::chrono::seconds(req["timeout_s"].get<std::uint32_t>());
+    if (req.contains("on_timeout")) {
+      const auto a = req["on_timeout"].get<std::string>();
+      if (a != "cancel" && a != "switchover") return fail("migrate: on_timeout is \"cancel\" or \"switchover\"");
+      mo.on_timeout = a == "cancel" ? migration::TimeoutAction::kCancel : migration::TimeoutAction::kForceSwitchover;
+    }
+    if (req.contains("verify")) mo.verify = req["verify"].get<bool>();
+    if (req.contains("zero_copy")) mo.zero_copy = req["zero_copy"].get<bool>() ? transport::ZeroCopy::kAuto : transport::ZeroCopy::kOff;
+  } catch (const json::exception& e) {
+    return fail("migrate: bad field: {}", e.what());
+  }
+  if (mo.streams < 1 || mo.streams > migration::kMaxStreams) return fail("migrate: streams must be 1..{}", migration::kMaxStreams);
+  if (mo.downtime_limit.count() <= 0) return fail("migrate: downtime_limit_ms must be positive");
+  if (mo.max_bandwidth < 0) return fail("migrate: max_bandwidth_bytes_per_s must not be negative");
+  return mo;
+}
+
 int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, UniqueFd& signal_fd,
              const VmProcessOptions& o) {
   std::string quit_reason;
+  std::unique_ptr<migration::SourceMigration> mig;
+  bool migrated = false;
+  // When a migration reaches its end: a migrated VM's process ends once a
+  // client has fetched the final report (or after 10 s).
+  UniqueFd mig_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  std::mutex exit_mu;
+  std::condition_variable exit_cv;
+  bool exit_now = false;
+  std::thread exit_timer;
+  api.watch(mig_fd.get(), [&] {
+    std::uint64_t v;
+    [[maybe_unused]] const ssize_t n = ::read(mig_fd.get(), &v, sizeof v);
+    if (mig && mig->phase() == migration::Phase::kMigrated && !migrated) {
+      migrated = true;
+      quit_reason = fmt::format("migrated to {}", mig->status().to);
+      exit_timer = std::thread([&] {
+        std::unique_lock lock(exit_mu);
+        if (!exit_cv.wait_for(lock, std::chrono::seconds(10), [&] { return exit_now; })) api.stop();
+      });
+    }
+  });
+  auto migration_active = [&] {
+    return mig && !migration::phase_final(mig->phase());
+  };
+  auto outcome_unknown = [&] { return mig && mig->phase() == migration::Phase::kOutcomeUnknown; };
   api.watch(stopped_fd.get(), [&] {
     std::uint64_t v;
     [[maybe_unused]] const ssize_t n = ::read(stopped_fd.get(), &v, sizeof v);
@@ -115,7 +175,62 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
     api.stop();
   });
   auto served = api.serve([&](const std::string& cmd, const json& req) -> Result<json> {
-    if (cmd == "status") return status_json(m.status());
+    if (cmd == "status") {
+      auto j = status_json(m.status());
+      if (mig) j["migration"] = migration::to_json(mig->status());
+      return j;
+    }
+    if (cmd == "migrate") {
+      if (migration_active()) return fail("migrate: a migration is already running");
+      if (outcome_unknown()) return fail("migrate: the last migration's outcome is unknown; run `ferry resolve` first");
+      if (m.status().state != kvm::RunState::kRunning) return fail("migrate: the VM must be running");
+      auto mo = migrate_options(req);
+      if (!mo) return std::unexpected(mo.error());
+      mig.reset();
+      const int efd = mig_fd.get();
+      mig = migration::SourceMigration::start(m, *mo, [efd](migration::Phase) {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const ssize_t n = ::write(efd, &one, sizeof one);
+      });
+      return json{{"migration", "started"}, {"to", mo->to.str()}};
+    }
+    if (cmd == "migration") {
+      if (!mig) return fail("migration: no migration has been started");
+      auto st = mig->status();
+      if (st.phase == migration::Phase::kMigrated) {
+        // The final report has been fetched: this process can end.
+        std::lock_guard lock(exit_mu);
+        exit_now = true;
+        exit_cv.notify_all();
+        migrated = true;
+        quit_reason = fmt::format("migrated to {}", st.to);
+        api.stop();
+      }
+      return migration::to_json(st);
+    }
+    if (cmd == "cancel") {
+      if (!migration_active()) return fail("cancel: no migration is running");
+      const auto phase = mig->phase();
+      if (phase == migration::Phase::kCommitting)
+        return fail("cancel: COMMIT was already sent; the migration can no longer be cancelled");
+      mig->cancel(req.contains("reason") && req["reason"].is_string() ? req["reason"].get<std::string>()
+                                                                       : "cancelled through the API");
+      return json{{"migration", "cancelling"}};
+    }
+    if (cmd == "resolve") {
+      if (!outcome_unknown()) return fail("resolve: no migration is waiting for a resolution");
+      if (!req.contains("migrated") || !req["migrated"].is_boolean())
+        return fail("resolve: needs \"migrated\": true (the destination runs the VM) or false (resume here)");
+      const bool there = req["migrated"].get<bool>();
+      if (auto ok = mig->resolve(there); !ok) return std::unexpected(ok.error());
+      return json{{"resolved", there ? "migrated" : "resumed"}};
+    }
+    // While a migration runs or waits for a resolution, the VM belongs to it.
+    if ((cmd == "pause" || cmd == "resume" || cmd == "snapshot") && (migration_active() || outcome_unknown()))
+      return fail("{}: {}", cmd,
+                  outcome_unknown() ? "the migration's outcome is unknown: resuming could run the VM twice. "
+                                      "Run `ferry resolve --vm SOCKET`"
+                                    : "a migration is running (cancel it first)");
     if (cmd == "pause") {
       if (auto ok = m.pause(); !ok) return std::unexpected(ok.error());
       return json{{"state", "paused"}};
@@ -148,6 +263,29 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
     return fail("unknown command '{}' (status, pause, resume, snapshot, console, quit)", cmd);
   });
   if (!served) spdlog::error("control API: {}", served.error());
+  {
+    std::lock_guard lock(exit_mu);
+    exit_now = true;
+    exit_cv.notify_all();
+  }
+  if (exit_timer.joinable()) exit_timer.join();
+  if (migration_active()) mig->cancel("the VM process is ending");
+  std::optional<migration::MigrationStatus> mig_final;
+  if (mig) {
+    if (migration_active() || !migration::phase_final(mig->phase())) mig->cancel("the VM process is ending");
+    mig_final = mig->status();
+  }
+  if (migrated) {
+    mig.reset();
+    if (o.json)
+      fmt::print("{}\n", json{{"event", "migrated"}, {"ok", true}, {"migration", migration::to_json(*mig_final)}}.dump());
+    else
+      fmt::print(stderr, "ferry: VM migrated to {}\n{}", mig_final->to, migration::report_text(*mig_final));
+    return 0;
+  }
+  if (mig && mig->phase() == migration::Phase::kOutcomeUnknown)
+    spdlog::warn("ending while a migration's outcome is unknown: the VM here is dropped (the destination may run it)");
+  mig.reset();
   const auto before = m.status();
   const bool self_stopped = before.state == kvm::RunState::kStopped;
   auto result = m.stop(quit_reason.empty() ? "stopped" : quit_reason);
@@ -338,6 +476,93 @@ void add_restore(CLI::App& app, Globals& g) {
           return kvm::Machine::restore(*snap, console, n, opts->paused, parse_huge(opts->huge_pages));
         },
         "restore");
+  });
+}
+
+}  // namespace ferry::cli
+
+namespace ferry::cli {
+
+void add_receive(CLI::App& app, Globals& g) {
+  struct ReceiveCliOptions : VmProcessOptions {
+    std::string listen;
+  };
+  auto opts = std::make_shared<ReceiveCliOptions>();
+  auto* cmd = app.add_subcommand("receive", "Wait for one incoming live migration, then run the VM it brings.");
+  cmd->footer(
+      "Like `qemu -incoming`: listens on ADDR:PORT, checks the source's VM can run here (protocol version,\n"
+      "memory layout, vCPUs, CPU features against this host's KVM, free memory) and refuses with the reason\n"
+      "otherwise, receives memory straight into guest RAM on every stream, loads the CPU and device state,\n"
+      "answers READY and runs the VM only when the source sends COMMIT. Then it serves the same control API\n"
+      "as `ferry run` and keeps answering `ferry resolve` on ADDR:PORT. Exit status: as `ferry run`; 1 when\n"
+      "the migration failed (the VM keeps running on the source). See docs/protocol.md.");
+  cmd->add_option("--listen", opts->listen, "ADDR:PORT to listen on (port 0: any free port, printed)")->required();
+  add_process_options(cmd, *opts);
+  cmd->callback([opts, &g] {
+    auto ep = transport::parse_endpoint(opts->listen);
+    if (!ep) {
+      fmt::print(stderr, "ferry receive: --listen: {}\n", ep.error());
+      g.rc = 2;
+      return;
+    }
+    auto lfd = transport::listen_tcp(*ep);
+    if (!lfd) {
+      fmt::print(stderr, "ferry receive: {}\n", lfd.error());
+      g.rc = 1;
+      return;
+    }
+    auto port = transport::listening_port(lfd->get());
+    const std::string where = fmt::format("{}:{}", ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host,
+                                          port ? *port : ep->port);
+    if (opts->json)
+      fmt::print("{}\n", json{{"event", "listening"}, {"listen", where}, {"pid", ::getpid()}}.dump());
+    else
+      fmt::print(stderr, "ferry: waiting for a migration on {} (pid {})\n", where, ::getpid());
+    std::fflush(stdout);
+    std::unique_ptr<migration::ResolveResponder> responder;
+    migration::ReceivedFigures figs;
+    g.rc = run_vm_process(
+        *opts,
+        [&](kvm::Serial::Sink console, kvm::Machine::Notify n) -> Result<std::unique_ptr<kvm::Machine>> {
+          migration::ReceiveOptions ro;
+          ro.huge_pages = parse_huge(opts->huge_pages);
+          const bool json_out = opts->json;
+          ro.progress = [json_out](const std::string& line) {
+            if (!json_out) fmt::print(stderr, "ferry: {}\n", line);
+          };
+          auto r = migration::receive_vm(lfd->get(), ro, console, n);
+          if (!r) return std::unexpected(std::move(r.error()).context("migration"));
+          figs = r->figures;
+          responder = std::make_unique<migration::ResolveResponder>(lfd->get(), figs.session);
+          if (json_out)
+            fmt::print("{}\n", json{{"event", "received"},
+                                    {"session", fmt::format("{:#018x}", figs.session)},
+                                    {"source", figs.source_host},
+                                    {"streams", figs.streams},
+                                    {"rounds", figs.rounds},
+                                    {"pages", figs.pages},
+                                    {"zero_pages", figs.zero_pages},
+                                    {"zeroed_pages", figs.zeroed_pages},
+                                    {"torn_pages", figs.torn_pages},
+                                    {"bytes", figs.bytes},
+                                    {"receive_ms", figs.receive_ms},
+                                    {"load_ms", figs.load_ms},
+                                    {"guest_downtime_ms", figs.guest_downtime_ms},
+                                    {"verified", figs.verified}}
+                                   .dump());
+          else
+            fmt::print(stderr,
+                       "ferry: VM received from {} in {} round(s): {} pages, {} zero markers ({} zeroed), {} copies "
+                       "modified in flight (re-sent); state loaded in {:.1f} ms{}\n",
+                       figs.source_host, figs.rounds, figs.pages, figs.zero_pages, figs.zeroed_pages, figs.torn_pages,
+                       figs.load_ms,
+                       figs.guest_downtime_ms >= 0 ? fmt::format("; the guest saw {:.1f} ms without a heartbeat",
+                                                                 figs.guest_downtime_ms)
+                                                   : "");
+          return std::move(r->machine);
+        },
+        "receive");
+    responder.reset();
   });
 }
 

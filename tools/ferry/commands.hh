@@ -15,5 +15,7 @@ void add_demo(CLI::App& app, Globals& g);
 void add_run(CLI::App& app, Globals& g);
 void add_restore(CLI::App& app, Globals& g);
 void add_vm_control(CLI::App& app, Globals& g);
+void add_receive(CLI::App& app, Globals& g);
+void add_migrate(CLI::App& app, Globals& g);
 
 }  // namespace ferry::cli

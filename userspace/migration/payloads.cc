@@ -119,6 +119,10 @@ Status read_precheck(ByteReader& r, Precheck& m) {
   }
   if (auto s = r.get(m.tsc_khz); !s) return s;
   if (m.tsc_khz == 0) return fail("tsc_khz is 0");
+  std::uint8_t irqchip = 0;
+  if (auto s = r.get(irqchip); !s) return s;
+  if (irqchip > 1) return fail("irqchip is {}, not 0 or 1", irqchip);
+  m.irqchip = irqchip == 1;
   return {};
 }
 
@@ -186,6 +190,7 @@ std::vector<std::byte> encode(const Precheck& m) {
     for (std::uint32_t v : {e.function, e.index, e.eax, e.ebx, e.ecx, e.edx}) w.put_u32(v);
   }
   w.put_u32(m.tsc_khz);
+  w.put_u8(m.irqchip ? 1 : 0);
   return std::move(w).take();
 }
 
@@ -242,6 +247,19 @@ Result<DecodedPages> decode_pages(std::span<const std::byte> payload) {
                 *count, need, r.offset(), r.remaining());
   }
   m.data = *r.get_bytes(need);
+  return m;
+}
+
+Result<PagesHeader> decode_pages_header(std::span<const std::byte> covered) {
+  ByteReader r(covered);
+  PagesHeader m;
+  if (auto fixed = r.get(m.slot, m.round); !fixed) return wrap(fixed.error(), "pages");
+  auto count = get_count(r, "descriptors", kMaxPagesPerFrame, kPageDescriptorSize);
+  if (!count) return wrap(count.error(), "pages");
+  m.pages.resize(*count);
+  for (PageDescriptor& d : m.pages)
+    if (auto s = r.get(d.page_index, d.checksum); !s) return wrap(s.error(), "pages");
+  if (auto s = r.expect_end(); !s) return wrap(s.error(), "pages");
   return m;
 }
 

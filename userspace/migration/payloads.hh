@@ -68,6 +68,7 @@ struct Precheck {
   std::uint32_t guest_kind = 0;         // kvm::GuestKind; non-zero
   std::vector<CpuidEntry> cpuid;        // what the guest was given, at most kMaxCpuidEntries
   std::uint32_t tsc_khz = 0;            // non-zero
+  bool irqchip = true;                  // in-kernel PIC/IOAPIC/LAPICs and PIT
   bool operator==(const Precheck&) const = default;
 };
 
@@ -214,6 +215,9 @@ Result<PrecheckResult> decode_precheck_result(std::span<const std::byte> payload
 // Checks the data is exactly count * kPageSize bytes; does not verify the
 // page checksums (that is the receiver's PageLedger decision).
 Result<DecodedPages> decode_pages(std::span<const std::byte> payload);
+// The fixed part and descriptors alone (exactly: what the frame CRC
+// covers), for receivers that read the page data straight into memory.
+Result<PagesHeader> decode_pages_header(std::span<const std::byte> covered);
 Result<ZeroPages> decode_zero_pages(std::span<const std::byte> payload);
 Result<RoundEnd> decode_round_end(std::span<const std::byte> payload);
 Result<State> decode_state(std::span<const std::byte> payload);

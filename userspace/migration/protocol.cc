@@ -120,9 +120,9 @@ std::unexpected<Error> FrameReader::stop(Error e) {
 // another major may lay out the rest of the header differently, and then
 // "version 2.0" explains more than "header CRC mismatch". Everything after
 // the CRC check is known to be what the sender wrote.
-Result<FrameReader::Pending> FrameReader::parse_header() const {
+Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header, std::uint32_t expected) {
   Header h;
-  ByteReader r(header_);
+  ByteReader r(header);
   if (auto s = r.get(h.magic, h.major, h.minor, h.type, h.flags, h.sequence, h.payload_length,
                      h.payload_crc, h.header_crc);
       !s) {
@@ -137,7 +137,7 @@ Result<FrameReader::Pending> FrameReader::parse_header() const {
     return fail("protocol version {}.{} is newer than this reader's {}.{}", h.major, h.minor,
                 kVersionMajor, kVersionMinor);
   }
-  const std::uint32_t header_crc = crc32c(std::span(header_).first(kHeaderCrcOffset));
+  const std::uint32_t header_crc = crc32c(header.first(kHeaderCrcOffset));
   if (h.header_crc != header_crc) {
     return fail("header CRC mismatch (stored {:#010x}, computed {:#010x})", h.header_crc, header_crc);
   }
@@ -155,10 +155,15 @@ Result<FrameReader::Pending> FrameReader::parse_header() const {
     return fail("PAGES payload of {} bytes is not {} + count * {} bytes with count <= {}",
                 h.payload_length, kPagesFixedSize, kBytesPerPage, kMaxPagesPerFrame);
   }
-  // Unsigned arithmetic wraps, so sequence 0 follows 0xffffffff.
-  const auto expected = static_cast<std::uint32_t>(count_);
   if (h.sequence != expected) return fail("sequence {}, expected {}", h.sequence, expected);
-  return Pending{type, h.sequence, h.payload_length, h.payload_crc};
+  return FrameHeader{type, h.sequence, h.payload_length, h.payload_crc};
+}
+
+Result<FrameReader::Pending> FrameReader::parse_header() const {
+  // Unsigned arithmetic wraps, so sequence 0 follows 0xffffffff.
+  auto h = decode_header(header_, static_cast<std::uint32_t>(count_));
+  if (!h) return std::unexpected(h.error());
+  return Pending{h->type, h->sequence, h->payload_length, h->payload_crc32c};
 }
 
 Result<Frame> FrameReader::complete_frame() {

@@ -98,6 +98,17 @@ std::array<std::byte, kHeaderSize> encode_header(FrameType type, std::uint32_t s
                                                  std::uint64_t payload_length,
                                                  std::uint32_t payload_crc32c);
 
+// A received header, validated field by field as FrameReader does (same
+// order, same messages, without the "frame N" prefix), for receivers that
+// read the payload themselves: page data straight into guest memory.
+struct FrameHeader {
+  FrameType type = FrameType::kInvalid;
+  std::uint32_t sequence = 0;
+  std::uint64_t payload_length = 0;
+  std::uint32_t payload_crc32c = 0;
+};
+Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header, std::uint32_t expected_sequence);
+
 // Header plus payload, with both CRCs computed. Same preconditions.
 std::vector<std::byte> encode_frame(FrameType type, std::uint32_t sequence,
                                     std::span<const std::byte> payload);

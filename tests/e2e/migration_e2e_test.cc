@@ -1,0 +1,277 @@
+// Live migration between real `ferry` processes over real TCP: the
+// built-in guest (2 vCPUs, 256 MiB, dirtying its working set) moves from a
+// `ferry run` to a `ferry receive` and keeps verifying every page it
+// rewrites. Failures (injected by tests/e2e/fault_proxy.cc between the two,
+// or by killing the destination) must each leave exactly one running VM:
+// the source, which keeps verifying. An unconfirmed COMMIT leaves the
+// source paused until `ferry resolve` asks the destination.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <filesystem>
+#include <numeric>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "e2e/process.hh"
+#include "e2e/vm_client.hh"
+#include "temp_dir.hh"
+
+namespace ferry::test {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// Waits for a line of output (JSON event or the proxy's text) and returns it.
+template <class F>
+auto wait_output(BackgroundProcess& p, F&& find, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  auto v = find(p.output());
+  while (!v && std::chrono::steady_clock::now() < end && p.running()) {
+    std::this_thread::sleep_for(50ms);
+    v = find(p.output());
+  }
+  return v;
+}
+
+struct Receiver {
+  std::unique_ptr<BackgroundProcess> p;
+  std::string api, listen;
+};
+
+Receiver start_receiver(const TempDir& dir, const std::string& name) {
+  Receiver r;
+  r.api = dir.path + "/" + name + ".sock";
+  r.p = std::make_unique<BackgroundProcess>(std::vector<std::string>{
+      FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", r.api, "--json", "--serial-log",
+      dir.path + "/" + name + "-serial.log"});
+  auto ev = wait_output(*r.p, [](const std::string& out) -> std::optional<std::string> {
+    auto j = find_event(out, "listening");
+    if (j.is_null()) return std::nullopt;
+    return j["listen"].get<std::string>();
+  }, 60s);
+  if (ev) r.listen = *ev;
+  return r;
+}
+
+// The fault proxy in front of a receiver; its address, or "" on failure.
+std::string start_proxy(std::unique_ptr<BackgroundProcess>& proxy, const std::string& to, const std::string& fault) {
+  proxy = std::make_unique<BackgroundProcess>(
+      std::vector<std::string>{FERRY_FAULT_PROXY, "--listen", "127.0.0.1:0", "--to", to, "--fault", fault});
+  auto port = wait_output(*proxy, [](const std::string& out) -> std::optional<std::string> {
+    const auto at = out.find("listening on ");
+    if (at == std::string::npos) return std::nullopt;
+    const auto nl = out.find('\n', at);
+    if (nl == std::string::npos) return std::nullopt;
+    return out.substr(at + 13, nl - at - 13);
+  }, 30s);
+  return port.value_or("");
+}
+
+ProcessResult migrate(const std::string& api, const std::string& to, std::vector<std::string> extra = {}) {
+  std::vector<std::string> argv{FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return run_process(argv, 900s);
+}
+
+// The source keeps running and verifying: the one VM that must exist.
+void expect_source_alive_and_verifying(const std::string& api, const std::string& context) {
+  auto before = wait_status(api, [](const json& j) { return j["state"] == "running"; }, 60s);
+  ASSERT_FALSE(before.is_null()) << context;
+  ASSERT_EQ(before["state"], "running") << context << "\n" << before.dump(2);
+  auto after = wait_status(api, [&](const json& j) { return verified(j) >= verified(before) + 100; }, 300s);
+  EXPECT_GE(verified(after), verified(before) + 100) << context << ": the source stopped verifying";
+  EXPECT_EQ(after["totals"]["failures"], 0) << context;
+  EXPECT_TRUE(after["migration"]["phase"] == "failed" || after["migration"]["phase"] == "cancelled")
+      << context << after["migration"].dump(2);
+}
+
+std::vector<std::string> source_argv(const TempDir& dir, const std::string& api) {
+  return {FERRY_BIN, "run", "--vcpus", "2", "--memory", "256M", "--working-set", "4", "--api", api, "--json",
+          "--serial-log", dir.path + "/src-serial.log"};
+}
+
+TEST(Migration, BuiltInGuestMovesLiveAndKeepsVerifying) {
+  TempDir dir;
+  const std::string api = dir.path + "/src.sock";
+  BackgroundProcess src(source_argv(dir, api));
+  auto s = wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s);
+  ASSERT_GT(verified(s), 200u) << src.output();
+  auto dst = start_receiver(dir, "dst");
+  ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+
+  auto r = migrate(api, dst.listen, {"--verify", "--streams", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.describe() << "\nsource:\n" << src.output() << "\ndestination:\n" << dst.p->output();
+  auto rep = json::parse(r.out);
+  EXPECT_EQ(rep["phase"], "migrated");
+  // The report adds up: rounds sum to the totals, the last round is the
+  // paused one, bytes cover the pages.
+  std::uint64_t pages = 0, zeros = 0, bytes = 0;
+  for (const auto& rd : rep["rounds"]) {
+    pages += rd["pages"].get<std::uint64_t>();
+    zeros += rd["zero_pages"].get<std::uint64_t>();
+    bytes += rd["bytes"].get<std::uint64_t>();
+  }
+  ASSERT_GE(rep["rounds"].size(), 2u) << rep.dump(2);
+  EXPECT_EQ(rep["rounds"].back()["decision"], "final");
+  EXPECT_EQ(rep["rounds"][rep["rounds"].size() - 2]["decision"], "switchover");
+  EXPECT_EQ(pages, rep["pages_sent"].get<std::uint64_t>());
+  EXPECT_EQ(zeros, rep["zero_pages"].get<std::uint64_t>());
+  EXPECT_EQ(bytes, rep["bytes_sent"].get<std::uint64_t>());
+  EXPECT_GE(bytes, pages * 4096);
+  EXPECT_GE(pages, 1024u) << "round 0 must carry at least the working set";
+  EXPECT_LE(rep["resent_pages"].get<std::uint64_t>(), pages);
+  EXPECT_GT(rep["unallocated_pages"].get<std::uint64_t>(), 0u) << "never-touched memory should not be read";
+  EXPECT_TRUE(rep["verified"].get<bool>());
+  EXPECT_EQ(rep["streams"], 2);
+  EXPECT_GT(rep["downtime_ms"].get<double>(), 0);
+  EXPECT_GT(rep["guest_downtime_ms"].get<double>(), 0);
+  EXPECT_GT(rep["downtime_breakdown"]["state_bytes"].get<std::uint64_t>(), 0u);
+
+  // The source ends, reporting the migration; the destination runs the guest.
+  auto src_end = src.wait(60s);
+  EXPECT_EQ(src_end.exit_code, 0) << src_end.describe();
+  EXPECT_EQ(last_event(src_end.out)["event"], "migrated") << src_end.out;
+  auto d0 = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+  ASSERT_FALSE(d0.is_null()) << dst.p->output();
+  EXPECT_NE(d0["restored_from"].get<std::string>().find("migration"), std::string::npos) << d0.dump(2);
+  auto d1 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d0) + 3000; }, 600s);
+  EXPECT_GE(verified(d1), verified(d0) + 3000) << "the migrated guest stalled\n" << d1.dump(2);
+  EXPECT_GE(verified(d0), verified(s)) << "the guest's counters went back: it restarted";
+  EXPECT_EQ(d1["totals"]["failures"], 0) << d1.dump(2);
+  EXPECT_GE(d1["heartbeats"]["received"].get<std::uint64_t>(), 5u);
+  EXPECT_GT(d1["heartbeats"]["last_sequence"].get<std::uint64_t>(), s["guest"]["heartbeats"].get<std::uint64_t>());
+  EXPECT_EQ(slurp(dir.path + "/dst-serial.log"), "") << "the guest booted again instead of continuing";
+  EXPECT_EQ(ctl({"quit", "--vm", dst.api})["state"], "stopping");
+  EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+}
+
+// Each case: a fresh receiver (behind the fault proxy when `fault` is set),
+// one migration attempt of the same source, which must fail with `expect`
+// in its error and leave the source running and verifying.
+struct FailureCase {
+  std::string name, fault, expect;
+  std::vector<std::string> migrate_args;
+  enum { kNone, kKillDestination, kCancel } action = kNone;
+};
+
+TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
+  TempDir dir;
+  const std::string api = dir.path + "/src.sock";
+  BackgroundProcess src(source_argv(dir, api));
+  ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u) << src.output();
+  const std::vector<FailureCase> cases = {
+      {"version mismatch", "version:2.0", "version 2.0", {}},
+      {"CPU feature mismatch", "cpuid-bit:7:0:ebx:12", "CPUID 0x7.0 EBX bit 12", {}},
+      {"corrupted page frame", "corrupt-page:1", "page", {}},
+      {"corrupted frame header part", "corrupt-frame:PAGES", "CRC mismatch", {}},
+      {"connection dropped mid-round", "cut-after-bytes:1500000", "", {"--max-bandwidth", "4M"}},
+      {"connection dropped during state transfer", "cut-at-frame:STATE", "", {}},
+      {"destination killed mid-round", "", "", {"--max-bandwidth", "1M"}, FailureCase::kKillDestination},
+      {"cancel", "", "cancel", {"--max-bandwidth", "1M"}, FailureCase::kCancel},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto dst = start_receiver(dir, "dst");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    std::string to = dst.listen;
+    if (!c.fault.empty()) {
+      to = start_proxy(proxy, dst.listen, c.fault);
+      ASSERT_FALSE(to.empty()) << proxy->output();
+    }
+    std::thread actor;
+    if (c.action != FailureCase::kNone) {
+      actor = std::thread([&] {
+        // Mid-round: some pages have gone out, far from all.
+        wait_status(api, [](const json& j) {
+          return j.contains("migration") && j["migration"]["bytes_sent"].get<std::uint64_t>() > 0 &&
+                 j["migration"]["phase"] == "precopy";
+        }, 120s);
+        if (c.action == FailureCase::kKillDestination)
+          dst.p.reset();  // SIGKILL
+        else
+          run_process({FERRY_BIN, "cancel", "--vm", api}, 60s);
+      });
+    }
+    auto r = migrate(api, to, c.migrate_args);
+    if (actor.joinable()) actor.join();
+    EXPECT_EQ(r.exit_code, 1) << r.describe();
+    auto rep = json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(rep.is_discarded()) << r.describe();
+    EXPECT_EQ(rep["phase"], c.action == FailureCase::kCancel ? "cancelled" : "failed") << rep.dump(2);
+    EXPECT_NE(rep["error"].get<std::string>().find(c.expect), std::string::npos) << rep["error"];
+    expect_source_alive_and_verifying(api, c.name);
+    // The destination runs nothing: it exited with an error (or was killed).
+    if (dst.p) {
+      auto end = dst.p->wait(120s);
+      EXPECT_EQ(end.exit_code, 1) << end.describe();
+    }
+  }
+  EXPECT_EQ(ctl({"quit", "--vm", api})["state"], "stopping");
+  EXPECT_EQ(src.wait(60s).exit_code, 0);
+}
+
+TEST(Migration, AnUnconfirmedCommitWaitsForResolveAndExactlyOneSideRuns) {
+  TempDir dir;
+  const std::string api = dir.path + "/src.sock";
+  BackgroundProcess src(source_argv(dir, api));
+  ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u) << src.output();
+
+  // 1. COMMIT is lost on the way: the destination holds the VM paused, the
+  // source does not know. Resolve asks, the destination drops its copy and
+  // the source resumes.
+  {
+    auto dst = start_receiver(dir, "held");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "cut-at-frame:COMMIT");
+    ASSERT_FALSE(to.empty());
+    auto r = migrate(api, to);
+    EXPECT_EQ(r.exit_code, 3) << r.describe();
+    EXPECT_EQ(json::parse(r.out)["phase"], "outcome-unknown");
+    auto s = status(api);
+    EXPECT_EQ(s["state"], "paused") << s.dump(2);
+    EXPECT_EQ(run_process({FERRY_BIN, "resume", "--vm", api}, 60s).exit_code, 1)
+        << "resume must be refused while the outcome is unknown";
+    EXPECT_EQ(status(api)["state"], "paused");
+    auto res = run_process({FERRY_BIN, "resolve", "--vm", api, "--json"}, 120s);
+    ASSERT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_EQ(json::parse(res.out)["resolved"], "resumed") << res.out;
+    auto end = dst.p->wait(120s);
+    EXPECT_EQ(end.exit_code, 1) << "the holding destination must drop its copy\n" << end.describe();
+    auto after = wait_status(api, [&](const json& j) { return verified(j) >= verified(s) + 100; }, 300s);
+    EXPECT_EQ(after["state"], "running");
+    EXPECT_GE(verified(after), verified(s) + 100);
+  }
+  // 2. CONFIRMED is lost: the destination runs the VM; the source stays
+  // paused until resolve learns that, then stops for good.
+  {
+    auto dst = start_receiver(dir, "dst");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "drop-from-dest-after:CONFIRMED");
+    ASSERT_FALSE(to.empty());
+    auto r = migrate(api, to);
+    EXPECT_EQ(r.exit_code, 3) << r.describe();
+    EXPECT_EQ(status(api)["state"], "paused");
+    auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+    EXPECT_EQ(d["state"], "running") << dst.p->output();
+    auto res = run_process({FERRY_BIN, "resolve", "--vm", api, "--json"}, 120s);
+    ASSERT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_EQ(json::parse(res.out)["resolved"], "migrated") << res.out;
+    auto src_end = src.wait(60s);
+    EXPECT_EQ(src_end.exit_code, 0) << src_end.describe();
+    auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
+    EXPECT_GE(verified(d2), verified(d) + 100);
+    EXPECT_EQ(d2["totals"]["failures"], 0);
+    ctl({"quit", "--vm", dst.api});
+    EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+  }
+}
+
+}  // namespace
+}  // namespace ferry::test

@@ -1,0 +1,274 @@
+// `ferry migrate` and `ferry resolve`: clients of a running VM's control
+// API (the migration itself runs inside the VM's process, which owns guest
+// memory). migrate starts it, draws progress until it ends, prints the
+// report; resolve settles a migration whose COMMIT was not confirmed.
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "control/api.hh"
+#include "ferry/commands.hh"
+#include "migration/destination.hh"
+#include "migration/status.hh"
+
+namespace ferry::cli {
+namespace {
+
+using nlohmann::json;
+
+// "100M", "1.5G", "800K" (bytes per second, powers of 1024), or plain bytes.
+Result<double> parse_rate(const std::string& s) {
+  if (s.empty()) return fail("empty rate");
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (...) {
+    return fail("'{}' is not a rate (e.g. 100M for 100 MiB/s)", s);
+  }
+  std::string unit = s.substr(used);
+  if (unit.ends_with("/s")) unit.resize(unit.size() - 2);
+  if (unit.ends_with("iB") || unit.ends_with("ib")) unit.resize(unit.size() - 2);
+  if (unit.ends_with("B")) unit.resize(unit.size() - 1);
+  double mult = 1;
+  if (unit == "K" || unit == "k") mult = 1024;
+  else if (unit == "M" || unit == "m") mult = 1024.0 * 1024;
+  else if (unit == "G" || unit == "g") mult = 1024.0 * 1024 * 1024;
+  else if (!unit.empty()) return fail("'{}': unknown unit '{}' (K, M or G per second)", s, unit);
+  if (v < 0) return fail("'{}': a rate cannot be negative", s);
+  return v * mult;
+}
+
+migration::Phase phase_of(const json& j) {
+  const auto p = j.value("phase", std::string());
+  for (auto ph : {migration::Phase::kConnecting, migration::Phase::kPrecheck, migration::Phase::kPrecopy,
+                  migration::Phase::kSwitchover, migration::Phase::kCommitting, migration::Phase::kMigrated,
+                  migration::Phase::kFailed, migration::Phase::kCancelled, migration::Phase::kOutcomeUnknown})
+    if (migration::phase_name(ph) == p) return ph;
+  return migration::Phase::kFailed;
+}
+
+// The JSON report back into the struct, for the text renderers.
+migration::MigrationStatus from_json(const json& j) {
+  migration::MigrationStatus s;
+  s.phase = phase_of(j);
+  s.error = j.value("error", "");
+  s.to = j.value("to", "");
+  s.streams = j.value("streams", 1u);
+  s.dirty_backend = j.value("dirty_backend", "");
+  s.memory_bytes = j.value("memory_bytes", std::uint64_t{0});
+  s.round = j.value("round", 0u);
+  s.remaining_pages = j.value("remaining_pages", std::uint64_t{0});
+  s.dirty_rate = j.value("dirty_rate_bytes_per_s", 0.0);
+  s.bandwidth = j.value("bandwidth_bytes_per_s", 0.0);
+  s.expected_downtime_ms = j.value("expected_downtime_ms", 0.0);
+  s.downtime_limit_ms = j.value("downtime_limit_ms", 0.0);
+  s.elapsed_ms = j.value("elapsed_ms", 0.0);
+  s.pages_sent = j.value("pages_sent", std::uint64_t{0});
+  s.zero_pages = j.value("zero_pages", std::uint64_t{0});
+  s.resent_pages = j.value("resent_pages", std::uint64_t{0});
+  s.unallocated_pages = j.value("unallocated_pages", std::uint64_t{0});
+  s.bytes_sent = j.value("bytes_sent", std::uint64_t{0});
+  s.downtime_ms = j["downtime_ms"].is_number() ? j["downtime_ms"].get<double>() : -1;
+  s.guest_downtime_ms = j["guest_downtime_ms"].is_number() ? j["guest_downtime_ms"].get<double>() : -1;
+  const auto& b = j["downtime_breakdown"];
+  s.final_pages_ms = b.value("final_pages_ms", 0.0);
+  s.final_pages = b.value("final_pages", std::uint64_t{0});
+  s.state_ms = b.value("state_ms", 0.0);
+  s.state_bytes = b.value("state_bytes", std::uint64_t{0});
+  s.dest_load_ms = b.value("destination_load_ms", 0.0);
+  s.commit_ms = b.value("commit_ms", 0.0);
+  s.verified = j.value("verified", false);
+  s.zero_copy = j.value("zero_copy", "");
+  s.zc_requests = j.value("zc_requests", std::uint64_t{0});
+  s.zc_copied = j.value("zc_copied", std::uint64_t{0});
+  for (const auto& r : j["rounds"]) {
+    migration::RoundFigures f;
+    f.round = r.value("round", 0u);
+    f.pages = r.value("pages", std::uint64_t{0});
+    f.zero_pages = r.value("zero_pages", std::uint64_t{0});
+    f.bytes = r.value("bytes", std::uint64_t{0});
+    f.ms = r.value("ms", 0.0);
+    f.dirty_after = r.value("dirty_after", std::uint64_t{0});
+    f.decision = r.value("decision", "");
+    f.reason = r.value("reason", "");
+    s.rounds.push_back(f);
+  }
+  return s;
+}
+
+int exit_code(migration::Phase p) {
+  return p == migration::Phase::kMigrated ? 0 : p == migration::Phase::kOutcomeUnknown ? 3 : 1;
+}
+
+struct MigrateCli {
+  std::string vm, to, max_bandwidth, on_timeout = "cancel";
+  double downtime_limit_ms = 300;
+  std::uint32_t streams = 1, timeout_s = 600;
+  bool verify = false, json = false, no_zero_copy = false;
+};
+
+int run_migrate(const MigrateCli& o) {
+  json req{{"cmd", "migrate"},
+           {"to", o.to},
+           {"downtime_limit_ms", o.downtime_limit_ms},
+           {"streams", o.streams},
+           {"timeout_s", o.timeout_s},
+           {"on_timeout", o.on_timeout},
+           {"verify", o.verify},
+           {"zero_copy", !o.no_zero_copy}};
+  if (!o.max_bandwidth.empty()) {
+    auto r = parse_rate(o.max_bandwidth);
+    if (!r) {
+      fmt::print(stderr, "ferry migrate: --max-bandwidth: {}\n", r.error());
+      return 2;
+    }
+    req["max_bandwidth_bytes_per_s"] = *r;
+  }
+  auto started = control::call(o.vm, req);
+  if (!started) {
+    fmt::print(stderr, "ferry migrate: {}\n", started.error());
+    return 1;
+  }
+  const bool tty = ::isatty(STDERR_FILENO) && !o.json;
+  std::uint32_t shown_rounds = 0;
+  for (;;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto st = control::call(o.vm, json{{"cmd", "migration"}});
+    if (!st) {
+      fmt::print(stderr, "\nferry migrate: lost the VM's control socket: {}\n", st.error());
+      return 1;
+    }
+    const auto s = from_json(*st);
+    if (!o.json) {
+      if (tty)
+        fmt::print(stderr, "\r{}\x1b[K", migration::progress_line(s));
+      else if (s.rounds.size() > shown_rounds)
+        fmt::print(stderr, "{}\n", migration::progress_line(s));
+      shown_rounds = static_cast<std::uint32_t>(s.rounds.size());
+    }
+    if (migration::phase_final(s.phase)) {
+      if (tty) fmt::print(stderr, "\n");
+      if (o.json)
+        fmt::print("{}\n", st->dump());
+      else
+        fmt::print("{}", migration::report_text(s));
+      if (s.phase == migration::Phase::kOutcomeUnknown)
+        fmt::print(stderr,
+                   "ferry migrate: COMMIT was sent but not confirmed. The VM is paused here with its full state.\n"
+                   "  Settle it with: ferry resolve --vm {}\n",
+                   o.vm);
+      return exit_code(s.phase);
+    }
+  }
+}
+
+struct ResolveCli {
+  std::string vm;
+  bool destination_gone = false, json = false;
+};
+
+// Asks the destination, then tells the source: exactly one side runs.
+int run_resolve(const ResolveCli& o) {
+  auto st = control::call(o.vm, json{{"cmd", "migration"}});
+  if (!st) {
+    fmt::print(stderr, "ferry resolve: {}\n", st.error());
+    return 1;
+  }
+  if (phase_of(*st) != migration::Phase::kOutcomeUnknown) {
+    fmt::print(stderr, "ferry resolve: nothing to resolve: the migration is {}\n", st->value("phase", "?"));
+    return 1;
+  }
+  const std::string to = st->value("to", "");
+  const std::uint64_t session = std::stoull(st->value("session", "0"), nullptr, 16);
+  auto q = migration::query_destination(to, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
+  bool migrated = false;
+  std::string why;
+  if (q) {
+    migrated = q->outcome == migration::SessionOutcome::kRunning;
+    why = fmt::format("the destination {} says: {}", to, migration::session_outcome_name(q->outcome));
+  } else if (o.destination_gone) {
+    why = fmt::format("the destination {} is unreachable ({}) and --destination-gone says it is gone", to,
+                      q.error().what());
+  } else {
+    fmt::print(stderr,
+               "ferry resolve: cannot ask the destination {}: {}\n"
+               "  Nothing was changed: the VM stays paused here. If you are sure the destination process is gone\n"
+               "  (it cannot be running the VM), run again with --destination-gone to resume it here.\n",
+               to, q.error());
+    return 1;
+  }
+  auto r = control::call(o.vm, json{{"cmd", "resolve"}, {"migrated", migrated}});
+  if (!r) {
+    fmt::print(stderr, "ferry resolve: {}: telling the source failed: {}\n", why, r.error());
+    return 1;
+  }
+  if (o.json)
+    fmt::print("{}\n", json{{"resolved", migrated ? "migrated" : "resumed"}, {"why", why}}.dump());
+  else
+    fmt::print("{}: {}\n", why,
+               migrated ? "the VM runs there; the source VM is stopped" : "the VM was resumed on the source");
+  return 0;
+}
+
+}  // namespace
+
+void add_migrate(CLI::App& app, Globals& g) {
+  auto o = std::make_shared<MigrateCli>();
+  auto* cmd = app.add_subcommand("migrate", "Live-migrate a running VM to a `ferry receive` on another host.");
+  cmd->footer(
+      "Pre-copies memory in rounds while the guest runs (KVM dirty tracking says what changed), then pauses it,\n"
+      "sends the last pages and the CPU/device state, and commits: the destination runs the VM only after\n"
+      "COMMIT, and before READY any failure resumes it here. Shows live progress, ends with a report.\n"
+      "Cancel with `ferry cancel --vm SOCKET`. Exit status: 0 migrated, 1 failed or cancelled (the VM runs\n"
+      "here), 3 outcome unknown (COMMIT unconfirmed: the VM is paused here; run `ferry resolve`).");
+  cmd->add_option("--vm", o->vm, "the VM's control socket")->required();
+  cmd->add_option("--to", o->to, "the destination's ADDR:PORT (`ferry receive --listen`)")->required();
+  cmd->add_option("--downtime-limit", o->downtime_limit_ms, "switch over once the expected downtime fits (ms)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-bandwidth", o->max_bandwidth, "cap for all streams together, e.g. 100M (bytes/s)");
+  cmd->add_option("--streams", o->streams, "parallel TCP streams (1..16), each with its own io_uring and thread")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  cmd->add_option("--timeout", o->timeout_s, "seconds before the timeout action")->capture_default_str();
+  cmd->add_option("--on-timeout", o->on_timeout, "cancel (keep running here) or switchover (force it)")
+      ->check(CLI::IsMember({"cancel", "switchover"}))
+      ->capture_default_str();
+  cmd->add_flag("--verify", o->verify, "compare whole-memory digests of both sides before the destination resumes");
+  cmd->add_flag("--no-zero-copy", o->no_zero_copy, "plain sends only (zero-copy is used where the kernel really avoids the copy)");
+  cmd->add_flag("--json", o->json, "print the final report as JSON (no progress display)");
+  cmd->callback([o, &g] { g.rc = run_migrate(*o); });
+
+  auto c = std::make_shared<std::string>();
+  auto* cancel = app.add_subcommand("cancel", "Cancel a running migration; the VM keeps running on the source.");
+  cancel->add_option("--vm", *c, "the VM's control socket")->required();
+  cancel->callback([c, &g] {
+    auto r = control::call(*c, json{{"cmd", "cancel"}});
+    if (!r) {
+      fmt::print(stderr, "ferry cancel: {}\n", r.error());
+      g.rc = 1;
+      return;
+    }
+    fmt::print("migration cancelling\n");
+  });
+
+  auto r = std::make_shared<ResolveCli>();
+  auto* res = app.add_subcommand("resolve", "Settle a migration whose COMMIT was not confirmed (outcome unknown).");
+  res->footer(
+      "Asks the destination what became of the session. If it runs the VM, the source VM is stopped. If it\n"
+      "holds it paused (READY sent, COMMIT never arrived), it is told to drop it and the source resumes. If it\n"
+      "knows nothing of it, the source resumes. Never both, never neither: if the destination cannot be\n"
+      "reached nothing changes, unless --destination-gone says it is gone for good.");
+  res->add_option("--vm", r->vm, "the source VM's control socket")->required();
+  res->add_flag("--destination-gone", r->destination_gone,
+                "the destination process is known to be dead: resume here if it cannot be reached");
+  res->add_flag("--json", r->json, "print the decision as JSON");
+  res->callback([r, &g] { g.rc = run_resolve(*r); });
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,79 @@
+#pragma once
+// The destination side: `ferry receive` waits for one incoming migration
+// on its listening socket, checks it can run the VM, builds it, receives
+// pages straight into guest memory on every stream, loads the state,
+// answers READY, and runs the VM only on COMMIT.
+//
+// If the source disappears after READY and before COMMIT, the VM is held
+// paused (it may or may not be running on the source: only an operator can
+// tell) and the listening socket answers resolvers (`ferry resolve`): a
+// QUERY is told "holding", an ABORT discards the VM here.
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "base/error.hh"
+#include "kvm/machine.hh"
+#include "migration/payloads.hh"
+
+namespace ferry::migration {
+
+struct ReceiveOptions {
+  kvm::HugePages huge_pages = kvm::HugePages::kOff;
+  // During a session: no byte from the source for this long means it is gone.
+  std::chrono::milliseconds idle_timeout{60000};
+  std::chrono::milliseconds stream_accept_timeout{10000};
+  // Progress lines for the terminal ("receiving round 3: ...").
+  std::function<void(const std::string&)> progress;
+};
+
+struct ReceivedFigures {
+  std::uint64_t session = 0;
+  std::string source_host;
+  std::uint32_t streams = 0;
+  std::uint32_t rounds = 0;
+  std::uint64_t pages = 0, zero_pages = 0, zeroed_pages = 0, bytes = 0;
+  std::uint64_t torn_pages = 0;  // copies that failed their checksum (modified in flight), all resent
+  double receive_ms = 0, load_ms = 0;
+  double guest_downtime_ms = -1;  // first heartbeat here minus last on the source
+  bool verified = false;
+};
+
+struct Received {
+  std::unique_ptr<kvm::Machine> machine;  // running
+  ReceivedFigures figures;
+};
+
+// Blocks until a migration has been received and committed (the VM runs),
+// or fails: refused by the prechecks, aborted by the source, a bad stream,
+// discarded by a resolver. A failure before READY leaves nothing behind.
+Result<Received> receive_vm(int listen_fd, const ReceiveOptions& options, kvm::Serial::Sink console,
+                            kvm::Machine::Notify stopped);
+
+// After a successful receive: answers resolvers on the listening socket
+// ("running" for our session, "unknown" for any other) and refuses new
+// migrations, until destroyed.
+class ResolveResponder {
+ public:
+  ResolveResponder(int listen_fd, std::uint64_t session);
+  ~ResolveResponder();
+  ResolveResponder(const ResolveResponder&) = delete;
+  ResolveResponder& operator=(const ResolveResponder&) = delete;
+
+ private:
+  int fd_;
+  std::uint64_t session_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// The resolver's side (`ferry resolve`): asks the destination at `to` what
+// became of `session`; with discard_if_holding, a destination holding the
+// VM paused drops it (and answers kDiscarded).
+Result<QueryResult> query_destination(const std::string& to, std::uint64_t session, bool discard_if_holding,
+                                      std::chrono::milliseconds timeout);
+
+}  // namespace ferry::migration

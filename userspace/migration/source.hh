@@ -1,0 +1,66 @@
+#pragma once
+// The source side of a live migration, run inside the VM's own `ferry`
+// process (it owns guest memory): handshake and prechecks, iterative
+// pre-copy over N io_uring streams with the switchover policy deciding
+// after each round, then switchover and the commit protocol.
+//
+// The commit rule (docs/protocol.md): until READY, any failure (connection
+// loss, destination crash or ABORT, cancel, timeout) stops dirty tracking
+// and throttling and resumes the VM if it was paused, as if nothing had
+// happened. Once COMMIT is sent the VM never resumes by itself: without
+// CONFIRMED it stays paused in kOutcomeUnknown until resolve().
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "base/error.hh"
+#include "kvm/machine.hh"
+#include "migration/policy.hh"
+#include "migration/status.hh"
+#include "transport/stream.hh"
+
+namespace ferry::migration {
+
+struct MigrateOptions {
+  transport::Endpoint to;
+  Millis downtime_limit{300};
+  double max_bandwidth = 0;  // bytes/s; 0: no cap
+  std::uint32_t streams = 1;
+  std::chrono::seconds timeout{600};
+  TimeoutAction on_timeout = TimeoutAction::kCancel;
+  bool verify = false;
+  transport::ZeroCopy zero_copy = transport::ZeroCopy::kAuto;
+  std::chrono::milliseconds connect_timeout{10000};
+  // No byte from the destination for this long while waiting for it: gone.
+  std::chrono::milliseconds reply_timeout{60000};
+  std::chrono::milliseconds confirm_timeout{10000};
+};
+
+class SourceMigration {
+ public:
+  // Starts the migration thread. `on_end` runs on it when the migration
+  // reaches a final phase (migrated, failed, cancelled, outcome unknown).
+  static std::unique_ptr<SourceMigration> start(kvm::Machine& machine, MigrateOptions options,
+                                                std::function<void(Phase)> on_end);
+  ~SourceMigration();  // cancels if still running, joins
+
+  MigrationStatus status() const;
+  Phase phase() const;
+  // Asks to stop before READY; after COMMIT it has no effect (the rule).
+  void cancel(std::string why = "cancelled by request");
+  // For kOutcomeUnknown only, after the operator asked the destination
+  // (`ferry resolve`): migrated=true stops the source VM for good,
+  // false resumes it.
+  Status resolve(bool migrated);
+
+  struct Impl;
+
+ private:
+  explicit SourceMigration(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::migration

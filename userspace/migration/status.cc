@@ -1,0 +1,112 @@
+#include "migration/status.hh"
+
+#include <fmt/format.h>
+
+namespace ferry::migration {
+namespace {
+
+double mib(double bytes) { return bytes / 1048576.0; }
+
+std::string ms_or_unknown(double ms) { return ms < 0 ? std::string("unknown") : fmt::format("{:.1f} ms", ms); }
+
+}  // namespace
+
+nlohmann::json to_json(const MigrationStatus& s) {
+  nlohmann::json rounds = nlohmann::json::array();
+  for (const auto& r : s.rounds)
+    rounds.push_back({{"round", r.round},
+                      {"pages", r.pages},
+                      {"zero_pages", r.zero_pages},
+                      {"bytes", r.bytes},
+                      {"ms", r.ms},
+                      {"dirty_after", r.dirty_after},
+                      {"dirty_rate_bytes_per_s", r.dirty_rate},
+                      {"bandwidth_bytes_per_s", r.bandwidth},
+                      {"expected_downtime_ms", r.expected_downtime_ms},
+                      {"decision", r.decision},
+                      {"reason", r.reason},
+                      {"throttle", r.throttle}});
+  auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  return {{"phase", phase_name(s.phase)},
+          {"error", s.error},
+          {"to", s.to},
+          {"session", fmt::format("{:#018x}", s.session)},
+          {"streams", s.streams},
+          {"dirty_backend", s.dirty_backend},
+          {"memory_bytes", s.memory_bytes},
+          {"round", s.round},
+          {"remaining_pages", s.remaining_pages},
+          {"dirty_rate_bytes_per_s", s.dirty_rate},
+          {"bandwidth_bytes_per_s", s.bandwidth},
+          {"max_bandwidth_bytes_per_s", s.max_bandwidth},
+          {"expected_downtime_ms", s.expected_downtime_ms},
+          {"downtime_limit_ms", s.downtime_limit_ms},
+          {"elapsed_ms", s.elapsed_ms},
+          {"rounds", rounds},
+          {"pages_sent", s.pages_sent},
+          {"zero_pages", s.zero_pages},
+          {"resent_pages", s.resent_pages},
+          {"unallocated_pages", s.unallocated_pages},
+          {"bytes_sent", s.bytes_sent},
+          {"downtime_ms", opt(s.downtime_ms)},
+          {"downtime_breakdown",
+           {{"final_pages_ms", s.final_pages_ms},
+            {"final_pages", s.final_pages},
+            {"state_ms", s.state_ms},
+            {"state_bytes", s.state_bytes},
+            {"destination_load_ms", s.dest_load_ms},
+            {"commit_ms", s.commit_ms}}},
+          {"guest_downtime_ms", opt(s.guest_downtime_ms)},
+          {"verified", s.verified},
+          {"zero_copy", s.zero_copy},
+          {"zc_requests", s.zc_requests},
+          {"zc_copied", s.zc_copied},
+          {"throttle", s.throttle},
+          {"throttled_ms", s.throttled_ms}};
+}
+
+std::string progress_line(const MigrationStatus& s) {
+  const double total = static_cast<double>(s.memory_bytes);
+  const double left = static_cast<double>(s.remaining_pages) * 4096;
+  const double done = total > 0 ? std::clamp(1.0 - left / total, 0.0, 1.0) : 0;
+  const int width = 24;
+  const int fill = static_cast<int>(done * width);
+  return fmt::format("[{}{}] {:<10} round {:>2}  remaining {:>8.1f} MiB  dirty {:>7.1f} MiB/s  bw {:>7.1f} MiB/s  "
+                     "expected downtime {}  {:.1f} s",
+                     std::string(fill, '#'), std::string(width - fill, '.'), phase_name(s.phase), s.round, mib(left),
+                     mib(s.dirty_rate), mib(s.bandwidth),
+                     s.expected_downtime_ms > 0 ? fmt::format("{:.0f} ms", s.expected_downtime_ms) : std::string("-"),
+                     s.elapsed_ms / 1000);
+}
+
+std::string report_text(const MigrationStatus& s) {
+  std::string out;
+  auto line = [&]<class... A>(fmt::format_string<A...> f, A&&... args) {
+    out += fmt::format(f, std::forward<A>(args)...) + "\n";
+  };
+  line("migration to {}: {}{}", s.to, phase_name(s.phase), s.error.empty() ? "" : " (" + s.error + ")");
+  line("  total time      {:.1f} ms, {} round(s), {} stream(s), dirty tracking: {}", s.elapsed_ms, s.rounds.size(),
+       s.streams, s.dirty_backend.empty() ? "-" : s.dirty_backend);
+  line("  sent            {:.1f} MiB: {} pages with data, {} zero-page markers, {} re-sent; {} never-touched pages "
+       "skipped",
+       mib(static_cast<double>(s.bytes_sent)), s.pages_sent, s.zero_pages, s.resent_pages, s.unallocated_pages);
+  if (s.downtime_ms >= 0 || s.phase == Phase::kMigrated || s.phase == Phase::kOutcomeUnknown) {
+    line("  downtime        {} (vCPUs paused here until they ran there; limit {:.0f} ms)", ms_or_unknown(s.downtime_ms),
+         s.downtime_limit_ms);
+    line("    final pages   {:.1f} ms ({} pages)", s.final_pages_ms, s.final_pages);
+    line("    state         {:.1f} ms ({} bytes)", s.state_ms, s.state_bytes);
+    line("    dest. load    {:.1f} ms", s.dest_load_ms);
+    line("    commit        {:.1f} ms (COMMIT to CONFIRMED)", s.commit_ms);
+    line("  guest saw       {} without a heartbeat", ms_or_unknown(s.guest_downtime_ms));
+  }
+  for (const auto& r : s.rounds)
+    line("  round {:>2}  {:>7} pages {:>7} zero  {:>8.1f} MiB in {:>8.1f} ms  dirty after {:>7}  {}{}", r.round, r.pages,
+         r.zero_pages, mib(static_cast<double>(r.bytes)), r.ms, r.dirty_after, r.decision,
+         r.reason.empty() ? "" : ": " + r.reason);
+  line("  zero-copy       {} ({} requests, {} copied by the kernel)", s.zero_copy.empty() ? "-" : s.zero_copy,
+       s.zc_requests, s.zc_copied);
+  if (s.verified) line("  verified        memory digests matched on both sides");
+  return out;
+}
+
+}  // namespace ferry::migration

@@ -1,0 +1,80 @@
+#pragma once
+// What a migration reports: live progress while it runs and the final
+// report, one structure for both (the CLI renders it as a progress line,
+// a text report, or JSON).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ferry::migration {
+
+enum class Phase {
+  kConnecting,
+  kPrecheck,
+  kPrecopy,
+  kSwitchover,  // vCPUs paused: final pages, state, READY
+  kCommitting,  // COMMIT sent: the source never resumes by itself from here
+  kMigrated,    // the destination confirmed: the source VM is stopped
+  kFailed,      // before READY: the VM runs on the source as before
+  kCancelled,   // likewise, by request or by the timeout action
+  kOutcomeUnknown,  // COMMIT sent, no confirmation: paused, see `ferry resolve`
+};
+std::string_view phase_name(Phase p);
+bool phase_final(Phase p);
+
+struct RoundFigures {
+  std::uint32_t round = 0;
+  std::uint64_t pages = 0;       // sent with data
+  std::uint64_t zero_pages = 0;  // sent as markers
+  std::uint64_t bytes = 0;       // on the wire
+  double ms = 0;
+  std::uint64_t dirty_after = 0;  // pages dirty when the round ended
+  double dirty_rate = 0;          // bytes/s, smoothed (policy)
+  double bandwidth = 0;           // bytes/s, smoothed (policy)
+  double expected_downtime_ms = 0;
+  std::string decision;  // continue | switchover | cancel
+  std::string reason;
+  std::vector<double> throttle;  // per vCPU after the decision
+};
+
+struct MigrationStatus {
+  Phase phase = Phase::kConnecting;
+  std::string error;  // why it failed / was cancelled / is unknown
+  std::string to;
+  std::uint64_t session = 0;
+  std::uint32_t streams = 1;
+  std::string dirty_backend;
+  std::uint64_t memory_bytes = 0;
+  std::uint32_t round = 0;         // current or last
+  std::uint64_t remaining_pages = 0;  // dirty, not yet sent
+  double dirty_rate = 0, bandwidth = 0, expected_downtime_ms = 0;
+  double max_bandwidth = 0;  // the cap, 0: none
+  double downtime_limit_ms = 0;
+  double elapsed_ms = 0;
+  std::vector<RoundFigures> rounds;
+  // Totals.
+  std::uint64_t pages_sent = 0, zero_pages = 0, resent_pages = 0, unallocated_pages = 0, bytes_sent = 0;
+  // Switchover, when it happened. Downtime runs from the pause on the
+  // source to the resume on the destination (wall clocks: exact on one
+  // host, as good as clock sync across hosts).
+  double downtime_ms = -1;
+  double final_pages_ms = 0, state_ms = 0, dest_load_ms = 0, commit_ms = 0;
+  std::uint64_t final_pages = 0, state_bytes = 0;
+  double guest_downtime_ms = -1;  // heartbeat gap the built-in guest saw; -1: unknown
+  bool verified = false;          // --verify digests matched
+  // Transport.
+  std::string zero_copy;  // "active" or why not
+  std::uint64_t zc_requests = 0, zc_copied = 0;
+  std::vector<double> throttle;  // per vCPU, last applied
+  std::vector<double> throttled_ms;
+};
+
+nlohmann::json to_json(const MigrationStatus& s);
+// The final report for people.
+std::string report_text(const MigrationStatus& s);
+// One line of live progress.
+std::string progress_line(const MigrationStatus& s);
+
+}  // namespace ferry::migration
