@@ -216,12 +216,13 @@ Status Machine::harvest_dirty(DirtyLog& out) {
 std::vector<std::uint64_t> Machine::dirtied_per_vcpu() const { return tracker_->dirtied_per_vcpu(); }
 
 void Machine::set_throttle(const std::vector<double>& shares) {
+  if (!runner_) return;
   for (std::size_t i = 0; i < shares.size() && i < runner_->size(); ++i) runner_->set_throttle(i, shares[i]);
 }
 
 std::vector<std::chrono::nanoseconds> Machine::throttled_time() const {
   std::vector<std::chrono::nanoseconds> out;
-  for (std::size_t i = 0; i < runner_->size(); ++i) out.push_back(runner_->throttled(i));
+  for (std::size_t i = 0; runner_ && i < runner_->size(); ++i) out.push_back(runner_->throttled(i));
   return out;
 }
 
@@ -478,6 +479,7 @@ Status Machine::pause() {
   {
     std::lock_guard lock(mu_);
     if (stopped_) return fail("the VM is stopped ({})", stop_reason_);
+    if (!runner_) return fail("the VM has not started");
   }
   if (auto ok = runner_->pause(); !ok) return ok;
   std::lock_guard lock(mu_);
@@ -488,6 +490,7 @@ Status Machine::pause() {
 Status Machine::resume() {
   std::lock_guard lock(mu_);
   if (stopped_) return fail("the VM is stopped ({})", stop_reason_);
+  if (!runner_) return fail("the VM has not started");
   runner_->resume();
   paused_ = false;
   return {};
@@ -590,7 +593,7 @@ MachineStatus Machine::status() const {
     std::memcpy(&s.params, regions_.front()->host_at(FG_PARAMS_GPA), sizeof s.params);
     s.monitor = monitor_->figures();
   }
-  for (std::size_t i = 0; i < vcpus_.size(); ++i)
+  for (std::size_t i = 0; i < vcpus_.size() && runner_; ++i)
     s.per_vcpu.push_back({runner_->exits(i), monitor_ ? read_test_guest_status(*regions_.front(), static_cast<std::uint32_t>(i))
                                                       : fg_status{}});
   return s;
@@ -605,6 +608,7 @@ Status Machine::stop(std::string reason) {
     }
   }
   Status first;
+  if (!runner_) return first;  // an incoming VM whose state never loaded: no vCPU ever ran
   for (auto& st : runner_->stop_and_join())
     if (!st && first) first = std::unexpected(st.error());
   return first;

@@ -168,7 +168,7 @@ int run_migrate(const MigrateCli& o) {
 }
 
 struct ResolveCli {
-  std::string vm;
+  std::string vm, to;
   bool destination_gone = false, json = false;
 };
 
@@ -183,7 +183,9 @@ int run_resolve(const ResolveCli& o) {
     fmt::print(stderr, "ferry resolve: nothing to resolve: the migration is {}\n", st->value("phase", "?"));
     return 1;
   }
-  const std::string to = st->value("to", "");
+  // The address the migration used, unless the destination is reached
+  // another way (the migration went through a relay or NAT).
+  const std::string to = o.to.empty() ? st->value("to", "") : o.to;
   const std::uint64_t session = std::stoull(st->value("session", "0"), nullptr, 16);
   auto q = migration::query_destination(to, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
   bool migrated = false;
@@ -265,6 +267,7 @@ void add_migrate(CLI::App& app, Globals& g) {
       "knows nothing of it, the source resumes. Never both, never neither: if the destination cannot be\n"
       "reached nothing changes, unless --destination-gone says it is gone for good.");
   res->add_option("--vm", r->vm, "the source VM's control socket")->required();
+  res->add_option("--to", r->to, "ask the destination at ADDR:PORT (default: where the migration went)");
   res->add_flag("--destination-gone", r->destination_gone,
                 "the destination process is known to be dead: resume here if it cannot be reached");
   res->add_flag("--json", r->json, "print the decision as JSON");

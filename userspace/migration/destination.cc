@@ -105,7 +105,8 @@ struct Opened {
   UniqueFd fd;
   Hello hello;
 };
-Result<Opened> open_connection(UniqueFd fd, std::chrono::milliseconds timeout) {
+// On failure `fd` stays with the caller, to answer with ABORT.
+Result<Opened> open_connection(UniqueFd& fd, std::chrono::milliseconds timeout) {
   auto r = transport::Receiver::create(fd.get(), "incoming");
   if (!r) return std::unexpected(r.error());
   auto src = std::make_unique<FrameSource>(std::move(*r), timeout);
@@ -174,10 +175,13 @@ Status Session::accept_control() {
   for (;;) {
     auto fd = transport::accept_tcp(listen_fd_, std::chrono::milliseconds(0));
     if (!fd) return std::unexpected(fd.error());
-    auto c = open_connection(std::move(*fd), o_.idle_timeout);
+    auto c = open_connection(*fd, o_.idle_timeout);
     if (!c) {
-      spdlog::warn("receive: ignoring a connection: {}", c.error());
-      continue;
+      // A peer speaking another version (or garbage) learns why, and this
+      // receiver ends: it was waiting for exactly one migration.
+      if (auto rep = Replier::make(std::move(*fd), "incoming"))
+        (void)rep->send(FrameType::kAbort, Abort{c.error().what().substr(0, kMaxReason)});
+      return std::unexpected(std::move(c.error()).context("refused an incoming migration"));
     }
     if (c->hello.purpose == HelloPurpose::kResolve) {
       // Nothing received yet: whatever they ask about is not here.
@@ -251,7 +255,7 @@ Status Session::accept_streams() {
   for (std::size_t got = 1; got < streams_.size();) {
     auto fd = transport::accept_tcp(listen_fd_, o_.stream_accept_timeout);
     if (!fd) return std::unexpected(std::move(fd.error()).context("waiting for the data streams"));
-    auto c = open_connection(std::move(*fd), o_.idle_timeout);
+    auto c = open_connection(*fd, o_.idle_timeout);
     if (!c) return std::unexpected(std::move(c.error()).context("data stream"));
     if (c->hello.purpose != HelloPurpose::kMigrate || c->hello.session != hello_.session ||
         c->hello.stream_count != hello_.stream_count || c->hello.stream_index == 0 ||
@@ -467,7 +471,7 @@ Result<Received> Session::hold() {
   for (;;) {
     auto fd = transport::accept_tcp(listen_fd_, std::chrono::milliseconds(0));
     if (!fd) return std::unexpected(fd.error());
-    auto c = open_connection(std::move(*fd), std::chrono::seconds(30));
+    auto c = open_connection(*fd, std::chrono::seconds(30));
     if (!c || c->hello.purpose != HelloPurpose::kResolve) continue;
     auto rep = Replier::make(std::move(c->fd), "resolver");
     if (!rep) continue;
@@ -535,7 +539,7 @@ ResolveResponder::ResolveResponder(int listen_fd, std::uint64_t session) : fd_(l
     while (!stop_.load()) {
       auto fd = transport::accept_tcp(fd_, std::chrono::milliseconds(200));
       if (!fd) continue;
-      auto c = open_connection(std::move(*fd), std::chrono::seconds(10));
+      auto c = open_connection(*fd, std::chrono::seconds(10));
       if (!c) continue;
       auto rep = Replier::make(std::move(c->fd), "resolver");
       if (!rep) continue;
