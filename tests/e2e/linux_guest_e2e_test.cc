@@ -200,5 +200,52 @@ TEST_F(LinuxGuest, SnapshotAndRestoreInANewProcessKeepsTheGuestRunning) {
   EXPECT_EQ(end.exit_code, 0) << end.describe();
 }
 
+// Live migration of a running Linux guest between two processes: the
+// workload keeps its heartbeat sequence and its verification keeps passing
+// on the destination, and the console answers there.
+TEST_F(LinuxGuest, LiveMigrationKeepsTheWorkloadRunning) {
+  const std::string api = dir_ + "/msrc.sock", log = dir_ + "/msrc.log";
+  const std::string api2 = dir_ + "/mdst.sock", log2 = dir_ + "/mdst.log";
+  BackgroundProcess src(run_args(2, api, log));
+  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return heartbeats(s).size() >= 5; }, 300s))
+      << "the workload did not run\n--- console ---\n" << slurp(log) << "\n" << src.output();
+  BackgroundProcess dst({FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", api2, "--serial-log", log2,
+                         "--json"});
+  std::string listen;
+  for (int i = 0; i < 600 && listen.empty(); ++i) {
+    std::istringstream in(dst.output());
+    for (std::string line; std::getline(in, line);)
+      if (auto j = json::parse(line, nullptr, false); !j.is_discarded() && j.value("event", "") == "listening")
+        listen = j["listen"];
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_FALSE(listen.empty()) << dst.output();
+  auto r = run_process({FERRY_BIN, "migrate", "--vm", api, "--to", listen, "--json", "--verify"}, 900s);
+  ASSERT_EQ(r.exit_code, 0) << r.describe() << "\n" << src.output() << "\n" << dst.output();
+  auto rep = json::parse(r.out);
+  EXPECT_EQ(rep["phase"], "migrated");
+  EXPECT_TRUE(rep["verified"].get<bool>());
+  EXPECT_GT(rep["downtime_ms"].get<double>(), 0);
+  std::printf("[ figures  ] Linux guest migrated: %zu rounds, %.1f MiB sent, downtime %.1f ms, total %.0f ms\n",
+              rep["rounds"].size(), rep["bytes_sent"].get<double>() / 1048576, rep["downtime_ms"].get<double>(),
+              rep["elapsed_ms"].get<double>());
+  EXPECT_EQ(src.wait(60s).exit_code, 0);
+  const auto before = heartbeats(slurp(log));
+  ASSERT_FALSE(before.empty());
+  const Heartbeat last = before.back();
+  ASSERT_TRUE(wait_console(log2, [&](const std::string& s) { return heartbeats(s).size() >= 5; }, 300s))
+      << "no heartbeats after the migration\n--- console ---\n" << slurp(log2) << "\n" << dst.output();
+  const auto after = heartbeats(slurp(log2));
+  EXPECT_GT(after.front().hb, last.hb);
+  EXPECT_LE(after.front().hb, last.hb + 2) << "heartbeats skipped: the guest lost time or restarted";
+  EXPECT_GT(after.back().verified, last.verified) << "the workload stopped verifying";
+  for (const auto& h : after) EXPECT_EQ(h.failures, 0u) << slurp(log2);
+  ASSERT_TRUE(type(api2, "echo migrated-and-answering"));
+  EXPECT_TRUE(wait_console(log2, [&](const std::string& s) { return has_line(s, "migrated-and-answering"); }, 60s))
+      << slurp(log2);
+  ASSERT_EQ(run_process({FERRY_BIN, "quit", "--vm", api2}, 60s).exit_code, 0);
+  EXPECT_EQ(dst.wait(60s).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace ferry::test
