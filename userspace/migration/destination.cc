@@ -502,7 +502,9 @@ Result<Received> Session::run(kvm::Serial::Sink console, kvm::Machine::Notify st
   for (std::size_t i = 0; i < streams_.size(); ++i) streams_[i].thread = std::thread([this, i] { stream_main(i); });
   std::optional<VerifyDigest> digest;
   for (;;) {
-    auto f = next_control(o_.idle_timeout);
+    // Pre-copy can take as long as the source needs: what times out is a
+    // stream with no data for idle_timeout (its reader fails the session).
+    auto f = next_control(std::chrono::hours(24 * 365));
     if (!f) return abort_with(f.error());
     if (f->type == FrameType::kAbort) {
       auto a = decode_abort(f->payload);

@@ -471,6 +471,7 @@ Status SourceMigration::Impl::migrate() {
     fig->decision = std::string(action_name(d.action));
     fig->reason = d.reason;
     fig->throttle = throttle;
+    fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
     spdlog::info("migration: round {}: {} pages + {} zero in {:.1f} ms; {} dirty; {}: {}", round, fig->pages,
                  fig->zero_pages, fig->ms, sample.dirty_pages, fig->decision, d.reason);
     update([&](MigrationStatus& s) {

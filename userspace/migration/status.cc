@@ -25,7 +25,8 @@ nlohmann::json to_json(const MigrationStatus& s) {
                       {"expected_downtime_ms", r.expected_downtime_ms},
                       {"decision", r.decision},
                       {"reason", r.reason},
-                      {"throttle", r.throttle}});
+                      {"throttle", r.throttle},
+                      {"dirtied_per_vcpu", r.dirtied_per_vcpu}});
   auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"phase", phase_name(s.phase)},
           {"error", s.error},

@@ -37,6 +37,10 @@ struct RoundFigures {
   std::string decision;  // continue | switchover | cancel
   std::string reason;
   std::vector<double> throttle;  // per vCPU after the decision
+  // Pages each vCPU dirtied during the round (dirty ring), or one figure for
+  // the whole VM (bitmap): the policy's input, so reports can be replayed
+  // as policy traces (tests/data/policy).
+  std::vector<std::uint64_t> dirtied_per_vcpu;
 };
 
 struct MigrationStatus {

@@ -103,7 +103,11 @@ class Sender {
   // with the stream's name ("stream 1: send: Connection reset by peer").
   Status send(std::vector<std::byte> head, std::vector<iovec> borrowed = {});
   // Waits until everything queued has been sent and every zero-copy
-  // notification has arrived. Returns the stream's error, if any.
+  // notification has arrived. Returns the stream's error, if any; once the
+  // stream has failed it returns as soon as no request is in flight, since
+  // notifications for data the peer never took may not come until the
+  // destructor resets the connection (the kernel holds its own references
+  // to those pages, so unmapping them is still safe).
   Status flush();
   // Fails the stream now ("aborted: <why>") and shuts the socket down in
   // both directions, waking a peer and any local reader. Pending and later
