@@ -13,7 +13,8 @@ struct FeatureReg {
 
 // The leaves that hold feature flags (Intel SDM vol. 2A, AMD APM vol. 3).
 constexpr FeatureReg kFeatureRegs[] = {
-    {1, 0, 2, 1u << 27},         // ECX; OSXSAVE mirrors CR4.OSXSAVE
+    {1, 0, 2, (1u << 27) | (1u << 31)},  // ECX; OSXSAVE mirrors CR4.OSXSAVE; bit 31 is the
+                                         // hypervisor bit the VMM sets, not a KVM capability
     {1, 0, 3, 0},                // EDX
     {7, 0, 1, 0},                // EBX
     {7, 0, 2, 1u << 4},          // ECX; OSPKE mirrors CR4.PKE

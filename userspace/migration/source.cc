@@ -585,7 +585,16 @@ void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
 
 void SourceMigration::Impl::run() {
   auto ok = migrate();
-  if (!ok) roll_back(ok.error(), cancelled.load());
+  if (!ok) {
+    // A cancel may surface as whatever it broke (a cut connection): report
+    // the cancel, which is what happened.
+    Error why = ok.error();
+    if (cancelled.load()) {
+      std::lock_guard lock(mu);
+      why = Error(cancel_reason);
+    }
+    roll_back(why, cancelled.load());
+  }
   collect_transport_figures();
   const auto throttled = m.throttled_time();
   update([&](MigrationStatus& s) {
