@@ -80,6 +80,7 @@ migration::MigrationStatus from_json(const json& j) {
   s.final_pages = b.value("final_pages", std::uint64_t{0});
   s.state_ms = b.value("state_ms", 0.0);
   s.state_bytes = b.value("state_bytes", std::uint64_t{0});
+  s.ready_ms = b.value("ready_ms", 0.0);
   s.dest_load_ms = b.value("destination_load_ms", 0.0);
   s.commit_ms = b.value("commit_ms", 0.0);
   s.verified = j.value("verified", false);

@@ -515,11 +515,13 @@ Status SourceMigration::Impl::migrate() {
   if (auto ok = framers[0]->send(FrameType::kState, State{std::move(*image), final_round, last_beat}); !ok) return ok;
   if (auto ok = senders[0]->flush(); !ok) return ok;
   const double state_ms = ms_since(t_state);
+  const auto t_ready = Clock::now();
   auto ready = wait_reply(FrameType::kReady, o.reply_timeout);
   if (!ready) return std::unexpected(ready.error());
   auto rd = decode_ready(ready->payload);
   if (!rd) return std::unexpected(rd.error());
   if (rd->token != st.session) return fail("READY for session {:#x}, not ours ({:#x})", rd->token, st.session);
+  const double ready_ms = ms_since(t_ready);
   fin->dirty_after = 0;
   fin->decision = "final";
   update([&](MigrationStatus& s) {
@@ -528,6 +530,7 @@ Status SourceMigration::Impl::migrate() {
     s.final_pages = fin->pages + fin->zero_pages;
     s.final_pages_ms = final_ms;
     s.state_ms = state_ms;
+    s.ready_ms = ready_ms;
     s.state_bytes = state_bytes;
     s.dest_load_ms = static_cast<double>(rd->load_ns) / 1e6;
     s.verified = o.verify;

@@ -55,6 +55,7 @@ nlohmann::json to_json(const MigrationStatus& s) {
             {"final_pages", s.final_pages},
             {"state_ms", s.state_ms},
             {"state_bytes", s.state_bytes},
+            {"ready_ms", s.ready_ms},
             {"destination_load_ms", s.dest_load_ms},
             {"commit_ms", s.commit_ms}}},
           {"guest_downtime_ms", opt(s.guest_downtime_ms)},
@@ -96,8 +97,10 @@ std::string report_text(const MigrationStatus& s) {
          s.downtime_limit_ms);
     line("    final pages   {:.1f} ms ({} pages)", s.final_pages_ms, s.final_pages);
     line("    state         {:.1f} ms ({} bytes)", s.state_ms, s.state_bytes);
-    line("    dest. load    {:.1f} ms", s.dest_load_ms);
-    line("    commit        {:.1f} ms (COMMIT to CONFIRMED)", s.commit_ms);
+    line("    READY         {:.1f} ms (state sent to READY; the destination loaded it in {:.1f} ms)", s.ready_ms,
+         s.dest_load_ms);
+    line("    commit        {:.1f} ms (COMMIT to CONFIRMED, which waits for the guest's first heartbeat there)",
+         s.commit_ms);
     line("  guest saw       {} without a heartbeat", ms_or_unknown(s.guest_downtime_ms));
   }
   for (const auto& r : s.rounds)

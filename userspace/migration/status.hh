@@ -64,7 +64,10 @@ struct MigrationStatus {
   // source to the resume on the destination (wall clocks: exact on one
   // host, as good as clock sync across hosts).
   double downtime_ms = -1;
-  double final_pages_ms = 0, state_ms = 0, dest_load_ms = 0, commit_ms = 0;
+  double final_pages_ms = 0, state_ms = 0, ready_ms = 0, dest_load_ms = 0, commit_ms = 0;
+  // ready_ms: STATE sent until READY arrived (includes dest_load_ms).
+  // commit_ms: COMMIT sent until CONFIRMED (the destination resumes first,
+  // then waits up to 500 ms for the guest's first heartbeat to report it).
   std::uint64_t final_pages = 0, state_bytes = 0;
   double guest_downtime_ms = -1;  // heartbeat gap the built-in guest saw; -1: unknown
   bool verified = false;          // --verify digests matched
