@@ -237,6 +237,8 @@ TEST(Migration, AnUnconfirmedCommitWaitsForResolveAndExactlyOneSideRuns) {
     EXPECT_EQ(s["state"], "paused") << s.dump(2);
     EXPECT_EQ(run_process({FERRY_BIN, "resume", "--vm", api}, 60s).exit_code, 1)
         << "resume must be refused while the outcome is unknown";
+    EXPECT_EQ(run_process({FERRY_BIN, "quit", "--vm", api}, 60s).exit_code, 1)
+        << "quit must be refused too: this may be the only copy of the VM";
     EXPECT_EQ(status(api)["state"], "paused");
     // Through the proxy, which is gone: resolve refuses to guess...
     auto blind = run_process({FERRY_BIN, "resolve", "--vm", api}, 120s);

@@ -171,6 +171,13 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
   api.watch(signal_fd.get(), [&] {
     signalfd_siginfo si{};
     [[maybe_unused]] const ssize_t n = ::read(signal_fd.get(), &si, sizeof si);
+    if (outcome_unknown() || (mig && mig->phase() == migration::Phase::kCommitting)) {
+      // Ending now could drop the only copy of the VM (a destination that
+      // never got COMMIT can only discard its own).
+      spdlog::warn("ignoring signal {}: a migration's outcome is unknown; run `ferry resolve` (SIGKILL still works)",
+                   ::strsignal(static_cast<int>(si.ssi_signo)));
+      return;
+    }
     quit_reason = fmt::format("signal {}", ::strsignal(static_cast<int>(si.ssi_signo)));
     api.stop();
   });
@@ -255,6 +262,9 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
       m.console_input(input);
       return json{{"bytes", input.size()}};
     }
+    if (cmd == "quit" && (outcome_unknown() || (mig && mig->phase() == migration::Phase::kCommitting)))
+      return fail("quit: the migration's outcome is unknown: this may be the only copy of the VM. "
+                  "Run `ferry resolve --vm SOCKET` first");
     if (cmd == "quit") {
       quit_reason = "quit through the API";
       api.stop();

@@ -122,6 +122,8 @@ Result<Opened> open_connection(UniqueFd& fd, std::chrono::milliseconds timeout) 
 class Session {
  public:
   Session(int listen_fd, const ReceiveOptions& o) : listen_fd_(listen_fd), o_(o) {}
+  // Every way out joins the stream threads (idempotent).
+  ~Session() { stop_streams(); }
   Result<Received> run(kvm::Serial::Sink console, kvm::Machine::Notify stopped);
 
  private:
@@ -135,8 +137,9 @@ class Session {
   Status do_precheck(kvm::Serial::Sink console, kvm::Machine::Notify stopped);
   Status accept_streams();
   void stream_main(std::size_t i);
-  Status receive_pages(Stream& s, const FrameHeader& h);
-  Status receive_zero(const std::vector<std::byte>& payload);
+  Status receive_pages(std::size_t stream, const FrameHeader& h);
+  Status receive_zero(std::size_t stream, const std::vector<std::byte>& payload);
+  Status check_stream(std::size_t stream, std::uint64_t page) const;
   Result<Frame> next_control(std::chrono::milliseconds timeout);
   Status finish_and_ready(const State& state, std::optional<VerifyDigest> digest);
   Result<Received> wait_commit(std::uint64_t last_heartbeat);
@@ -271,7 +274,17 @@ Status Session::accept_streams() {
   return {};
 }
 
-Status Session::receive_pages(Stream& s, const FrameHeader& h) {
+// A page must come on the stream the source assigns it (2 MiB chunks
+// round-robin): the "last copy wins" order and the one-stream-per-word
+// ownership of written_ both rest on it.
+Status Session::check_stream(std::size_t stream, std::uint64_t page) const {
+  const std::size_t want = (page / 512) % streams_.size();
+  if (want != stream) return fail("page {} arrived on stream {}, its stream is {}", page, stream, want);
+  return {};
+}
+
+Status Session::receive_pages(std::size_t stream, const FrameHeader& h) {
+  Stream& s = streams_[stream];
   auto ph = s.src->pages_header(h);
   if (!ph) return std::unexpected(ph.error());
   const auto* ram = m_->regions().front();
@@ -280,6 +293,7 @@ Status Session::receive_pages(Stream& s, const FrameHeader& h) {
   for (const auto& d : ph->pages) {
     if (d.page_index >= ram->pages())
       return fail("PAGES: page {} is past the end of slot {} ({} pages)", d.page_index, ph->slot, ram->pages());
+    if (auto ok = check_stream(stream, d.page_index); !ok) return ok;
     std::byte* p = ram->host() + d.page_index * kPageSize;
     if (!iov.empty() && static_cast<std::byte*>(iov.back().iov_base) + iov.back().iov_len == p)
       iov.back().iov_len += kPageSize;
@@ -304,7 +318,7 @@ Status Session::receive_pages(Stream& s, const FrameHeader& h) {
   return {};
 }
 
-Status Session::receive_zero(const std::vector<std::byte>& payload) {
+Status Session::receive_zero(std::size_t stream, const std::vector<std::byte>& payload) {
   auto z = decode_zero_pages(payload);
   if (!z) return std::unexpected(z.error());
   const auto* ram = m_->regions().front();
@@ -312,6 +326,7 @@ Status Session::receive_zero(const std::vector<std::byte>& payload) {
   std::uint64_t zeroed = 0;
   for (std::uint64_t page : z->page_index) {
     if (page >= ram->pages()) return fail("ZERO_PAGES: page {} is past the end of the slot", page);
+    if (auto ok = check_stream(stream, page); !ok) return ok;
     // Only a page this side wrote can hold anything: fresh memory is zero
     // and is not touched.
     auto& word = written_[page / 64];
@@ -345,13 +360,13 @@ void Session::stream_main(std::size_t i) {
     }
     const FrameType t = (*h)->type;
     if (t == FrameType::kPages) {
-      if (auto ok = receive_pages(s, **h); !ok) return fail_here(std::move(ok.error()));
+      if (auto ok = receive_pages(i, **h); !ok) return fail_here(std::move(ok.error()));
       continue;
     }
     auto payload = s.src->payload(**h);
     if (!payload) return fail_here(std::move(payload.error()));
     if (t == FrameType::kZeroPages) {
-      if (auto ok = receive_zero(*payload); !ok) return fail_here(std::move(ok.error()));
+      if (auto ok = receive_zero(i, *payload); !ok) return fail_here(std::move(ok.error()));
     } else if (t == FrameType::kRoundEnd) {
       auto re = decode_round_end(*payload);
       if (!re) return fail_here(std::move(re.error()));

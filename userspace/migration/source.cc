@@ -39,9 +39,17 @@ std::uint32_t stream_of(std::uint64_t page, std::uint32_t streams) {
 // that an ABORT or a lost connection is noticed in the middle of a round.
 class Inbox {
  public:
+  // The destination sends a handful of frames per session; a peer that
+  // floods more is broken or hostile, and must not grow this process (it
+  // hosts the running VM) without bound.
+  static constexpr std::size_t kMaxQueued = 16;
   void push(Frame f) {
     std::lock_guard lock(mu_);
-    frames_.push_back(std::move(f));
+    if (frames_.size() >= kMaxQueued) {
+      if (!closed_) closed_ = Error(fmt::format("the destination sent more than {} unanswered frames", kMaxQueued));
+    } else {
+      frames_.push_back(std::move(f));
+    }
     cv_.notify_all();
   }
   void close(Error e) {
@@ -483,7 +491,10 @@ Status SourceMigration::Impl::migrate() {
       s.throttle = throttle;
     });
     if (d.action == Decision::Action::kCancel) {
-      cancel_reason = d.reason;
+      {
+        std::lock_guard lock(mu);
+        cancel_reason = d.reason;
+      }
       cancelled = true;
       return fail("{}", d.reason);
     }
@@ -498,6 +509,11 @@ Status SourceMigration::Impl::migrate() {
   if (auto ok = m.pause(); !ok) return ok;
   paused_by_us = true;
   const std::uint64_t last_beat = wall_ns(m.monitor_figures().last_beat_wall);
+  // The state first: capturing it completes an I/O exit a vCPU was paused
+  // in, which may write guest memory (string I/O); the final harvest must
+  // come after that write.
+  auto image = m.state_image();
+  if (!image) return std::unexpected(image.error());
   if (auto ok = m.harvest_dirty(dirty); !ok) return ok;
   const std::uint32_t final_round = static_cast<std::uint32_t>(st.rounds.size());
   update([&](MigrationStatus& s) { s.round = final_round; });
@@ -509,8 +525,6 @@ Status SourceMigration::Impl::migrate() {
     VerifyDigest vd{slot, memory_digest(*ram)};
     if (auto ok = framers[0]->send(FrameType::kVerifyDigest, vd); !ok) return ok;
   }
-  auto image = m.state_image();
-  if (!image) return std::unexpected(image.error());
   const std::uint64_t state_bytes = image->size();
   if (auto ok = framers[0]->send(FrameType::kState, State{std::move(*image), final_round, last_beat}); !ok) return ok;
   if (auto ok = senders[0]->flush(); !ok) return ok;
@@ -534,15 +548,23 @@ Status SourceMigration::Impl::migrate() {
     s.state_bytes = state_bytes;
     s.dest_load_ms = static_cast<double>(rd->load_ns) / 1e6;
     s.verified = o.verify;
-    s.phase = Phase::kCommitting;
   });
+  {
+    // A cancel that arrived with READY wins: nothing was committed yet.
+    std::lock_guard lock(mu);
+    if (cancelled.load()) return fail("{}", cancel_reason);
+    st.phase = Phase::kCommitting;
+  }
 
   // The point of no return: from here on the source never resumes by itself.
   const auto t_commit = Clock::now();
   auto commit_sent = framers[0]->send(FrameType::kCommit, Commit{st.session});
   if (commit_sent) commit_sent = senders[0]->flush();
-  auto confirmed = commit_sent ? wait_reply(FrameType::kConfirmed, o.confirm_timeout)
-                               : Result<Frame>(std::unexpected(commit_sent.error()));
+  // Cancelling is over: wait with a flag that nothing sets.
+  static const std::atomic<bool> never{false};
+  auto confirmed = commit_sent ? inbox.wait(o.confirm_timeout, never) : Result<Frame>(std::unexpected(commit_sent.error()));
+  if (confirmed && confirmed->type != FrameType::kConfirmed)
+    confirmed = std::unexpected(unexpected_frame(*confirmed, "CONFIRMED"));
   Result<Confirmed> c = confirmed ? decode_confirmed(confirmed->payload) : std::unexpected(confirmed.error());
   if (c && c->token != st.session) c = fail("CONFIRMED for session {:#x}, not ours", c->token);
   if (!c) {
@@ -567,13 +589,9 @@ Status SourceMigration::Impl::migrate() {
 }
 
 void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
-  // Tell the destination (it drops what it received), then make sure no
-  // send is still using guest memory before the guest runs again.
-  if (!senders.empty() && senders[0]) {
-    (void)framers[0]->send(FrameType::kAbort, Abort{why.what().substr(0, kMaxReason)});
-    (void)senders[0]->flush();
-  }
-  abort_transport(why.what());
+  // The guest first: no COMMIT was sent, so it is ours, and a stalled
+  // connection must not keep it paused. Pages still in flight from guest
+  // memory are harmless (pre-copy sends from running guests anyway).
   m.set_throttle(std::vector<double>(m.vcpu_count(), 0.0));
   if (auto ok = m.stop_dirty_tracking(); !ok) spdlog::warn("migration: {}", ok.error());
   if (paused_by_us)
@@ -583,6 +601,13 @@ void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
     s.phase = cancelled_now ? Phase::kCancelled : Phase::kFailed;
     s.error = why.what();
   });
+  // Then tell the destination, best effort (it drops what it received;
+  // TCP_USER_TIMEOUT bounds a flush into a dead peer).
+  if (!senders.empty() && senders[0]) {
+    (void)framers[0]->send(FrameType::kAbort, Abort{why.what().substr(0, kMaxReason)});
+    (void)senders[0]->flush();
+  }
+  abort_transport(why.what());
   spdlog::warn("migration {}: {}; the VM keeps running here", cancelled_now ? "cancelled" : "failed", why.what());
 }
 
@@ -657,14 +682,15 @@ void SourceMigration::cancel(std::string why) {
     std::lock_guard lock(impl_->mu);
     if (phase_final(impl_->st.phase) || impl_->st.phase == Phase::kCommitting) return;
     impl_->cancel_reason = std::move(why);
+    impl_->cancelled = true;
   }
-  impl_->cancelled = true;
   impl_->inbox.notify();
   // A worker blocked on a stalled peer does not see the flag: give the
   // migration a moment to stop cleanly (and tell the destination why),
   // then cut the connections.
   for (int i = 0; i < 20 && !phase_final(phase()); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  if (!phase_final(phase())) impl_->abort_transport("cancelled");
+  const Phase p = phase();
+  if (!phase_final(p) && p != Phase::kCommitting) impl_->abort_transport("cancelled");
 }
 
 Status SourceMigration::resolve(bool migrated) {

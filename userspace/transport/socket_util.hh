@@ -10,8 +10,9 @@ namespace ferry::transport {
 // blocking sockets.
 Status set_blocking(int fd);
 
-// TCP_NODELAY (frames are flushed by the Sender, not by Nagle) and larger
-// socket buffers where the kernel lets us (see tcp.cc).
+// TCP_NODELAY (frames are flushed by the Sender, not by Nagle), a 30 s
+// TCP_USER_TIMEOUT (a silent peer fails sends instead of blocking them for
+// many minutes) and larger socket buffers where the kernel lets us (tcp.cc).
 Status tune_tcp_socket(int fd);
 
 }  // namespace ferry::transport

@@ -127,6 +127,13 @@ Status tune_tcp_socket(int fd) {
   if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
     return fail_sys("setsockopt(TCP_NODELAY)");
   }
+  // Data unacknowledged for this long fails the connection. Without it a
+  // partitioned peer (no RST) keeps a send blocked for ~15 minutes of
+  // retransmissions, and a migration's timeouts never get to act.
+  unsigned user_timeout_ms = 30000;
+  if (::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms) != 0) {
+    return fail_sys("setsockopt(TCP_USER_TIMEOUT)");
+  }
   raise_buffers(fd);
   return {};
 }
