@@ -59,9 +59,8 @@ Status pread_all(int fd, std::byte* p, std::size_t n, std::uint64_t off, const s
 
 std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 
-// The memory checksum: CRC-64 over (u64 page index, page bytes) of every
-// non-zero page in order. Zero pages do not contribute, so neither side
-// has to read them, and a page moved to another index changes the sum.
+}  // namespace
+
 void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page) {
   std::byte idx[8];
   for (int i = 0; i < 8; ++i) idx[i] = std::byte(index >> (8 * i));
@@ -69,7 +68,14 @@ void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page) {
   crc.update({page, kPageSize});
 }
 
-}  // namespace
+std::uint64_t memory_crc(const GuestRegion& region) {
+  state::Crc64 crc;
+  for_each_data_extent(region.memfd(), 0, region.size(), [&](std::uint64_t b, std::uint64_t e) {
+    for (std::uint64_t p = b / kPageSize; p < align_up(e, kPageSize) / kPageSize; ++p)
+      if (!page_is_zero(region.host() + p * kPageSize)) crc_page(crc, p, region.host() + p * kPageSize);
+  });
+  return crc.value();
+}
 
 std::vector<std::byte> encode_memory_layout(std::span<const SnapshotRegion> regions) {
   ByteWriter w;

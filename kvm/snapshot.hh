@@ -22,6 +22,7 @@
 
 #include "base/error.hh"
 #include "base/unique_fd.hh"
+#include "kvm/state/crc64.hh"
 #include "kvm/state/format.hh"
 
 namespace ferry::kvm {
@@ -39,6 +40,15 @@ struct SnapshotRegion {
   std::uint64_t crc = 0;  // CRC-64/XZ over (index, bytes) of each non-zero page
   friend bool operator==(const SnapshotRegion&, const SnapshotRegion&) = default;
 };
+
+// The memory checksum: CRC-64/XZ over (u64 little-endian page index, page
+// bytes) of every non-zero page in order. Zero pages do not contribute, so
+// neither side has to read them, and a page moved to another index changes
+// the sum. crc_page adds one page; memory_crc is a whole region's (read
+// through its data extents only), as snapshots record and `migrate
+// --verify` compares.
+void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page);
+std::uint64_t memory_crc(const GuestRegion& region);
 
 std::vector<std::byte> encode_memory_layout(std::span<const SnapshotRegion> regions);
 // Rejects overlapping guest ranges or file ranges, duplicate slots, sizes or

@@ -220,7 +220,9 @@ void VcpuRunner::throttle_main() {
 }
 
 void VcpuRunner::maybe_throttle(Slot& slot) {
-  if (!slot.throttle_due.exchange(false, std::memory_order_acq_rel)) return;
+  // Every exit passes here: a plain load first, the exchange only on a tick.
+  if (!slot.throttle_due.load(std::memory_order_relaxed) || !slot.throttle_due.exchange(false, std::memory_order_acq_rel))
+    return;
   const auto permille = slot.throttle_permille.load(std::memory_order_relaxed);
   if (permille == 0) return;
   const auto hold = std::chrono::duration_cast<std::chrono::nanoseconds>(kThrottlePeriod) * permille / 1000;

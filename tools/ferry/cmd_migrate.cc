@@ -43,65 +43,6 @@ Result<double> parse_rate(const std::string& s) {
   return v * mult;
 }
 
-migration::Phase phase_of(const json& j) {
-  const auto p = j.value("phase", std::string());
-  for (auto ph : {migration::Phase::kConnecting, migration::Phase::kPrecheck, migration::Phase::kPrecopy,
-                  migration::Phase::kSwitchover, migration::Phase::kCommitting, migration::Phase::kMigrated,
-                  migration::Phase::kFailed, migration::Phase::kCancelled, migration::Phase::kOutcomeUnknown})
-    if (migration::phase_name(ph) == p) return ph;
-  return migration::Phase::kFailed;
-}
-
-// The JSON report back into the struct, for the text renderers.
-migration::MigrationStatus from_json(const json& j) {
-  migration::MigrationStatus s;
-  s.phase = phase_of(j);
-  s.error = j.value("error", "");
-  s.to = j.value("to", "");
-  s.streams = j.value("streams", 1u);
-  s.dirty_backend = j.value("dirty_backend", "");
-  s.memory_bytes = j.value("memory_bytes", std::uint64_t{0});
-  s.round = j.value("round", 0u);
-  s.remaining_pages = j.value("remaining_pages", std::uint64_t{0});
-  s.dirty_rate = j.value("dirty_rate_bytes_per_s", 0.0);
-  s.bandwidth = j.value("bandwidth_bytes_per_s", 0.0);
-  s.expected_downtime_ms = j.value("expected_downtime_ms", 0.0);
-  s.downtime_limit_ms = j.value("downtime_limit_ms", 0.0);
-  s.elapsed_ms = j.value("elapsed_ms", 0.0);
-  s.pages_sent = j.value("pages_sent", std::uint64_t{0});
-  s.zero_pages = j.value("zero_pages", std::uint64_t{0});
-  s.resent_pages = j.value("resent_pages", std::uint64_t{0});
-  s.unallocated_pages = j.value("unallocated_pages", std::uint64_t{0});
-  s.bytes_sent = j.value("bytes_sent", std::uint64_t{0});
-  s.downtime_ms = j["downtime_ms"].is_number() ? j["downtime_ms"].get<double>() : -1;
-  s.guest_downtime_ms = j["guest_downtime_ms"].is_number() ? j["guest_downtime_ms"].get<double>() : -1;
-  const auto& b = j["downtime_breakdown"];
-  s.final_pages_ms = b.value("final_pages_ms", 0.0);
-  s.final_pages = b.value("final_pages", std::uint64_t{0});
-  s.state_ms = b.value("state_ms", 0.0);
-  s.state_bytes = b.value("state_bytes", std::uint64_t{0});
-  s.ready_ms = b.value("ready_ms", 0.0);
-  s.dest_load_ms = b.value("destination_load_ms", 0.0);
-  s.commit_ms = b.value("commit_ms", 0.0);
-  s.verified = j.value("verified", false);
-  s.zero_copy = j.value("zero_copy", "");
-  s.zc_requests = j.value("zc_requests", std::uint64_t{0});
-  s.zc_copied = j.value("zc_copied", std::uint64_t{0});
-  for (const auto& r : j["rounds"]) {
-    migration::RoundFigures f;
-    f.round = r.value("round", 0u);
-    f.pages = r.value("pages", std::uint64_t{0});
-    f.zero_pages = r.value("zero_pages", std::uint64_t{0});
-    f.bytes = r.value("bytes", std::uint64_t{0});
-    f.ms = r.value("ms", 0.0);
-    f.dirty_after = r.value("dirty_after", std::uint64_t{0});
-    f.decision = r.value("decision", "");
-    f.reason = r.value("reason", "");
-    s.rounds.push_back(f);
-  }
-  return s;
-}
-
 int exit_code(migration::Phase p) {
   return p == migration::Phase::kMigrated ? 0 : p == migration::Phase::kOutcomeUnknown ? 3 : 1;
 }
@@ -144,7 +85,7 @@ int run_migrate(const MigrateCli& o) {
       fmt::print(stderr, "\nferry migrate: lost the VM's control socket: {}\n", st.error());
       return 1;
     }
-    const auto s = from_json(*st);
+    const auto s = migration::status_from_json(*st);
     if (!o.json) {
       if (tty)
         fmt::print(stderr, "\r{}\x1b[K", migration::progress_line(s));
@@ -180,7 +121,7 @@ int run_resolve(const ResolveCli& o) {
     fmt::print(stderr, "ferry resolve: {}\n", st.error());
     return 1;
   }
-  if (phase_of(*st) != migration::Phase::kOutcomeUnknown) {
+  if (migration::parse_phase(st->value("phase", std::string())) != migration::Phase::kOutcomeUnknown) {
     fmt::print(stderr, "ferry resolve: nothing to resolve: the migration is {}\n", st->value("phase", "?"));
     return 1;
   }

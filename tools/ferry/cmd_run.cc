@@ -522,8 +522,7 @@ void add_receive(CLI::App& app, Globals& g) {
       return;
     }
     auto port = transport::listening_port(lfd->get());
-    const std::string where = fmt::format("{}:{}", ep->host.find(':') != std::string::npos ? "[" + ep->host + "]" : ep->host,
-                                          port ? *port : ep->port);
+    const std::string where = transport::Endpoint{ep->host, port ? *port : ep->port}.str();
     if (opts->json)
       fmt::print("{}\n", json{{"event", "listening"}, {"listen", where}, {"pid", ::getpid()}}.dump());
     else

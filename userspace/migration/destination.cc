@@ -13,7 +13,7 @@
 
 #include "kvm/state/format.hh"
 #include "kvm/system.hh"
-#include "migration/digest.hh"
+#include "kvm/snapshot.hh"
 #include "migration/page_ledger.hh"
 #include "migration/precheck.hh"
 #include "migration/wire.hh"
@@ -25,10 +25,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 
-std::uint64_t wall_now_ns() {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
 
 std::uint64_t mem_available() {
   std::ifstream in("/proc/meminfo");
@@ -294,26 +290,26 @@ Status Session::receive_pages(std::size_t stream, const FrameHeader& h) {
     if (d.page_index >= ram->pages())
       return fail("PAGES: page {} is past the end of slot {} ({} pages)", d.page_index, ph->slot, ram->pages());
     if (auto ok = check_stream(stream, d.page_index); !ok) return ok;
-    std::byte* p = ram->host() + d.page_index * kPageSize;
-    if (!iov.empty() && static_cast<std::byte*>(iov.back().iov_base) + iov.back().iov_len == p)
-      iov.back().iov_len += kPageSize;
-    else
-      iov.push_back({p, kPageSize});
+    append_page(iov, ram->host() + d.page_index * kPageSize);
   }
   // Straight into guest memory: the vCPUs do not run until COMMIT.
   if (auto ok = s.src->page_data(iov); !ok) return ok;
-  std::uint64_t torn = 0;
-  for (const auto& d : ph->pages) {
-    const std::byte* p = ram->host() + d.page_index * kPageSize;
-    written_[d.page_index / 64] |= std::uint64_t{1} << (d.page_index % 64);
-    std::lock_guard lock(mu_);  // the ledger is shared by the streams
-    auto good = ledger_.receive(ph->slot, d, {p, kPageSize});
-    if (!good) return std::unexpected(good.error());
-    if (!*good) ++torn;
+  for (const auto& d : ph->pages) written_[d.page_index / 64] |= std::uint64_t{1} << (d.page_index % 64);
+  // Checksums outside the lock, so streams verify in parallel; the ledger
+  // and the figures are shared, and updated under it once per frame.
+  std::vector<bool> good(ph->pages.size());
+  for (std::size_t k = 0; k < good.size(); ++k) {
+    const auto& d = ph->pages[k];
+    good[k] = page_checksum(d.page_index, {ram->host() + d.page_index * kPageSize, kPageSize}) == d.checksum;
   }
   std::lock_guard lock(mu_);
+  for (std::size_t k = 0; k < good.size(); ++k) {
+    const auto& d = ph->pages[k];
+    if (auto ok = good[k] ? ledger_.mark_good(ph->slot, d.page_index) : ledger_.mark_bad(ph->slot, d.page_index); !ok)
+      return ok;
+    if (!good[k]) ++fig_.torn_pages;
+  }
   fig_.pages += ph->pages.size();
-  fig_.torn_pages += torn;
   fig_.bytes += kHeaderSize + h.payload_length;
   return {};
 }
@@ -424,7 +420,7 @@ Status Session::finish_and_ready(const State& state, std::optional<VerifyDigest>
   }
   const auto* ram = m_->regions().front();
   if (digest) {
-    const std::uint64_t mine = memory_digest(*ram);
+    const std::uint64_t mine = kvm::memory_crc(*ram);
     if (mine != digest->digest)
       return fail("--verify: memory digest mismatch (source {:#018x}, destination {:#018x})", digest->digest, mine);
     fig_.verified = true;
@@ -461,15 +457,8 @@ Result<Received> Session::wait_commit(std::uint64_t last_heartbeat) {
   std::uint64_t first_beat = 0;
   if (m_->kind() == kvm::GuestKind::kTestGuest) {
     const auto deadline = Clock::now() + std::chrono::milliseconds(500);
-    while (Clock::now() < deadline) {
-      const auto fb = m_->monitor_figures().first_beat_wall;
-      if (fb != std::chrono::system_clock::time_point{}) {
-        first_beat = static_cast<std::uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(fb.time_since_epoch()).count());
-        break;
-      }
+    while (Clock::now() < deadline && (first_beat = wall_ns(m_->monitor_figures().first_beat_wall)) == 0)
       std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
   }
   if (first_beat && last_heartbeat && first_beat > last_heartbeat)
     fig_.guest_downtime_ms = static_cast<double>(first_beat - last_heartbeat) / 1e6;

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "kvm/state/bytes.hh"
+#include "kvm/snapshot.hh"
 #include "kvm/state/crc64.hh"
 
 namespace ferry::migration {
@@ -129,11 +130,10 @@ Status read_precheck(ByteReader& r, Precheck& m) {
 }  // namespace
 
 std::uint64_t page_checksum(std::uint64_t page_index, std::span<const std::byte> page) {
-  ByteWriter index;
-  index.put_u64(page_index);
+  // The snapshot's page checksum, one page at a time (no allocation: this
+  // runs for every page sent and received).
   kvm::state::Crc64 crc;
-  crc.update(index.bytes());
-  crc.update(page);
+  kvm::crc_page(crc, page_index, page.data());
   return crc.value();
 }
 

@@ -6,6 +6,7 @@
 // Decoders check a count against its limit and against the bytes left
 // before allocating anything, and reject truncation and trailing bytes.
 // Layouts are in docs/protocol.md.
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -183,13 +184,21 @@ struct Abort {
   bool operator==(const Abort&) const = default;
 };
 
-// VERIFY_DIGEST: a slot's memory digest, computed like the snapshot's
-// memory check (CRC-64 over (index, page) of every non-zero page in order).
+// VERIFY_DIGEST: a slot's memory digest, the snapshot's memory check
+// (kvm::memory_crc: CRC-64 over (index, page) of every non-zero page).
 struct VerifyDigest {
   std::uint32_t slot = 0;
   std::uint64_t digest = 0;
   bool operator==(const VerifyDigest&) const = default;
 };
+
+// The *_wall_ns fields: ns since the Unix epoch (CLOCK_REALTIME), 0 for a
+// time that never came (the default time_point).
+inline std::uint64_t wall_ns(std::chrono::system_clock::time_point t) {
+  if (t == std::chrono::system_clock::time_point{}) return 0;
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
+}
+inline std::uint64_t wall_now_ns() { return wall_ns(std::chrono::system_clock::now()); }
 
 // Encoders write only what the decoders accept; a value over a limit is a
 // programming error and aborts.

@@ -8,7 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "migration/digest.hh"
+#include "kvm/snapshot.hh"
 #include "migration/wire.hh"
 
 namespace ferry::migration {
@@ -19,12 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t) { return Millis(Clock::now() - t).count(); }
 
-std::uint64_t wall_ns(std::chrono::system_clock::time_point t) {
-  if (t == std::chrono::system_clock::time_point{}) return 0;
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
-}
-
-std::uint64_t wall_now_ns() { return wall_ns(std::chrono::system_clock::now()); }
 
 // Which stream carries a page: 2 MiB chunks round-robin. A page always
 // travels on the same stream, so a resent copy can never overtake the
@@ -165,6 +159,8 @@ struct SourceMigration::Impl {
   Status connect();
   Status precheck();
   Result<RoundFigures> send_round(std::uint32_t round, const std::vector<std::vector<std::uint64_t>>& per_stream);
+  Status send_stream_round(std::size_t i, std::uint32_t round, const std::vector<std::uint64_t>& pages,
+                           RoundFigures& f);
   Status check_peer();
   Result<Frame> wait_reply(FrameType type, std::chrono::milliseconds timeout);
   void roll_back(const Error& why, bool cancelled_now);
@@ -272,83 +268,65 @@ Status SourceMigration::Impl::precheck() {
   return {};
 }
 
+// One stream's share of a round: zero pages as markers, the others with
+// their checksums and sent from guest memory, then ROUND_END and a flush.
+Status SourceMigration::Impl::send_stream_round(std::size_t i, std::uint32_t round,
+                                                const std::vector<std::uint64_t>& pages, RoundFigures& f) {
+  const auto* ram = m.regions().front();
+  auto& fs = *framers[i];
+  const std::uint64_t bytes0 = fs.bytes();
+  PagesHeader ph{ram->slot(), round, {}};
+  std::vector<iovec> iov;
+  ZeroPages zp{ram->slot(), round, {}};
+  auto flush_pages = [&]() -> Status {
+    if (ph.pages.empty()) return {};
+    auto ok = fs.send_pages(ph, std::move(iov));
+    ph.pages.clear();
+    iov.clear();
+    return ok;
+  };
+  auto flush_zero = [&]() -> Status {
+    if (zp.page_index.empty()) return {};
+    auto ok = fs.send(FrameType::kZeroPages, zp);
+    zp.page_index.clear();
+    return ok;
+  };
+  for (std::uint64_t page : pages) {
+    if ((f.pages + f.zero_pages) % 1024 == 0)
+      if (auto ok = check_peer(); !ok) return ok;
+    const std::byte* p = ram->host() + page * kPageSize;
+    if (kvm::page_is_zero(p)) {
+      zp.page_index.push_back(page);
+      ++f.zero_pages;
+      if (zp.page_index.size() == kMaxZeroPagesPerFrame)
+        if (auto ok = flush_zero(); !ok) return ok;
+      continue;
+    }
+    ph.pages.push_back({page, page_checksum(page, {p, kPageSize})});
+    append_page(iov, p);
+    ++f.pages;
+    if (ph.pages.size() == kMaxPagesPerFrame)
+      if (auto ok = flush_pages(); !ok) return ok;
+  }
+  if (auto ok = flush_pages(); !ok) return ok;
+  if (auto ok = flush_zero(); !ok) return ok;
+  if (auto ok = fs.send(FrameType::kRoundEnd, RoundEnd{round, f.pages, f.zero_pages, fs.bytes() - bytes0}); !ok)
+    return ok;
+  f.bytes = fs.bytes() - bytes0;
+  return fs.sender().flush();
+}
+
 // One round: each stream's worker reads its pages (zero test, checksum)
 // and sends them, then ROUND_END; the round ends when every stream has
 // flushed, so its duration measures the link, not the queue.
 Result<RoundFigures> SourceMigration::Impl::send_round(std::uint32_t round,
                                                        const std::vector<std::vector<std::uint64_t>>& per_stream) {
   const auto t = Clock::now();
-  const auto* ram = m.regions().front();
-  const std::uint32_t slot = ram->slot();
   std::vector<RoundFigures> figs(senders.size());
   std::vector<Status> results(senders.size());
   std::vector<std::thread> workers;
   for (std::size_t i = 0; i < senders.size(); ++i) {
-    workers.emplace_back([&, i] {
-      auto& fs = *framers[i];
-      auto& f = figs[i];
-      PagesHeader ph{slot, round, {}};
-      std::vector<iovec> iov;
-      ZeroPages zp{slot, round, {}};
-      auto flush_pages = [&]() -> Status {
-        if (ph.pages.empty()) return {};
-        f.bytes += kHeaderSize + kPagesFixedSize + ph.pages.size() * (kPageDescriptorSize + kPageSize);
-        auto ok = fs.send_pages(ph, std::move(iov));
-        ph.pages.clear();
-        iov.clear();
-        return ok;
-      };
-      auto flush_zero = [&]() -> Status {
-        if (zp.page_index.empty()) return {};
-        f.bytes += kHeaderSize + 12 + zp.page_index.size() * 8;
-        auto ok = fs.send(FrameType::kZeroPages, zp);
-        zp.page_index.clear();
-        return ok;
-      };
-      for (std::uint64_t page : per_stream[i]) {
-        if ((f.pages + f.zero_pages) % 1024 == 0)
-          if (auto ok = check_peer(); !ok) {
-            results[i] = ok;
-            return;
-          }
-        const std::byte* p = ram->host() + page * kPageSize;
-        if (kvm::page_is_zero(p)) {
-          zp.page_index.push_back(page);
-          ++f.zero_pages;
-          if (zp.page_index.size() == kMaxZeroPagesPerFrame)
-            if (auto ok = flush_zero(); !ok) {
-              results[i] = ok;
-              return;
-            }
-          continue;
-        }
-        ph.pages.push_back({page, page_checksum(page, {p, kPageSize})});
-        if (!iov.empty() && static_cast<const std::byte*>(iov.back().iov_base) + iov.back().iov_len == p)
-          iov.back().iov_len += kPageSize;
-        else
-          iov.push_back({const_cast<std::byte*>(p), kPageSize});
-        ++f.pages;
-        if (ph.pages.size() == kMaxPagesPerFrame)
-          if (auto ok = flush_pages(); !ok) {
-            results[i] = ok;
-            return;
-          }
-      }
-      if (auto ok = flush_pages(); !ok) {
-        results[i] = ok;
-        return;
-      }
-      if (auto ok = flush_zero(); !ok) {
-        results[i] = ok;
-        return;
-      }
-      f.bytes += kHeaderSize + 28;
-      if (auto ok = fs.send(FrameType::kRoundEnd, RoundEnd{round, f.pages, f.zero_pages, f.bytes}); !ok) {
-        results[i] = ok;
-        return;
-      }
-      results[i] = fs.sender().flush();
-    });
+    workers.emplace_back([&, i] { results[i] = send_stream_round(i, round, per_stream[i], figs[i]); });
   }
   for (auto& w : workers) w.join();
   for (auto& r : results)
@@ -522,7 +500,7 @@ Status SourceMigration::Impl::migrate() {
   const double final_ms = ms_since(t_pause);
   const auto t_state = Clock::now();
   if (o.verify) {
-    VerifyDigest vd{slot, memory_digest(*ram)};
+    VerifyDigest vd{slot, kvm::memory_crc(*ram)};
     if (auto ok = framers[0]->send(FrameType::kVerifyDigest, vd); !ok) return ok;
   }
   const std::uint64_t state_bytes = image->size();

@@ -67,6 +67,63 @@ nlohmann::json to_json(const MigrationStatus& s) {
           {"throttled_ms", s.throttled_ms}};
 }
 
+Phase parse_phase(std::string_view p) {
+  for (auto ph : {Phase::kConnecting, Phase::kPrecheck, Phase::kPrecopy,
+                  Phase::kSwitchover, Phase::kCommitting, Phase::kMigrated,
+                  Phase::kFailed, Phase::kCancelled, Phase::kOutcomeUnknown})
+    if (phase_name(ph) == p) return ph;
+  return Phase::kFailed;
+}
+
+MigrationStatus status_from_json(const nlohmann::json& j) {
+  MigrationStatus s;
+  s.phase = parse_phase(j.value("phase", std::string()));
+  s.error = j.value("error", "");
+  s.to = j.value("to", "");
+  s.streams = j.value("streams", 1u);
+  s.dirty_backend = j.value("dirty_backend", "");
+  s.memory_bytes = j.value("memory_bytes", std::uint64_t{0});
+  s.round = j.value("round", 0u);
+  s.remaining_pages = j.value("remaining_pages", std::uint64_t{0});
+  s.dirty_rate = j.value("dirty_rate_bytes_per_s", 0.0);
+  s.bandwidth = j.value("bandwidth_bytes_per_s", 0.0);
+  s.expected_downtime_ms = j.value("expected_downtime_ms", 0.0);
+  s.downtime_limit_ms = j.value("downtime_limit_ms", 0.0);
+  s.elapsed_ms = j.value("elapsed_ms", 0.0);
+  s.pages_sent = j.value("pages_sent", std::uint64_t{0});
+  s.zero_pages = j.value("zero_pages", std::uint64_t{0});
+  s.resent_pages = j.value("resent_pages", std::uint64_t{0});
+  s.unallocated_pages = j.value("unallocated_pages", std::uint64_t{0});
+  s.bytes_sent = j.value("bytes_sent", std::uint64_t{0});
+  s.downtime_ms = j["downtime_ms"].is_number() ? j["downtime_ms"].get<double>() : -1;
+  s.guest_downtime_ms = j["guest_downtime_ms"].is_number() ? j["guest_downtime_ms"].get<double>() : -1;
+  const auto& b = j["downtime_breakdown"];
+  s.final_pages_ms = b.value("final_pages_ms", 0.0);
+  s.final_pages = b.value("final_pages", std::uint64_t{0});
+  s.state_ms = b.value("state_ms", 0.0);
+  s.state_bytes = b.value("state_bytes", std::uint64_t{0});
+  s.ready_ms = b.value("ready_ms", 0.0);
+  s.dest_load_ms = b.value("destination_load_ms", 0.0);
+  s.commit_ms = b.value("commit_ms", 0.0);
+  s.verified = j.value("verified", false);
+  s.zero_copy = j.value("zero_copy", "");
+  s.zc_requests = j.value("zc_requests", std::uint64_t{0});
+  s.zc_copied = j.value("zc_copied", std::uint64_t{0});
+  for (const auto& r : j["rounds"]) {
+    RoundFigures f;
+    f.round = r.value("round", 0u);
+    f.pages = r.value("pages", std::uint64_t{0});
+    f.zero_pages = r.value("zero_pages", std::uint64_t{0});
+    f.bytes = r.value("bytes", std::uint64_t{0});
+    f.ms = r.value("ms", 0.0);
+    f.dirty_after = r.value("dirty_after", std::uint64_t{0});
+    f.decision = r.value("decision", "");
+    f.reason = r.value("reason", "");
+    s.rounds.push_back(f);
+  }
+  return s;
+}
+
 std::string progress_line(const MigrationStatus& s) {
   const double total = static_cast<double>(s.memory_bytes);
   const double left = static_cast<double>(s.remaining_pages) * 4096;

@@ -79,6 +79,10 @@ struct MigrationStatus {
 };
 
 nlohmann::json to_json(const MigrationStatus& s);
+// The inverse, for clients of the control API (`ferry migrate`, resolve);
+// an unknown phase name reads as kFailed.
+MigrationStatus status_from_json(const nlohmann::json& j);
+Phase parse_phase(std::string_view name);
 // The final report for people.
 std::string report_text(const MigrationStatus& s);
 // One line of live progress.

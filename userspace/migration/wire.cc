@@ -6,6 +6,7 @@ namespace ferry::migration {
 
 Status FrameSender::send(FrameType type, std::span<const std::byte> payload) {
   auto frame = encode_frame(type, sequence_++, payload);
+  bytes_ += frame.size();
   return s_.send(std::move(frame));
 }
 
@@ -15,6 +16,7 @@ Status FrameSender::send_pages(const PagesHeader& header, std::vector<iovec> dat
   const auto h = encode_header(FrameType::kPages, sequence_++, length, crc32c(covered));
   std::vector<std::byte> head(h.begin(), h.end());
   head.insert(head.end(), covered.begin(), covered.end());
+  bytes_ += kHeaderSize + length;
   return s_.send(std::move(head), std::move(data));
 }
 

@@ -28,11 +28,23 @@ class FrameSender {
   // descriptor order) is sent from where it is.
   Status send_pages(const PagesHeader& header, std::vector<iovec> data);
   transport::Sender& sender() { return s_; }
+  // Frame bytes (headers included) handed to the sender so far.
+  std::uint64_t bytes() const { return bytes_; }
 
  private:
   transport::Sender& s_;
   std::uint32_t sequence_ = 0;
+  std::uint64_t bytes_ = 0;
 };
+
+// Appends one guest page to an iovec list, extending the last range when
+// the page follows it in memory (pages in a frame are mostly contiguous).
+inline void append_page(std::vector<iovec>& iov, const std::byte* page) {
+  if (!iov.empty() && static_cast<const std::byte*>(iov.back().iov_base) + iov.back().iov_len == page)
+    iov.back().iov_len += kPageSize;
+  else
+    iov.push_back({const_cast<std::byte*>(page), kPageSize});
+}
 
 class FrameSource {
  public:
