@@ -160,6 +160,7 @@ class Machine {
   // (the guest writes at full speed again).
   Status start_dirty_tracking();
   Status stop_dirty_tracking();
+  bool dirty_tracking() const { return tracking_; }
   // Pages dirtied since the previous harvest, re-armed before returning
   // (see DirtyTracker::harvest); includes what vCPU threads harvested when
   // their rings filled up.

@@ -24,6 +24,7 @@
 #include "ferry/vm_report.hh"
 #include "kvm/machine.hh"
 #include "migration/destination.hh"
+#include "migration/dirty_rate.hh"
 #include "migration/source.hh"
 #include "transport/stream.hh"
 
@@ -200,6 +201,28 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
         [[maybe_unused]] const ssize_t n = ::write(efd, &one, sizeof one);
       });
       return json{{"migration", "started"}, {"to", mo->to.str()}};
+    }
+    if (cmd == "dirty-rate") {
+      if (migration_active() || outcome_unknown()) return fail("dirty-rate: a migration owns dirty logging now");
+      migration::DirtyRateOptions dro;
+      try {
+        if (req.contains("seconds")) dro.duration = std::chrono::milliseconds(static_cast<long>(req["seconds"].get<double>() * 1000));
+        if (req.contains("harvest_ms")) dro.harvest = std::chrono::milliseconds(req["harvest_ms"].get<std::uint32_t>());
+      } catch (const json::exception& e) {
+        return fail("dirty-rate: bad field: {}", e.what());
+      }
+      // The API answers one request at a time: keep a measurement short
+      // enough that status callers are not starved for long.
+      if (dro.duration > std::chrono::seconds(60) || dro.duration.count() <= 0)
+        return fail("dirty-rate: seconds must be in (0, 60]");
+      if (dro.harvest < std::chrono::milliseconds(10) || dro.harvest > dro.duration)
+        return fail("dirty-rate: harvest_ms must be at least 10 and at most the duration");
+      auto r = migration::measure_dirty_rate(m, dro);
+      if (!r) return std::unexpected(r.error());
+      return json{{"seconds", r->seconds},         {"harvests", r->harvests},
+                  {"harvest_ms", dro.harvest.count()}, {"backend", r->backend},
+                  {"harvested_pages", r->harvested_pages}, {"pages_per_s", r->pages_per_s()},
+                  {"working_set_pages", r->distinct_pages}, {"per_vcpu", r->per_vcpu}};
     }
     if (cmd == "migration") {
       if (!mig) return fail("migration: no migration has been started");

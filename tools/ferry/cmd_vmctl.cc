@@ -17,6 +17,8 @@ struct CtlOptions {
   bool json = false;
   std::string path;  // snapshot
   std::vector<std::string> words;  // console
+  double seconds = 0;              // dirty-rate
+  unsigned harvest_ms = 0;         // dirty-rate
 };
 
 using Render = std::string (*)(const nlohmann::json&);
@@ -29,6 +31,8 @@ CLI::App* add_ctl(CLI::App& app, Globals& g, const char* name, const char* help,
   cmd->callback([opts, &g, name, render] {
     nlohmann::json req{{"cmd", name}};
     if (!opts->path.empty()) req["path"] = std::filesystem::absolute(opts->path).string();
+    if (opts->seconds > 0) req["seconds"] = opts->seconds;
+    if (opts->harvest_ms > 0) req["harvest_ms"] = opts->harvest_ms;
     if (!opts->words.empty()) {
       std::string line;
       for (const auto& w : opts->words) line += (line.empty() ? "" : " ") + w;
@@ -48,6 +52,21 @@ CLI::App* add_ctl(CLI::App& app, Globals& g, const char* name, const char* help,
   return cmd;
 }
 
+std::string dirty_rate_text(const nlohmann::json& r) {
+  const double pps = r["pages_per_s"].get<double>();
+  std::string out = fmt::format(
+      "dirty rate   {:.0f} pages/s ({:.2f} MiB/s) over {:.1f} s, {} harvests every {} ms ({} tracking)\n"
+      "working set  {} pages ({:.1f} MiB) dirtied at least once\n",
+      pps, pps * 4096 / 1048576, r["seconds"].get<double>(), r["harvests"].get<unsigned>(),
+      r["harvest_ms"].get<unsigned>(), r["backend"].get<std::string>(), r["working_set_pages"].get<std::uint64_t>(),
+      static_cast<double>(r["working_set_pages"].get<std::uint64_t>()) * 4096 / 1048576);
+  const auto& v = r["per_vcpu"];
+  for (std::size_t i = 0; i < v.size(); ++i)
+    out += fmt::format("  vCPU {:<3} {:.0f} pages/s\n", i, v[i].get<double>() / r["seconds"].get<double>());
+  if (v.empty()) out += "  (per-vCPU figures need the dirty ring; this VM uses the bitmap)\n";
+  return out;
+}
+
 std::string state_text(const nlohmann::json& r) { return fmt::format("VM {}\n", r["state"].get<std::string>()); }
 
 }  // namespace
@@ -65,6 +84,17 @@ void add_vm_control(CLI::App& app, Globals& g) {
                       "`ferry restore FILE` continues it.",
                       snapshot_text, snap);
   cmd->add_option("FILE", snap->path, "where to write the snapshot")->required();
+  auto dr = std::make_shared<CtlOptions>();
+  dr->seconds = 1;
+  dr->harvest_ms = 100;
+  auto* dcmd = add_ctl(app, g, "dirty-rate",
+                       "Measure how fast a VM dirties memory (like QEMU's calc-dirty-rate): turns KVM dirty logging on, "
+                       "harvests on a schedule, turns it off. While it runs, `ferry trace` sees the VM's dirtying.",
+                       dirty_rate_text, dr);
+  dcmd->add_option("--seconds", dr->seconds, "how long to measure (up to 60; the VM's API waits meanwhile)")
+      ->capture_default_str()->check(CLI::Range(0.01, 60.0));
+  dcmd->add_option("--harvest-ms", dr->harvest_ms, "harvest interval: a page counts once per interval")
+      ->capture_default_str()->check(CLI::Range(10u, 60000u));
   auto con = std::make_shared<CtlOptions>();
   auto* ccmd = add_ctl(app, g, "console", "Type a line on the guest's serial console (its answer shows in the console log).",
                        [](const nlohmann::json& r) { return fmt::format("sent {} bytes\n", r["bytes"].get<std::size_t>()); },
