@@ -85,7 +85,7 @@ struct RoundSample {
   std::uint32_t round = 0;
   Millis duration{0};             // wall time of the round
   std::uint64_t bytes_sent = 0;   // on the wire this round
-  std::uint64_t dirty_pages = 0;  // still to send after this round's final harvest (hot pages excluded)
+  std::uint64_t dirty_pages = 0;  // still to send after this round's final harvest, less hot_pages
   // Pages each vCPU dirtied during the round (dirty-ring attribution; one
   // figure for the whole VM with the bitmap).
   std::vector<std::uint64_t> dirtied_per_vcpu;
@@ -117,7 +117,11 @@ struct Decision {
   // Hold the pages dirtied in each of the last two rounds back to the final
   // round: true when sending them then is affordable.
   bool hold_back_hot = false;
-  std::string inputs;  // "kernel (eBPF)" or "userspace counters (eBPF unavailable)"
+  // What the rule ran on: "kernel (eBPF)", "userspace counters (eBPF
+  // unavailable)", "kernel (eBPF) for the link, userspace counters for
+  // dirtying" (no dirty tracepoint events), or the fixed-threshold rule's
+  // "userspace counters (fixed-threshold rule)".
+  std::string inputs;
   std::string reason;  // one line, for the progress display and the report
 };
 
