@@ -48,10 +48,10 @@ int exit_code(migration::Phase p) {
 }
 
 struct MigrateCli {
-  std::string vm, to, max_bandwidth, on_timeout = "cancel";
+  std::string vm, to, max_bandwidth, on_timeout = "cancel", policy = "adaptive";
   double downtime_limit_ms = 300;
   std::uint32_t streams = 1, timeout_s = 600;
-  bool verify = false, json = false, no_zero_copy = false;
+  bool verify = false, json = false, no_zero_copy = false, no_ebpf = false;
 };
 
 int run_migrate(const MigrateCli& o) {
@@ -62,7 +62,9 @@ int run_migrate(const MigrateCli& o) {
            {"timeout_s", o.timeout_s},
            {"on_timeout", o.on_timeout},
            {"verify", o.verify},
-           {"zero_copy", !o.no_zero_copy}};
+           {"zero_copy", !o.no_zero_copy},
+           {"policy", o.policy},
+           {"ebpf", !o.no_ebpf}};
   if (!o.max_bandwidth.empty()) {
     auto r = parse_rate(o.max_bandwidth);
     if (!r) {
@@ -185,6 +187,12 @@ void add_migrate(CLI::App& app, Globals& g) {
       ->capture_default_str();
   cmd->add_flag("--verify", o->verify, "compare whole-memory digests of both sides before the destination resumes");
   cmd->add_flag("--no-zero-copy", o->no_zero_copy, "plain sends only (zero-copy is used where the kernel really avoids the copy)");
+  cmd->add_option("--policy", o->policy,
+                  "switchover rule: adaptive (predicts downtime from eBPF measurements of dirtying and of the link, "
+                  "holds hot pages back, throttles the hottest vCPUs) or fixed (QEMU's: bytes pushed last round x limit)")
+      ->check(CLI::IsMember({"adaptive", "fixed"}))
+      ->capture_default_str();
+  cmd->add_flag("--no-ebpf", o->no_ebpf, "adaptive policy on the engine's own counters only (as when eBPF is unavailable)");
   cmd->add_flag("--json", o->json, "print the final report as JSON (no progress display)");
   cmd->callback([o, &g] { g.rc = run_migrate(*o); });
 

@@ -126,6 +126,12 @@ Result<migration::MigrateOptions> migrate_options(const json& req) {
       mo.on_timeout = a == "cancel" ? migration::TimeoutAction::kCancel : migration::TimeoutAction::kForceSwitchover;
     }
     if (req.contains("verify")) mo.verify = req["verify"].get<bool>();
+    if (req.contains("policy")) {
+      const auto pol = req["policy"].get<std::string>();
+      if (pol != "adaptive" && pol != "fixed") return fail("migrate: policy is \"adaptive\" or \"fixed\"");
+      mo.policy = pol == "adaptive" ? migration::PolicyKind::kAdaptive : migration::PolicyKind::kFixedThreshold;
+    }
+    if (req.contains("ebpf")) mo.use_ebpf = req["ebpf"].get<bool>();
     if (req.contains("zero_copy")) mo.zero_copy = req["zero_copy"].get<bool>() ? transport::ZeroCopy::kAuto : transport::ZeroCopy::kOff;
   } catch (const json::exception& e) {
     return fail("migrate: bad field: {}", e.what());

@@ -18,5 +18,6 @@ void add_vm_control(CLI::App& app, Globals& g);
 void add_receive(CLI::App& app, Globals& g);
 void add_migrate(CLI::App& app, Globals& g);
 void add_bench(CLI::App& app, Globals& g);
+void add_trace(CLI::App& app, Globals& g);
 
 }  // namespace ferry::cli

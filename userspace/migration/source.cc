@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvm/snapshot.hh"
+#include "migration/kernel_view.hh"
 #include "migration/wire.hh"
 
 namespace ferry::migration {
@@ -140,6 +141,10 @@ struct SourceMigration::Impl {
   bool paused_by_us = false;
   std::vector<std::uint64_t> sent_before;  // bitmap: pages sent at least once
   std::vector<std::uint64_t> vcpu_dirty_last;
+  std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
+  // Hot pages: consecutive harvests each page was found dirty in, and the
+  // pages held back from pre-copy rounds until the final round.
+  std::vector<std::uint8_t> dirty_streak;
 
   Impl(kvm::Machine& machine, MigrateOptions options) : m(machine), o(std::move(options)) {}
 
@@ -165,6 +170,8 @@ struct SourceMigration::Impl {
   Result<Frame> wait_reply(FrameType type, std::chrono::milliseconds timeout);
   void roll_back(const Error& why, bool cancelled_now);
   void collect_transport_figures();
+  Status calibrate(RoundSample& sample);
+  double switch_costs_ms = 0;
   void abort_transport(const std::string& why) {
     std::lock_guard lock(senders_mu);
     for (auto& s : senders) s->abort(why);
@@ -192,6 +199,9 @@ Result<Frame> SourceMigration::Impl::wait_reply(FrameType type, std::chrono::mil
 
 Status SourceMigration::Impl::connect() {
   limiter = std::make_unique<transport::RateLimiter>(o.max_bandwidth);
+  // Before the sockets exist, so each is registered as it connects; the
+  // policy says in the report when the kernel view was unavailable.
+  if (o.policy == PolicyKind::kAdaptive) kernel = KernelView::open(o.use_ebpf);
   std::random_device rd;
   const std::uint64_t session = (std::uint64_t{rd()} << 32) ^ rd() ^ static_cast<std::uint64_t>(::getpid());
   update([&](MigrationStatus& s) { s.session = session; });
@@ -211,6 +221,7 @@ Status SourceMigration::Impl::connect() {
       senders.push_back(std::move(*s));
     }
     framers.push_back(std::make_unique<FrameSender>(*senders.back()));
+    if (kernel) kernel->watch_socket(senders.back()->fd());
     Hello h;
     h.host = host;
     h.session = session;
@@ -404,7 +415,16 @@ Status SourceMigration::Impl::migrate() {
   pc.downtime_limit = o.downtime_limit;
   pc.timeout = std::chrono::duration_cast<Millis>(o.timeout);
   pc.on_timeout = o.on_timeout;
+  pc.kind = o.policy;
+  pc.max_bandwidth_bytes_per_s = o.max_bandwidth;
   SwitchoverPolicy policy(pc);
+  update([&](MigrationStatus& s) {
+    s.policy = o.policy == PolicyKind::kAdaptive ? "adaptive" : "fixed-threshold";
+    s.policy_inputs = kernel ? kernel->describe() : "bytes pushed per round (the fixed-threshold rule)";
+  });
+  dirty_streak.assign(ram->pages(), 0);
+  kvm::DirtyLog held(std::vector<kvm::TrackedSlot>{{slot, ram->gpa(), ram->pages()}});
+  Decision last_decision;
 
   // Round 0: every page the memfd holds; never-touched pages (holes) are
   // zero on the fresh destination too and are not sent at all.
@@ -423,6 +443,7 @@ Status SourceMigration::Impl::migrate() {
   kvm::DirtyLog dirty(std::vector<kvm::TrackedSlot>{{slot, ram->gpa(), ram->pages()}});
   for (std::uint32_t round = 0;; ++round) {
     update([&](MigrationStatus& s) { s.round = round; });
+    if (kernel) kernel->round_begin();
     auto fig = send_round(round, todo);
     if (!fig) return std::unexpected(fig.error());
     if (auto ok = check_peer(); !ok) return ok;
@@ -436,6 +457,36 @@ Status SourceMigration::Impl::migrate() {
     sample.bytes_sent = fig->bytes;
     sample.dirty_pages = dirty.count();
     sample.elapsed = Millis(ms_since(t0));
+    // Streaks: a page found dirty in consecutive harvests is hot.
+    {
+      const auto* now_dirty = dirty.find(slot);
+      for (std::uint64_t p = 0; p < dirty_streak.size(); ++p) {
+        if (now_dirty && now_dirty->test(p)) {
+          if (dirty_streak[p] < 255) ++dirty_streak[p];
+        } else {
+          dirty_streak[p] = 0;
+        }
+      }
+      // Held pages the harvest did not find again are still unsent.
+      std::uint64_t held_only = 0;
+      if (const auto* h = held.find(slot))
+        h->for_each([&](std::uint64_t p) { held_only += now_dirty && now_dirty->test(p) ? 0 : 1; });
+      sample.hot_pages = held_only;
+    }
+    sample.hot_set_pages = held.count();
+    if (kernel) {
+      sample.kernel = kernel->round_end();
+      // vCPUs that never dirtied a page have no counter yet: rate 0.
+      if (sample.kernel && !sample.kernel->dirty_pages_per_s.empty())
+        sample.kernel->dirty_pages_per_s.resize(std::max<std::size_t>(sample.kernel->dirty_pages_per_s.size(), m.vcpu_count()), 0.0);
+    }
+    if (round == 0 && o.policy == PolicyKind::kAdaptive) {
+      if (auto ok = calibrate(sample); !ok) return ok;
+    } else {
+      std::lock_guard lock(mu);
+      sample.state_bytes = st.state_bytes;
+      sample.switch_costs = Millis(std::max(0.0, switch_costs_ms));
+    }
     const auto per_vcpu = m.dirtied_per_vcpu();
     if (per_vcpu.empty()) {
       // The bitmap cannot say which vCPU wrote: one figure for the VM,
@@ -448,7 +499,8 @@ Status SourceMigration::Impl::migrate() {
     }
     const Decision d = policy.after_round(sample);
     std::vector<double> throttle = d.throttle;
-    if (per_vcpu.empty() && !throttle.empty()) throttle.assign(m.vcpu_count(), throttle[0]);
+    // One share for the whole VM (bitmap, no per-vCPU view) applies to all.
+    if (throttle.size() == 1 && m.vcpu_count() > 1) throttle.assign(m.vcpu_count(), throttle[0]);
     m.set_throttle(throttle);
     fig->dirty_after = sample.dirty_pages;
     fig->dirty_rate = d.dirty_bytes_per_s;
@@ -458,6 +510,14 @@ Status SourceMigration::Impl::migrate() {
     fig->reason = d.reason;
     fig->throttle = throttle;
     fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
+    fig->capacity = d.capacity_bytes_per_s;
+    fig->held_back = sample.hot_pages;
+    if (sample.kernel) {
+      fig->link_capacity = sample.kernel->link_capacity_bytes_per_s;
+      fig->rtt_ms = sample.kernel->rtt.count();
+      fig->kernel_dirty_rate = sample.kernel->dirty_pages_per_s;
+    }
+    last_decision = d;
     spdlog::info("migration: round {}: {} pages + {} zero in {:.1f} ms; {} dirty; {}: {}", round, fig->pages,
                  fig->zero_pages, fig->ms, sample.dirty_pages, fig->decision, d.reason);
     update([&](MigrationStatus& s) {
@@ -477,6 +537,23 @@ Status SourceMigration::Impl::migrate() {
       return fail("{}", d.reason);
     }
     if (d.action == Decision::Action::kSwitchover) break;
+    // Next round: everything still unsent, except that hot pages wait for
+    // the final round when the policy can afford them there (sending them
+    // now would only send them again).
+    dirty.merge(held);
+    held.clear();
+    if (d.hold_back_hot) {
+      auto* h = held.find(slot);
+      auto* pending = dirty.find(slot);
+      std::vector<std::uint64_t> hot;
+      pending->for_each([&](std::uint64_t p) {
+        if (dirty_streak[p] >= 2) hot.push_back(p);
+      });
+      for (std::uint64_t p : hot) {
+        h->set(p);
+        pending->words()[p / 64] &= ~(1ull << (p % 64));
+      }
+    }
     todo = split(dirty, slot, o.streams);
   }
 
@@ -493,6 +570,18 @@ Status SourceMigration::Impl::migrate() {
   auto image = m.state_image();
   if (!image) return std::unexpected(image.error());
   if (auto ok = m.harvest_dirty(dirty); !ok) return ok;
+  const std::uint64_t held_final = held.count();
+  dirty.merge(held);
+  held.clear();
+  update([&](MigrationStatus& s) {
+    s.held_back_pages = held_final;
+    s.predicted_downtime_ms = last_decision.expected_downtime.count();
+    s.predict_pages_ms = last_decision.predict_pages.count();
+    s.predict_state_ms = last_decision.predict_state.count();
+    s.predict_rtt_ms = last_decision.predict_rtt.count();
+    s.predict_fixed_ms = last_decision.predict_fixed.count();
+    if (!last_decision.inputs.empty()) s.policy_inputs = last_decision.inputs;
+  });
   const std::uint32_t final_round = static_cast<std::uint32_t>(st.rounds.size());
   update([&](MigrationStatus& s) { s.round = final_round; });
   auto fin = send_round(final_round, split(dirty, slot, o.streams));
@@ -563,6 +652,35 @@ Status SourceMigration::Impl::migrate() {
     s.phase = Phase::kMigrated;
   });
   (void)m.stop(fmt::format("migrated to {}", o.to.str()));
+  return {};
+}
+
+// Measures what switching over costs besides pages, once, after round 0:
+// a real pause, state capture and resume of this VM (typically a
+// millisecond or two natively, tens under emulation). The destination's
+// load is the mirror image of the capture (the same ioctls, SET instead
+// of GET), so it is counted twice. Without this the policy can only guess
+// and overshoots the limit where these costs are large.
+Status SourceMigration::Impl::calibrate(RoundSample& sample) {
+  const auto t = Clock::now();
+  if (auto ok = m.pause(); !ok) return std::unexpected(std::move(ok.error()).context("calibration pause"));
+  paused_by_us = true;
+  const auto t_capture = Clock::now();
+  auto image = m.state_image();
+  const double capture_ms = ms_since(t_capture);
+  if (auto ok = m.resume(); !ok) return std::unexpected(std::move(ok.error()).context("calibration resume"));
+  paused_by_us = false;
+  if (!image) return std::unexpected(std::move(image.error()).context("calibration"));
+  const double pause_ms = ms_since(t);
+  switch_costs_ms = pause_ms + capture_ms;
+  sample.state_bytes = image->size();
+  sample.switch_costs = Millis(switch_costs_ms);
+  update([&](MigrationStatus& s) {
+    s.calibration_pause_ms = pause_ms;
+    s.state_bytes = image->size();
+  });
+  spdlog::info("migration: calibration pause {:.2f} ms (state capture {:.2f} ms, {} bytes)", pause_ms, capture_ms,
+               image->size());
   return {};
 }
 

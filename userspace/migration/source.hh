@@ -37,6 +37,10 @@ struct MigrateOptions {
   // No byte from the destination for this long while waiting for it: gone.
   std::chrono::milliseconds reply_timeout{60000};
   std::chrono::milliseconds confirm_timeout{10000};
+  // The switchover rule, and whether the adaptive one may use eBPF (off:
+  // it uses the engine's own counters, as when eBPF is unavailable).
+  PolicyKind policy = PolicyKind::kAdaptive;
+  bool use_ebpf = true;
 };
 
 class SourceMigration {

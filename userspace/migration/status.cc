@@ -26,7 +26,12 @@ nlohmann::json to_json(const MigrationStatus& s) {
                       {"decision", r.decision},
                       {"reason", r.reason},
                       {"throttle", r.throttle},
-                      {"dirtied_per_vcpu", r.dirtied_per_vcpu}});
+                      {"dirtied_per_vcpu", r.dirtied_per_vcpu},
+                      {"capacity_bytes_per_s", r.capacity},
+                      {"link_capacity_bytes_per_s", r.link_capacity},
+                      {"rtt_ms", r.rtt_ms},
+                      {"kernel_dirty_pages_per_s", r.kernel_dirty_rate},
+                      {"held_back_pages", r.held_back}});
   auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"phase", phase_name(s.phase)},
           {"error", s.error},
@@ -64,7 +69,18 @@ nlohmann::json to_json(const MigrationStatus& s) {
           {"zc_requests", s.zc_requests},
           {"zc_copied", s.zc_copied},
           {"throttle", s.throttle},
-          {"throttled_ms", s.throttled_ms}};
+          {"throttled_ms", s.throttled_ms},
+          {"policy",
+           {{"rule", s.policy},
+            {"inputs", s.policy_inputs},
+            {"predicted_downtime_ms", opt(s.predicted_downtime_ms)},
+            {"predicted_breakdown",
+             {{"pages_ms", s.predict_pages_ms},
+              {"state_ms", s.predict_state_ms},
+              {"round_trips_ms", s.predict_rtt_ms},
+              {"switch_costs_ms", s.predict_fixed_ms}}},
+            {"calibration_pause_ms", opt(s.calibration_pause_ms)},
+            {"held_back_pages", s.held_back_pages}}}};
 }
 
 Phase parse_phase(std::string_view p) {
@@ -109,6 +125,21 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
   s.zero_copy = j.value("zero_copy", "");
   s.zc_requests = j.value("zc_requests", std::uint64_t{0});
   s.zc_copied = j.value("zc_copied", std::uint64_t{0});
+  if (j.contains("policy") && j["policy"].is_object()) {
+    const auto& p = j["policy"];
+    s.policy = p.value("rule", "");
+    s.policy_inputs = p.value("inputs", "");
+    s.predicted_downtime_ms = p["predicted_downtime_ms"].is_number() ? p["predicted_downtime_ms"].get<double>() : -1;
+    if (p.contains("predicted_breakdown")) {
+      const auto& pb = p["predicted_breakdown"];
+      s.predict_pages_ms = pb.value("pages_ms", 0.0);
+      s.predict_state_ms = pb.value("state_ms", 0.0);
+      s.predict_rtt_ms = pb.value("round_trips_ms", 0.0);
+      s.predict_fixed_ms = pb.value("switch_costs_ms", 0.0);
+    }
+    s.calibration_pause_ms = p["calibration_pause_ms"].is_number() ? p["calibration_pause_ms"].get<double>() : -1;
+    s.held_back_pages = p.value("held_back_pages", std::uint64_t{0});
+  }
   for (const auto& r : j["rounds"]) {
     RoundFigures f;
     f.round = r.value("round", 0u);
@@ -119,6 +150,16 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
     f.dirty_after = r.value("dirty_after", std::uint64_t{0});
     f.decision = r.value("decision", "");
     f.reason = r.value("reason", "");
+    f.capacity = r.value("capacity_bytes_per_s", 0.0);
+    f.link_capacity = r.value("link_capacity_bytes_per_s", 0.0);
+    f.rtt_ms = r.value("rtt_ms", 0.0);
+    f.held_back = r.value("held_back_pages", std::uint64_t{0});
+    if (r.contains("kernel_dirty_pages_per_s")) f.kernel_dirty_rate = r["kernel_dirty_pages_per_s"].get<std::vector<double>>();
+    if (r.contains("dirtied_per_vcpu")) f.dirtied_per_vcpu = r["dirtied_per_vcpu"].get<std::vector<std::uint64_t>>();
+    f.throttle = r.value("throttle", std::vector<double>{});
+    f.bandwidth = r.value("bandwidth_bytes_per_s", 0.0);
+    f.dirty_rate = r.value("dirty_rate_bytes_per_s", 0.0);
+    f.expected_downtime_ms = r.value("expected_downtime_ms", 0.0);
     s.rounds.push_back(f);
   }
   return s;
@@ -159,6 +200,18 @@ std::string report_text(const MigrationStatus& s) {
     line("    commit        {:.1f} ms (COMMIT to CONFIRMED, which waits for the guest's first heartbeat there)",
          s.commit_ms);
     line("  guest saw       {} without a heartbeat", ms_or_unknown(s.guest_downtime_ms));
+  }
+  if (!s.policy.empty()) {
+    line("  policy          {}; inputs: {}", s.policy, s.policy_inputs.empty() ? "-" : s.policy_inputs);
+    if (s.predicted_downtime_ms >= 0)
+      line("    predicted     {:.1f} ms downtime (pages {:.1f} + state {:.1f} + round trips {:.1f} + switch costs {:.1f})"
+           "; actual {}",
+           s.predicted_downtime_ms, s.predict_pages_ms, s.predict_state_ms, s.predict_rtt_ms, s.predict_fixed_ms,
+           ms_or_unknown(s.downtime_ms));
+    if (s.calibration_pause_ms >= 0)
+      line("    calibration   one {:.1f} ms pause during pre-copy measured the switch costs", s.calibration_pause_ms);
+    if (s.held_back_pages > 0)
+      line("    hot pages     {} re-dirtied every round, held back and sent once at switchover", s.held_back_pages);
   }
   for (const auto& r : s.rounds)
     line("  round {:>2}  {:>7} pages {:>7} zero  {:>8.1f} MiB in {:>8.1f} ms  dirty after {:>7}  {}{}", r.round, r.pages,

@@ -41,6 +41,12 @@ struct RoundFigures {
   // the whole VM (bitmap): the policy's input, so reports can be replayed
   // as policy traces (tests/data/policy).
   std::vector<std::uint64_t> dirtied_per_vcpu;
+  // Adaptive policy inputs and outputs for the round (0 / empty: unknown).
+  double capacity = 0;                     // bytes/s the prediction used
+  double link_capacity = 0;                // bytes/s from cwnd x mss / srtt (eBPF)
+  double rtt_ms = 0;                       // smoothed RTT of the streams (eBPF)
+  std::vector<double> kernel_dirty_rate;   // pages/s per vCPU seen by eBPF during the round
+  std::uint64_t held_back = 0;             // hot pages held for the final round
 };
 
 struct MigrationStatus {
@@ -76,6 +82,14 @@ struct MigrationStatus {
   std::uint64_t zc_requests = 0, zc_copied = 0;
   std::vector<double> throttle;  // per vCPU, last applied
   std::vector<double> throttled_ms;
+  // The switchover policy: which rule, what it measured with, and what it
+  // predicted the downtime would be when it switched over (-1: it did not).
+  std::string policy;         // "adaptive" or "fixed-threshold"
+  std::string policy_inputs;  // e.g. "dirty rate: eBPF kvm_dirty_ring_push; link: eBPF tcp_probe"
+  double predicted_downtime_ms = -1;
+  double predict_pages_ms = 0, predict_state_ms = 0, predict_rtt_ms = 0, predict_fixed_ms = 0;
+  double calibration_pause_ms = -1;  // the one short pause that measured switch costs
+  std::uint64_t held_back_pages = 0;  // hot pages sent only in the final round
 };
 
 nlohmann::json to_json(const MigrationStatus& s);
