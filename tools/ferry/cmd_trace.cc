@@ -177,7 +177,7 @@ int run_trace(const TraceCli& o) {
         v.vcpus.push_back(r);
       }
       v.pages_per_s = vm_rates[pid].update(total, f.interval_s);
-      auto [in_window, eff] = windows[pid].add(f.t_s, total, o.window_s);
+      auto [in_window, eff] = windows[pid].add(f.t_s, total, o.window_s, o.interval_ms / 2000.0);
       v.events_in_window = in_window;
       v.window_s = eff;
       auto pages = dirty->pages(pid, src, know, static_cast<std::uint64_t>(eff * 1e9), std::size_t{o.top});

@@ -4,10 +4,10 @@
 
 namespace ferry::cli::trace {
 
-std::pair<std::uint64_t, double> WindowHistory::add(double t_s, std::uint64_t total, double window_s) {
+std::pair<std::uint64_t, double> WindowHistory::add(double t_s, std::uint64_t total, double window_s, double slack) {
   readings_.emplace_back(t_s, total);
-  // Keep exactly one reading at or before the window's start.
-  while (readings_.size() >= 2 && readings_[1].first <= t_s - window_s) readings_.pop_front();
+  // Keep one reading at (about) the window's start.
+  while (readings_.size() >= 2 && readings_[1].first <= t_s - window_s + slack) readings_.pop_front();
   const auto& [t0, n0] = readings_.front();
   return {total - n0, t_s - t0};
 }

@@ -65,8 +65,10 @@ struct Frame {
 // between now and the newest reading at or before now - window.
 class WindowHistory {
  public:
-  // Returns {events in window, effective window seconds}.
-  std::pair<std::uint64_t, double> add(double t_s, std::uint64_t total, double window_s);
+  // Returns {events in window, effective window seconds}. Readings come
+  // once an interval, with jitter: `slack` (half an interval) lets the one
+  // nearest the window's start count, so the window is W +- slack.
+  std::pair<std::uint64_t, double> add(double t_s, std::uint64_t total, double window_s, double slack);
 
  private:
   std::deque<std::pair<double, std::uint64_t>> readings_;
