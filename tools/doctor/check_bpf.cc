@@ -29,6 +29,7 @@ const std::vector<std::string>& required_tracepoints() {
       "kvmmmu/fast_page_fault",    // write-protect faults (dirty-bitmap VMs)
       "tcp/tcp_probe",             // RTT, cwnd, send window per connection
       "tcp/tcp_retransmit_skb",    // retransmissions
+      "sock/inet_sock_set_state",  // TCP sockets as they connect (their MSS, on 6.1)
       "io_uring/io_uring_submit_req|io_uring_submit_sqe",  // renamed after 6.1
       "io_uring/io_uring_complete",  // send completion latency
   };

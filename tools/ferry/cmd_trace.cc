@@ -74,10 +74,25 @@ std::vector<int> all_vms() {
   return out;
 }
 
+// Root, or the capabilities that loading tracing programs needs (CAP_BPF
+// and CAP_PERFMON, or CAP_SYS_ADMIN on its own), read from CapEff.
+bool can_load_bpf() {
+  if (::geteuid() == 0) return true;
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);) {
+    if (!line.starts_with("CapEff:")) continue;
+    const std::uint64_t eff = std::stoull(line.substr(7), nullptr, 16);
+    auto has = [&](int cap) { return ((eff >> cap) & 1) != 0; };
+    constexpr int kSysAdmin = 21, kPerfmon = 38, kBpf = 39;
+    return has(kSysAdmin) || (has(kBpf) && has(kPerfmon));
+  }
+  return false;
+}
+
 // What stops eBPF tracing on this host, with the fix `ferry doctor` gives.
 std::optional<std::string> preflight() {
   std::error_code ec;
-  if (::geteuid() != 0)
+  if (!can_load_bpf())
     return "loading eBPF programs needs root (or CAP_BPF + CAP_PERFMON): run `sudo ferry trace ...`; "
            "`ferry doctor` checks it (ebpf load_attach)";
   if (!fs::exists("/sys/kernel/btf/vmlinux", ec))

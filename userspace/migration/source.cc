@@ -521,6 +521,7 @@ Status SourceMigration::Impl::migrate() {
     spdlog::info("migration: round {}: {} pages + {} zero in {:.1f} ms; {} dirty; {}: {}", round, fig->pages,
                  fig->zero_pages, fig->ms, sample.dirty_pages, fig->decision, d.reason);
     update([&](MigrationStatus& s) {
+      if (!d.inputs.empty()) s.policy_inputs = d.inputs;  // what this round's decision ran on
       s.rounds.push_back(*fig);
       s.remaining_pages = sample.dirty_pages;
       s.dirty_rate = d.dirty_bytes_per_s;
