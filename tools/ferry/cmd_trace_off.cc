@@ -1,4 +1,4 @@
-// `ferry trace` in a build without eBPF (FERRY_BPF=OFF): says so.
+// `ferry trace` and `ferry bench-trace` in a build without eBPF (FERRY_BPF=OFF): say so.
 #include <fmt/format.h>
 
 #include "ferry/commands.hh"
@@ -10,6 +10,15 @@ void add_trace(CLI::App& app, Globals& g) {
   cmd->allow_extras();
   cmd->callback([&g] {
     fmt::print(stderr, "ferry trace: this ferry was built without eBPF (FERRY_BPF=OFF); rebuild with -DFERRY_BPF=ON\n");
+    g.rc = 1;
+  });
+}
+
+void add_bench_trace(CLI::App& app, Globals& g) {
+  auto* cmd = app.add_subcommand("bench-trace", "Benchmark: the cost of `ferry trace` (needs eBPF).");
+  cmd->allow_extras();
+  cmd->callback([&g] {
+    fmt::print(stderr, "ferry bench-trace: this ferry was built without eBPF (FERRY_BPF=OFF); rebuild with -DFERRY_BPF=ON\n");
     g.rc = 1;
   });
 }

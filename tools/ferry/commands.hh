@@ -19,5 +19,6 @@ void add_receive(CLI::App& app, Globals& g);
 void add_migrate(CLI::App& app, Globals& g);
 void add_bench(CLI::App& app, Globals& g);
 void add_trace(CLI::App& app, Globals& g);
+void add_bench_trace(CLI::App& app, Globals& g);  // cmd_bench_trace.cc; a stub in cmd_trace_off.cc
 
 }  // namespace ferry::cli
