@@ -154,6 +154,7 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
   }
   auto* skel = t.skel_.get();
   skel->rodata->target_tgid = options.tgid ? static_cast<__u32>(*options.tgid) : 0;
+  skel->rodata->wp_under_ring = options.count_wp_under_ring ? 1 : 0;
   skel->rodata->use_global_ids = pidns.st_ino == kInitPidNsIno;
   skel->rodata->pidns_dev = pidns.st_dev;
   skel->rodata->pidns_ino = pidns.st_ino;

@@ -106,6 +106,9 @@ class DirtyTracer {
     // Only this process (as getpid() returns it in the caller's pid
     // namespace); nullopt traces every process (`ferry trace --all`).
     std::optional<pid_t> tgid;
+    // A thread that pushes to a dirty ring also takes the write faults
+    // underneath (kvm-amd): by default they are not counted twice.
+    bool count_wp_under_ring = false;
   };
 
   // Loads both programs and attaches each tracepoint this kernel has. One

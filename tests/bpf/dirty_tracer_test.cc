@@ -109,7 +109,9 @@ class DirtyTracerTest : public ::testing::Test {
 };
 
 TEST_F(DirtyTracerTest, CountsWhatTheVmmHarvestsPerVcpuAndPage) {
-  auto tracer = DirtyTracer::open({.tgid = ::getpid()});
+  // This one counts write faults under the ring too, to check their filter;
+  // `all` below runs as `ferry trace` does, without them.
+  auto tracer = DirtyTracer::open({.tgid = ::getpid(), .count_wp_under_ring = true});
   ASSERT_TRUE(tracer) << tracer.error().what();
   // Both kernels this runs on (6.1 in the sandbox, 6.18 natively) have both.
   EXPECT_TRUE(tracer->attached(DirtySource::kRing)) << tracer->probe(DirtySource::kRing).error;
@@ -140,6 +142,9 @@ TEST_F(DirtyTracerTest, CountsWhatTheVmmHarvestsPerVcpuAndPage) {
   ASSERT_TRUE(before) << before.error().what();
   EXPECT_EQ(total_events(*before, ::getpid(), DirtySource::kRing), 0u) << "ring pushes before dirty logging began";
   const std::uint64_t wp_before = total_events(*before, ::getpid(), DirtySource::kWriteProtect);
+  auto all_before = all->vcpu_counts();
+  ASSERT_TRUE(all_before) << all_before.error().what();
+  const std::uint64_t all_wp_before = total_events(*all_before, ::getpid(), DirtySource::kWriteProtect);
   ASSERT_TRUE(vm.start_dirty_tracking());
   const auto per_vcpu_at_start = vm.dirtied_per_vcpu();
   const std::uint64_t t0 = DirtyTracer::now_ns();
@@ -197,6 +202,12 @@ TEST_F(DirtyTracerTest, CountsWhatTheVmmHarvestsPerVcpuAndPage) {
   auto everyone = all->vcpu_counts();
   ASSERT_TRUE(everyone) << everyone.error().what();
   EXPECT_EQ(total_events(*everyone, ::getpid(), DirtySource::kRing), pushes) << "--all and the filtered tracer disagree";
+  if (ring) {
+    // Without count_wp_under_ring a write is counted once: at most each
+    // vCPU thread's first fault (before its ring key existed) gets through.
+    const std::uint64_t all_wp = total_events(*everyone, ::getpid(), DirtySource::kWriteProtect) - all_wp_before;
+    EXPECT_LE(all_wp, std::uint64_t{config.guest.vcpus}) << "write faults counted again under the dirty ring";
+  }
 
   if (!ring) {
     // Bitmap: KVM pushes nothing to a ring, and the guest did dirty pages.
