@@ -458,11 +458,13 @@ Status SourceMigration::Impl::migrate() {
     sample.dirty_pages = dirty.count();
     sample.elapsed = Millis(ms_since(t0));
     // Streaks: a page found dirty in consecutive harvests is hot.
+    std::uint64_t hot_now = 0;  // what holding back would hold next
     {
       const auto* now_dirty = dirty.find(slot);
       for (std::uint64_t p = 0; p < dirty_streak.size(); ++p) {
         if (now_dirty && now_dirty->test(p)) {
           if (dirty_streak[p] < 255) ++dirty_streak[p];
+          hot_now += dirty_streak[p] >= 2 ? 1 : 0;
         } else {
           dirty_streak[p] = 0;
         }
@@ -473,7 +475,10 @@ Status SourceMigration::Impl::migrate() {
         h->for_each([&](std::uint64_t p) { held_only += now_dirty && now_dirty->test(p) ? 0 : 1; });
       sample.hot_pages = held_only;
     }
-    sample.hot_set_pages = held.count();
+    // The policy judges holding back on the set it would hold: the pages
+    // hot now plus those still held from before (not the held count alone,
+    // which is 0 before the first hold and would always look affordable).
+    sample.hot_set_pages = hot_now + sample.hot_pages;
     if (kernel) {
       sample.kernel = kernel->round_end();
       // vCPUs that never dirtied a page have no counter yet: rate 0.
