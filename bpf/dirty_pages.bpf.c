@@ -170,8 +170,28 @@ static __always_inline void record(__u32 tgid, __u32 tid, __u32 vcpu,
 	count_page(tgid, slot, page, now);
 }
 
+/* The two tracepoints' records, declared here rather than taken from
+ * vmlinux.h: where KVM is a module (Debian's 6.1) its trace_event_raw_*
+ * types are in the module's BTF, not in the vmlinux.h this is built
+ * against. libbpf drops the ___ferry suffix and relocates each field
+ * against the running kernel's type, module BTF included (and shrinks the
+ * error_code load where the field is a u32, as on 6.1). */
+struct trace_event_raw_kvm_dirty_ring_push___ferry {
+	int index;
+	__u32 slot;
+	__u64 offset;
+} __attribute__((preserve_access_index));
+
+struct trace_event_raw_fast_page_fault___ferry {
+	int vcpu_id;
+	__u64 cr2_or_gpa;
+	__u64 error_code;
+	__u64 old_spte;
+	__u64 new_spte;
+} __attribute__((preserve_access_index));
+
 SEC("tracepoint/" DIRTY_TP_RING_CATEGORY "/" DIRTY_TP_RING_NAME)
-int on_ring_push(struct trace_event_raw_kvm_dirty_ring_push *ctx)
+int on_ring_push(struct trace_event_raw_kvm_dirty_ring_push___ferry *ctx)
 {
 	__u32 tgid, tid;
 	if (!current_ids(&tgid, &tid))
@@ -183,7 +203,7 @@ int on_ring_push(struct trace_event_raw_kvm_dirty_ring_push *ctx)
 }
 
 SEC("tracepoint/" DIRTY_TP_WP_CATEGORY "/" DIRTY_TP_WP_NAME)
-int on_fast_page_fault(struct trace_event_raw_fast_page_fault *ctx)
+int on_fast_page_fault(struct trace_event_raw_fast_page_fault___ferry *ctx)
 {
 	/* error_code is u32 on 6.1 and u64 on 6.18: CO-RE resizes the load,
 	 * and the write bit is in the low half either way. */

@@ -312,7 +312,10 @@ TEST(Migration, AdaptivePolicyConvergesWhereTheFixedThresholdNeverDoes) {
   auto dst1 = start_receiver(dir, "fixed");
   ASSERT_FALSE(dst1.listen.empty()) << dst1.p->output();
   auto fixed_args = capped;
-  fixed_args.insert(fixed_args.end(), {"--policy", "fixed", "--timeout", "20"});
+  // Long enough for several rounds at this cap (round 0 carries about
+  // 1.2 MiB), however fast this machine's guest turned out to be.
+  const int fixed_timeout = std::max(20, static_cast<int>(4 * 1.2 * 1048576 / cap));
+  fixed_args.insert(fixed_args.end(), {"--policy", "fixed", "--timeout", std::to_string(fixed_timeout)});
   auto fixed = migrate(api, dst1.listen, fixed_args);
   EXPECT_EQ(fixed.exit_code, 1) << fixed.describe();
   auto frep = json::parse(fixed.out, nullptr, false);
@@ -327,7 +330,8 @@ TEST(Migration, AdaptivePolicyConvergesWhereTheFixedThresholdNeverDoes) {
   auto dst2 = start_receiver(dir, "dst");
   ASSERT_FALSE(dst2.listen.empty()) << dst2.p->output();
   auto adaptive_args = capped;
-  adaptive_args.insert(adaptive_args.end(), {"--timeout", "240", "--verify"});
+  adaptive_args.insert(adaptive_args.end(),
+                       {"--timeout", std::to_string(std::max(240, 12 * fixed_timeout / 4)), "--verify"});
   auto r = migrate(api, dst2.listen, adaptive_args);
   ASSERT_EQ(r.exit_code, 0) << r.describe() << "\nsource:\n" << src.output();
   auto rep = json::parse(r.out);

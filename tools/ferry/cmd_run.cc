@@ -212,7 +212,11 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
       if (migration_active() || outcome_unknown()) return fail("dirty-rate: a migration owns dirty logging now");
       migration::DirtyRateOptions dro;
       try {
-        if (req.contains("seconds")) dro.duration = std::chrono::milliseconds(static_cast<long>(req["seconds"].get<double>() * 1000));
+        if (req.contains("seconds")) {
+          const double secs = req["seconds"].get<double>();
+          if (!(secs > 0 && secs <= 60)) return fail("dirty-rate: seconds must be in (0, 60]");
+          dro.duration = std::chrono::milliseconds(static_cast<long>(secs * 1000));
+        }
         if (req.contains("harvest_ms")) dro.harvest = std::chrono::milliseconds(req["harvest_ms"].get<std::uint32_t>());
       } catch (const json::exception& e) {
         return fail("dirty-rate: bad field: {}", e.what());

@@ -109,6 +109,12 @@ int run_trace(const TraceCli& o) {
     fmt::print(stderr, "ferry trace: give --pid PID (one or more) or --all\n");
     return 2;
   }
+  // Privileges first: without them /proc/PID/fd is unreadable and every
+  // process would look like it holds no VM.
+  if (auto why = preflight()) {
+    fmt::print(stderr, "ferry trace: {}\n", *why);
+    return 1;
+  }
   for (int pid : o.pids) {
     if (!fs::exists(fmt::format("/proc/{}", pid))) {
       fmt::print(stderr, "ferry trace: no process {}\n", pid);
@@ -119,10 +125,6 @@ int run_trace(const TraceCli& o) {
                  comm_of(pid));
       return 1;
     }
-  }
-  if (auto why = preflight()) {
-    fmt::print(stderr, "ferry trace: {}\n", *why);
-    return 1;
   }
   bpf::DirtyTracer::Options dopt;
   if (o.pids.size() == 1) dopt.tgid = o.pids[0];  // one VM: filter in the kernel

@@ -9,12 +9,12 @@ std::pair<std::uint64_t, double> WindowHistory::add(double t_s, std::uint64_t to
   // Keep one reading at (about) the window's start.
   while (readings_.size() >= 2 && readings_[1].first <= t_s - window_s + slack) readings_.pop_front();
   const auto& [t0, n0] = readings_.front();
-  return {total - n0, t_s - t0};
+  return {total >= n0 ? total - n0 : 0, t_s - t0};
 }
 
 double Rate::update(std::uint64_t total, double interval_s) {
   const bool had = primed_;
-  const std::uint64_t delta = total - last_;
+  const std::uint64_t delta = total >= last_ ? total - last_ : 0;
   primed_ = true;
   last_ = total;
   return had && interval_s > 0 ? static_cast<double>(delta) / interval_s : 0.0;

@@ -76,7 +76,10 @@ class EbpfView final : public KernelView {
       std::vector<double> rates;
       for (const auto& [vcpu, n] : end) {
         const auto it = begin_.find(vcpu);
-        const std::uint64_t delta = n - (it == begin_.end() ? 0 : it->second);
+        // The source (ring or write faults) can differ between readings,
+        // or the first reading may have failed: never let a delta wrap.
+        const std::uint64_t b = it == begin_.end() ? 0 : it->second;
+        const std::uint64_t delta = n >= b ? n - b : 0;
         if (rates.size() <= vcpu) rates.resize(vcpu + 1, 0.0);
         rates[vcpu] = static_cast<double>(delta) / secs;
         total += delta;

@@ -444,6 +444,7 @@ Status SourceMigration::Impl::migrate() {
   for (std::uint32_t round = 0;; ++round) {
     update([&](MigrationStatus& s) { s.round = round; });
     if (kernel) kernel->round_begin();
+    const std::uint64_t withheld = held.count();  // hot pages this round leaves out
     auto fig = send_round(round, todo);
     if (!fig) return std::unexpected(fig.error());
     if (auto ok = check_peer(); !ok) return ok;
@@ -516,7 +517,7 @@ Status SourceMigration::Impl::migrate() {
     fig->throttle = throttle;
     fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
     fig->capacity = d.capacity_bytes_per_s;
-    fig->held_back = sample.hot_pages;
+    fig->held_back = withheld;
     if (sample.kernel) {
       fig->link_capacity = sample.kernel->link_capacity_bytes_per_s;
       fig->rtt_ms = sample.kernel->rtt.count();
@@ -528,7 +529,7 @@ Status SourceMigration::Impl::migrate() {
     update([&](MigrationStatus& s) {
       if (!d.inputs.empty()) s.policy_inputs = d.inputs;  // what this round's decision ran on
       s.rounds.push_back(*fig);
-      s.remaining_pages = sample.dirty_pages;
+      s.remaining_pages = sample.dirty_pages + sample.hot_pages;
       s.dirty_rate = d.dirty_bytes_per_s;
       s.bandwidth = d.bandwidth_bytes_per_s;
       s.expected_downtime_ms = d.expected_downtime.count();
@@ -726,6 +727,9 @@ void SourceMigration::Impl::run() {
     roll_back(why, cancelled.load());
   }
   collect_transport_figures();
+  // Detach the eBPF programs now: a VM that stays here must not go on
+  // paying for tracepoints (and locked map memory) nobody reads.
+  kernel.reset();
   const auto throttled = m.throttled_time();
   update([&](MigrationStatus& s) {
     s.throttled_ms.clear();
