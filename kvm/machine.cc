@@ -189,12 +189,20 @@ Status Machine::create_dirty_tracker() {
 
 Status Machine::start_dirty_tracking() {
   if (tracking_) return {};
+  // All or nothing: a failure part way leaves logging off on every region,
+  // so no caller has to clean up after a start that did not happen.
+  auto undo = [&](Error e) -> Status {
+    tracking_ = true;
+    (void)stop_dirty_tracking();
+    return std::unexpected(std::move(e).context("start dirty logging"));
+  };
   for (const auto& r : regions_)
-    if (auto ok = vm_->set_memory_region(*r, true); !ok) return std::unexpected(std::move(ok.error()).context("start dirty logging"));
+    if (auto ok = vm_->set_memory_region(*r, true); !ok) return undo(std::move(ok.error()));
   tracking_ = true;
   // Forget anything from an earlier tracking period: round 0 sends all.
   DirtyLog discard(tracker_->slots());
-  return harvest_dirty(discard);
+  if (auto ok = harvest_dirty(discard); !ok) return undo(std::move(ok.error()));
+  return {};
 }
 
 Status Machine::stop_dirty_tracking() {

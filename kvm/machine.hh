@@ -158,6 +158,7 @@ class Machine {
   // start: sets KVM_MEM_LOG_DIRTY_PAGES on every slot, which write-protects
   // guest memory so that every later write is reported. stop: clears it
   // (the guest writes at full speed again).
+  // start is all or nothing: when it fails, logging is off again.
   Status start_dirty_tracking();
   Status stop_dirty_tracking();
   bool dirty_tracking() const { return tracking_; }

@@ -13,11 +13,7 @@ Result<DirtyRateResult> measure_dirty_rate(kvm::Machine& m, const DirtyRateOptio
   if (m.status().state != kvm::RunState::kRunning) return fail("dirty-rate: the VM is not running");
   std::vector<kvm::TrackedSlot> slots;
   for (const auto* r : m.regions()) slots.push_back({r->slot(), r->gpa(), r->pages()});
-  if (auto ok = m.start_dirty_tracking(); !ok) {
-    // It may have switched logging on before failing: never leave it on.
-    (void)m.stop_dirty_tracking();
-    return std::unexpected(std::move(ok.error()).context("dirty-rate"));
-  }
+  if (auto ok = m.start_dirty_tracking(); !ok) return std::unexpected(std::move(ok.error()).context("dirty-rate"));
 
   DirtyRateResult out;
   out.backend = m.dirty_backend() == kvm::DirtyBackend::kRing ? "ring" : "bitmap";
