@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "bpf/libbpf_log.hh"
+#include "bpf/load_errors.hh"
 #include "dirty_pages.skel.h"
 
 namespace ferry::bpf {
@@ -33,19 +34,6 @@ constexpr const char* kTracepoints[] = {
     DIRTY_TP_RING_CATEGORY "/" DIRTY_TP_RING_NAME,
     DIRTY_TP_WP_CATEGORY "/" DIRTY_TP_WP_NAME,
 };
-
-std::string privilege_hint(int err) {
-  return err == EPERM || err == EACCES ? " (need root, or CAP_BPF + CAP_PERFMON)" : "";
-}
-
-// Where tracefs shows its events (libbpf resolves tracepoint ids there).
-std::optional<std::string> tracefs_events() {
-  for (const char* root : {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}) {
-    auto dir = fmt::format("{}/events", root);
-    if (::access(dir.c_str(), F_OK) == 0) return dir;
-  }
-  return std::nullopt;
-}
 
 void append_first_dirty(std::vector<FirstDirty>& out, const dirty_first_event& e) {
   out.push_back(FirstDirty{.tgid = static_cast<pid_t>(e.key.tgid),
@@ -136,7 +124,7 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
   }
   // Tracepoint attach resolves ids through tracefs: without it nothing
   // can attach, so say how to fix that before loading anything.
-  auto events = tracefs_events();
+  auto events = tracefs_events_dir();
   if (!events) {
     return fail("open {}: tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)", kProgram);
   }
@@ -148,10 +136,7 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
 
   DirtyTracer t;
   t.skel_.reset(dirty_pages_bpf__open());
-  if (!t.skel_) {
-    const int e = errno;
-    return std::unexpected(Error(fmt::format("open {} failed", kProgram), e));
-  }
+  if (!t.skel_) return std::unexpected(load_error(kProgram, "open", errno));
   auto* skel = t.skel_.get();
   skel->rodata->target_tgid = options.tgid ? static_cast<__u32>(*options.tgid) : 0;
   skel->rodata->wp_under_ring = options.count_wp_under_ring ? 1 : 0;
@@ -176,12 +161,7 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
   }
   if (!any) return fail("open {}: {}; {}", kProgram, t.probes_[0].error, t.probes_[1].error);
 
-  if (int err = dirty_pages_bpf__load(skel); err != 0) {
-    std::string hint = privilege_hint(-err);
-    if (hint.empty() && (-err == EINVAL || -err == ESRCH || -err == ENOENT))
-      hint = " (the verifier's or CO-RE's reasons are in the libbpf log above)";
-    return std::unexpected(Error(fmt::format("load {} failed{}", kProgram, hint), -err));
-  }
+  if (int err = dirty_pages_bpf__load(skel); err != 0) return std::unexpected(load_error(kProgram, "load", -err));
 
   bpf_link** links[] = {&skel->links.on_ring_push, &skel->links.on_fast_page_fault};
   bool attached = false;
@@ -192,7 +172,7 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
     *links[i] = bpf_program__attach(progs[i]);
     if (*links[i] == nullptr) {
       const int e = errno;
-      p.error = fmt::format("attach to {} failed: {}{}", p.tracepoint, std::strerror(e), privilege_hint(e));
+      p.error = attach_error(kProgram, p.tracepoint, e).what();
       continue;
     }
     p.attached = true;

@@ -11,47 +11,13 @@
 #include <fmt/format.h>
 
 #include "bpf/libbpf_log.hh"
+#include "bpf/load_errors.hh"
 #include "doctor_probe.skel.h"
 
 namespace ferry::bpf {
 namespace {
 
 constexpr std::string_view kProgram = "doctor_probe";
-
-// Turns a libbpf errno into an Error that tells the operator what to do.
-Error bpf_error(std::string_view step, int err) {
-  std::string hint;
-  if (err == EPERM) {
-    hint = " (need root, or CAP_BPF + CAP_PERFMON)";
-  } else if (err == EACCES || err == EINVAL) {
-    hint = " (the verifier's reasons are in the libbpf log above)";
-  }
-  return Error(fmt::format("{} {} failed{}", step, kProgram, hint), err);
-}
-
-bool tracepoint_visible() {
-  // libbpf resolves a tracepoint's id through tracefs, at either mount point.
-  for (const char* root : {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}) {
-    auto dir = fmt::format("{}/events/{}", root, DoctorProbe::kTracepoint);
-    if (::access(dir.c_str(), F_OK) == 0) return true;
-  }
-  return false;
-}
-
-Error attach_error(int err) {
-  std::string hint;
-  if (err == EPERM || err == EACCES) {
-    hint = " (need root, or CAP_BPF + CAP_PERFMON)";
-  } else if (err == ENOENT && ::access("/sys/kernel/tracing/events", F_OK) != 0 &&
-             ::access("/sys/kernel/debug/tracing/events", F_OK) != 0) {
-    hint = " (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)";
-  } else if (err == ENOENT && !tracepoint_visible()) {
-    hint = " (this kernel lacks the tracepoint: needs CONFIG_FTRACE_SYSCALLS)";
-  }
-  return Error(fmt::format("attach {} to tracepoint {} failed{}", kProgram,
-                           DoctorProbe::kTracepoint, hint),
-               err);
-}
 
 }  // namespace
 
@@ -74,7 +40,7 @@ Result<DoctorProbe> DoctorProbe::load(pid_t target_tgid) {
   }
 
   SkeletonPtr skel(doctor_probe_bpf__open());
-  if (!skel) return std::unexpected(bpf_error("open", errno));
+  if (!skel) return std::unexpected(load_error(kProgram, "open", errno));
 
   // rodata is frozen at load: the verifier then prunes on these constants.
   skel->rodata->target_tgid = static_cast<__u32>(target_tgid);
@@ -82,7 +48,7 @@ Result<DoctorProbe> DoctorProbe::load(pid_t target_tgid) {
   skel->rodata->target_pidns_ino = pidns.st_ino;
 
   if (int err = doctor_probe_bpf__load(skel.get()); err != 0) {
-    return std::unexpected(bpf_error("load", -err));
+    return std::unexpected(load_error(kProgram, "load", -err));
   }
   return DoctorProbe(std::move(skel));
 }
@@ -92,7 +58,9 @@ Status DoctorProbe::attach() {
   if (attached()) return {};
   // Stored in the skeleton's links so destroy() detaches it.
   bpf_link* link = bpf_program__attach(skel_->progs.handle_getppid);
-  if (!link) return std::unexpected(attach_error(errno));
+  if (!link)
+    return std::unexpected(attach_error(kProgram, DoctorProbe::kTracepoint, errno,
+                                        "this kernel lacks the tracepoint: needs CONFIG_FTRACE_SYSCALLS"));
   skel_->links.handle_getppid = link;
   return {};
 }

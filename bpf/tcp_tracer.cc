@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "bpf/libbpf_log.hh"
+#include "bpf/load_errors.hh"
 #include "bpf/tcp_conn.h"
 #include "tcp_conn.skel.h"
 
@@ -19,32 +20,6 @@ namespace ferry::bpf {
 namespace {
 
 constexpr std::string_view kProgram = "tcp_conn";
-
-// Turns a libbpf errno into an Error that tells the operator what to do.
-Error bpf_error(std::string_view step, int err) {
-  std::string hint;
-  if (err == EPERM) {
-    hint = " (need root, or CAP_BPF + CAP_PERFMON)";
-  } else if (err == EACCES || err == EINVAL) {
-    hint = " (the verifier's reasons are in the libbpf log above)";
-  }
-  return Error(fmt::format("{} {} failed{}", step, kProgram, hint), err);
-}
-
-Error attach_error(std::string_view tracepoint, int err) {
-  std::string hint;
-  const bool tracefs = ::access("/sys/kernel/tracing/events", F_OK) == 0 ||
-                       ::access("/sys/kernel/debug/tracing/events", F_OK) == 0;
-  if (err == EPERM || err == EACCES) {
-    hint = " (need root, or CAP_BPF + CAP_PERFMON)";
-  } else if (err == ENOENT && !tracefs) {
-    hint = " (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)";
-  } else if (err == ENOENT) {
-    hint = " (this kernel lacks the tracepoint)";
-  }
-  return Error(fmt::format("attach {} to tracepoint {} failed{}", kProgram, tracepoint, hint),
-               err);
-}
 
 std::string endpoint(uint16_t family, const uint8_t (&addr)[16], uint16_t port) {
   char text[INET6_ADDRSTRLEN] = "?";
@@ -89,9 +64,9 @@ void TcpTracer::SkeletonDeleter::operator()(tcp_conn_bpf* skel) const {
 Result<TcpTracer> TcpTracer::open() {
   install_libbpf_logging();
   SkeletonPtr skel(tcp_conn_bpf__open());
-  if (!skel) return std::unexpected(bpf_error("open", errno));
+  if (!skel) return std::unexpected(load_error(kProgram, "open", errno));
   if (int err = tcp_conn_bpf__load(skel.get()); err != 0) {
-    return std::unexpected(bpf_error("load", -err));
+    return std::unexpected(load_error(kProgram, "load", -err));
   }
 
   struct Attachment {
@@ -108,7 +83,7 @@ Result<TcpTracer> TcpTracer::open() {
   };
   for (const Attachment& a : attachments) {
     bpf_link* link = bpf_program__attach(a.prog);
-    if (!link) return std::unexpected(attach_error(a.tracepoint, errno));
+    if (!link) return std::unexpected(attach_error(kProgram, a.tracepoint, errno));
     *a.link = link;
   }
   return TcpTracer(std::move(skel));
