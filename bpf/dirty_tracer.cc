@@ -103,6 +103,10 @@ std::uint64_t total_events(std::span<const VcpuDirtyCount> counts, pid_t tgid, D
   return n;
 }
 
+DirtySource counting_source(std::span<const VcpuDirtyCount> counts, pid_t tgid) {
+  return total_events(counts, tgid, DirtySource::kRing) > 0 ? DirtySource::kRing : DirtySource::kWriteProtect;
+}
+
 double PageSummary::redirty_ratio(std::uint64_t events_in_window) const {
   return in_window == 0 ? 0.0 : static_cast<double>(events_in_window) / static_cast<double>(in_window);
 }

@@ -50,6 +50,11 @@ struct VcpuDirtyCount {
 // Sum of `events` for one process and source.
 std::uint64_t total_events(std::span<const VcpuDirtyCount> counts, pid_t tgid, DirtySource source);
 
+// The source that counts `tgid`'s writes: the ring once it has ring events,
+// else write-protect faults. Never both: a ring VM on AMD fires the two for
+// the same write (when the tracer counts faults under the ring at all).
+DirtySource counting_source(std::span<const VcpuDirtyCount> counts, pid_t tgid);
+
 inline constexpr std::uint32_t kNoSlot = DIRTY_SLOT_NONE;
 
 struct PageHeat {

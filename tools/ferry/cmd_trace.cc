@@ -180,12 +180,8 @@ int run_trace(const TraceCli& o) {
       trace::VmRow v;
       v.pid = pid;
       v.name = comm_of(pid);
-      // Ring events when the VM has a dirty ring; write-protect faults
-      // otherwise (a ring VM on AMD fires both for one write).
-      const std::uint64_t ring = bpf::total_events(*counts, pid, bpf::DirtySource::kRing);
-      const std::uint64_t wp = bpf::total_events(*counts, pid, bpf::DirtySource::kWriteProtect);
-      const auto src = ring > 0 ? bpf::DirtySource::kRing : bpf::DirtySource::kWriteProtect;
-      const std::uint64_t total = ring > 0 ? ring : wp;
+      const auto src = bpf::counting_source(*counts, pid);
+      const std::uint64_t total = bpf::total_events(*counts, pid, src);
       if (total > 0) v.source = std::string(bpf::dirty_source_name(src));
       for (const auto& c : *counts) {
         if (c.tgid != pid || c.source != src) continue;

@@ -125,16 +125,18 @@ class EbpfView final : public KernelView {
   }
 
  private:
-  // Ring events when the VM uses the ring, write-protect faults otherwise
-  // (a ring VM on AMD fires both for the same write: never add them).
+  // Events per vCPU of this process, from the source that counts them.
   std::map<std::uint32_t, std::uint64_t> dirty_counts() {
-    std::map<std::uint32_t, std::uint64_t> ring, wp;
-    if (!dirty_) return ring;
+    std::map<std::uint32_t, std::uint64_t> out;
+    if (!dirty_) return out;
     used_ = true;
     auto counts = dirty_->vcpu_counts();
-    if (!counts) return ring;
-    for (const auto& c : *counts) (c.source == bpf::DirtySource::kRing ? ring : wp)[c.vcpu] += c.events;
-    return ring.empty() ? wp : ring;
+    if (!counts) return out;
+    const pid_t self = ::getpid();
+    const auto src = bpf::counting_source(*counts, self);
+    for (const auto& c : *counts)
+      if (c.tgid == self && c.source == src) out[c.vcpu] += c.events;
+    return out;
   }
 
   std::optional<bpf::DirtyTracer> dirty_;
