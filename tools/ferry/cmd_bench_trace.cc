@@ -212,10 +212,9 @@ class Bench {
   int run() {
     if (o_.json && spdlog::default_logger()->level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
     t0_ = Clock::now();
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = fmt::format("{}/ferry-bench-trace-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!::mkdtemp(tmpl.data())) return finish(fmt::format("mkdtemp {}: {}", tmpl, std::strerror(errno)));
-    dir_.path = tmpl;
+    auto dir = make_temp_dir("bench-trace");
+    if (!dir) return finish(dir.error().what());
+    dir_.path = *dir;
     api_ = dir_.path + "/vm.sock";
 
     const std::string kvm = o_.in_sandbox       ? "nested KVM (kvm-amd) on SVM emulated by QEMU TCG (tools/kvm-sandbox)"

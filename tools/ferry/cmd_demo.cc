@@ -175,15 +175,21 @@ FerryChild::~FerryChild() {
 // ---------------------------------------------------------------------------
 // MigrationRig
 
-Result<std::unique_ptr<MigrationRig>> MigrationRig::create() {
+Result<std::string> make_temp_dir(std::string_view name) {
   const char* tmp = std::getenv("TMPDIR");
-  std::string tmpl = fmt::format("{}/ferry-migration-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  std::string tmpl = fmt::format("{}/ferry-{}-XXXXXX", tmp && *tmp ? tmp : "/tmp", name);
   if (!::mkdtemp(tmpl.data())) {
     const int e = errno;
     return std::unexpected(sys_error(fmt::format("mkdtemp {}", tmpl), e));
   }
+  return tmpl;
+}
+
+Result<std::unique_ptr<MigrationRig>> MigrationRig::create() {
+  auto dir = make_temp_dir("migration");
+  if (!dir) return std::unexpected(dir.error());
   std::unique_ptr<MigrationRig> r(new MigrationRig);
-  r->dir_ = tmpl;
+  r->dir_ = *dir;
   r->src_api_ = r->dir_ + "/source.sock";
   r->dst_api_ = r->dir_ + "/destination.sock";
   return r;

@@ -127,12 +127,12 @@ int run_linux_demo(bool json, bool in_sandbox) {
                kernel);
     return 1;
   }
-  char tmpl[] = "/tmp/ferry-demo-XXXXXX";
-  if (!::mkdtemp(tmpl)) {
-    fmt::print(stderr, "ferry demo: {}\n", sys_error("mkdtemp /tmp/ferry-demo-XXXXXX"));
+  auto made = make_temp_dir("demo");
+  if (!made) {
+    fmt::print(stderr, "ferry demo: {}\n", made.error());
     return 1;
   }
-  const std::string dir = tmpl;
+  const std::string dir = *made;
   struct Cleanup {
     std::string d;
     ~Cleanup() { std::filesystem::remove_all(d); }

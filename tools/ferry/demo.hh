@@ -119,6 +119,9 @@ struct PrecopyFigures {
 };
 PrecopyFigures precopy_figures(const nlohmann::json& report);
 
+// A fresh private directory $TMPDIR/ferry-NAME-XXXXXX (or under /tmp).
+Result<std::string> make_temp_dir(std::string_view name);
+
 // Where the demo and the benchmark run, for the people reading their output.
 std::string where_text(bool in_sandbox);
 // Whether this process runs inside tools/kvm-sandbox: `flag` (--in-sandbox,
