@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <bit>
 #include <condition_variable>
 #include <deque>
 #include <random>
@@ -142,9 +143,6 @@ struct SourceMigration::Impl {
   std::vector<std::uint64_t> sent_before;  // bitmap: pages sent at least once
   std::vector<std::uint64_t> vcpu_dirty_last;
   std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
-  // Hot pages: consecutive harvests each page was found dirty in, and the
-  // pages held back from pre-copy rounds until the final round.
-  std::vector<std::uint8_t> dirty_streak;
 
   Impl(kvm::Machine& machine, MigrateOptions options) : m(machine), o(std::move(options)) {}
 
@@ -422,7 +420,10 @@ Status SourceMigration::Impl::migrate() {
     s.policy = o.policy == PolicyKind::kAdaptive ? "adaptive" : "fixed-threshold";
     s.policy_inputs = kernel ? kernel->describe() : "bytes pushed per round (the fixed-threshold rule)";
   });
-  dirty_streak.assign(ram->pages(), 0);
+  // Hot pages: found dirty by this harvest and the one before (re-dirtied
+  // while a round was sending them); `held` are the ones kept back from
+  // pre-copy rounds until the final round.
+  kvm::DirtyBitmap prev_harvest(ram->pages()), hot(ram->pages());
   kvm::DirtyLog held(std::vector<kvm::TrackedSlot>{{slot, ram->gpa(), ram->pages()}});
   Decision last_decision;
 
@@ -458,28 +459,22 @@ Status SourceMigration::Impl::migrate() {
     sample.bytes_sent = fig->bytes;
     sample.dirty_pages = dirty.count();
     sample.elapsed = Millis(ms_since(t0));
-    // Streaks: a page found dirty in consecutive harvests is hot.
-    std::uint64_t hot_now = 0;  // what holding back would hold next
     {
-      const auto* now_dirty = dirty.find(slot);
-      for (std::uint64_t p = 0; p < dirty_streak.size(); ++p) {
-        if (now_dirty && now_dirty->test(p)) {
-          if (dirty_streak[p] < 255) ++dirty_streak[p];
-          hot_now += dirty_streak[p] >= 2 ? 1 : 0;
-        } else {
-          dirty_streak[p] = 0;
-        }
-      }
-      // Held pages the harvest did not find again are still unsent.
+      const auto& now = *dirty.find(slot);
+      const auto& h = *held.find(slot);
       std::uint64_t held_only = 0;
-      if (const auto* h = held.find(slot))
-        h->for_each([&](std::uint64_t p) { held_only += now_dirty && now_dirty->test(p) ? 0 : 1; });
+      for (std::size_t w = 0; w < now.word_count(); ++w) {
+        hot.words()[w] = now.words()[w] & prev_harvest.words()[w];
+        prev_harvest.words()[w] = now.words()[w];
+        // Held pages the harvest did not find again are still unsent.
+        held_only += static_cast<std::uint64_t>(std::popcount(h.words()[w] & ~now.words()[w]));
+      }
       sample.hot_pages = held_only;
     }
     // The policy judges holding back on the set it would hold: the pages
     // hot now plus those still held from before (not the held count alone,
     // which is 0 before the first hold and would always look affordable).
-    sample.hot_set_pages = hot_now + sample.hot_pages;
+    sample.hot_set_pages = hot.count() + sample.hot_pages;
     if (kernel) {
       sample.kernel = kernel->round_end();
       // vCPUs that never dirtied a page have no counter yet: rate 0.
@@ -550,15 +545,12 @@ Status SourceMigration::Impl::migrate() {
     dirty.merge(held);
     held.clear();
     if (d.hold_back_hot) {
-      auto* h = held.find(slot);
-      auto* pending = dirty.find(slot);
-      std::vector<std::uint64_t> hot;
-      pending->for_each([&](std::uint64_t p) {
-        if (dirty_streak[p] >= 2) hot.push_back(p);
-      });
-      for (std::uint64_t p : hot) {
-        h->set(p);
-        pending->words()[p / 64] &= ~(1ull << (p % 64));
+      // Every hot page is pending (it is in this harvest): move it over.
+      auto& h = *held.find(slot);
+      auto& pending = *dirty.find(slot);
+      for (std::size_t w = 0; w < pending.word_count(); ++w) {
+        h.words()[w] = hot.words()[w];
+        pending.words()[w] &= ~hot.words()[w];
       }
     }
     todo = split(dirty, slot, o.streams);
