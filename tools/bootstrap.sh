@@ -31,7 +31,7 @@ EOF
 PACKAGES=(
   build-essential cmake pkg-config g++ clang llvm libbpf-dev bpftool
   liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
-  nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev
+  nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
   ca-certificates xz-utils
 )
