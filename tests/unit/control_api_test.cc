@@ -30,6 +30,8 @@
 
 #include "temp_dir.hh"
 #include "control/api.hh"
+#include "control/migration_follower.hh"
+#include "migration/status.hh"
 
 namespace ferry::control {
 namespace {
@@ -548,6 +550,64 @@ TEST_F(ControlApi, AClientThatNeverReadsItsAnswersBlocksNobody) {
   ASSERT_TRUE(r) << r.error().what();
   server_->stop();
   EXPECT_TRUE(serve_returned()) << "serve() was stuck writing to a client that does not read";
+}
+
+// A migration with many rounds: the whole status would be ~700 KB, ten
+// times the line limit (what `ferry migrate` died of). Each `migration`
+// answer carries at most kRoundsPerAnswer rounds; the follower pages
+// through them once, then asks only for new rounds.
+TEST_F(ControlApi, AMigrationWithManyRoundsIsFollowedInBoundedAnswers) {
+  migration::MigrationStatus st;
+  st.phase = migration::Phase::kPrecopy;
+  auto add_rounds = [&](std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      migration::RoundFigures f;
+      f.round = static_cast<std::uint32_t>(st.rounds.size());
+      f.pages = 1000 + st.rounds.size();
+      f.reason = std::string(200, 'r');
+      f.throttle = std::vector<double>(8, 0.5);
+      f.dirtied_per_vcpu = std::vector<std::uint64_t>(8, 123456);
+      st.rounds.push_back(f);
+    }
+  };
+  add_rounds(1500);
+  ASSERT_GT(migration::to_json(st).dump().size(), 10 * kMaxLineBytes) << "the test must outgrow the old limit";
+  std::mutex mu;
+  std::vector<std::size_t> answer_bytes, asked_from;
+  start([&](const std::string& cmd, const json& req) -> Result<json> {
+    if (cmd != "migration") return fail("unknown command {}", cmd);
+    std::lock_guard lock(mu);
+    const auto from = req.value("since_round", std::size_t{0});
+    auto j = migration::to_json(st, from, migration::kRoundsPerAnswer);
+    answer_bytes.push_back(j.dump().size());
+    asked_from.push_back(from);
+    return j;
+  });
+  MigrationFollower follow(path_);
+  auto first = follow.poll();
+  ASSERT_TRUE(first) << first.error().what();
+  ASSERT_EQ((*first)["rounds"].size(), 1500u);
+  for (std::size_t i = 0; i < 1500; ++i) ASSERT_EQ((*first)["rounds"][i]["pages"], 1000 + i) << i;
+  EXPECT_FALSE(first->contains("rounds_total"));
+  {
+    std::lock_guard lock(mu);
+    EXPECT_EQ(answer_bytes.size(), (1500 + migration::kRoundsPerAnswer - 1) / migration::kRoundsPerAnswer);
+    for (auto b : answer_bytes) EXPECT_LT(b, kMaxLineBytes);
+    answer_bytes.clear();
+    asked_from.clear();
+    add_rounds(3);
+  }
+  // A later poll fetches only the three new rounds, in one answer.
+  auto next = follow.poll();
+  ASSERT_TRUE(next) << next.error().what();
+  EXPECT_EQ((*next)["rounds"].size(), 1503u);
+  EXPECT_EQ((*next)["rounds"].back()["pages"], 2502);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(asked_from, std::vector<std::size_t>{1500});
+  // The full report keeps its shape: every round, no paging fields.
+  const auto whole = migration::to_json(st);
+  EXPECT_EQ(whole["rounds"].size(), 1503u);
+  EXPECT_FALSE(whole.contains("rounds_total"));
 }
 
 }  // namespace

@@ -233,7 +233,14 @@ PolicyConfig fixed_threshold() {
   return c;
 }
 
-TEST(MigrationPolicy, BurstyRoundsNeverConvergeForQemusRuleButDoForTheAdaptiveOne) {
+// The engine pushed 2 MiB/s while the connections' cwnd x mss / srtt said
+// up to 20 MiB/s. The window is not what the engine delivers: switching
+// over on it would have predicted ~100 ms for a final round that takes 1 s
+// (what issue 12 measured in the sandbox: a 196 ms prediction, 1052 ms
+// actual). So the adaptive rule divides by what was delivered, and neither
+// rule switches over on this trace: QEMU's cancels at its timeout, the
+// adaptive one keeps predicting ~1.05 s and throttles the vCPU that dirties.
+TEST(MigrationPolicy, AWindowThatWouldCarryMoreIsNotCapacity) {
   const auto trace = load_trace("bursty_link.csv");
   ASSERT_EQ(trace.size(), 8u);
   ASSERT_TRUE(trace[0].kernel.has_value()) << "the named columns load the kernel's view";
@@ -254,28 +261,24 @@ TEST(MigrationPolicy, BurstyRoundsNeverConvergeForQemusRuleButDoForTheAdaptiveOn
 
   SwitchoverPolicy adaptive(c);
   const auto d = replay(adaptive, trace);
-  ASSERT_EQ(d.size(), 4u) << "switches over after round 3, when the capacity reaches 20 MiB/s";
-  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(d[i].action, Decision::Action::kContinue) << d[i].reason;
-  EXPECT_GT(d[2].expected_downtime.count(), 300.0) << "at 8 MiB/s it does not fit yet";
-  EXPECT_EQ(d[3].action, Decision::Action::kSwitchover) << d[3].reason;
-  // 514 pages/s dirtied: (512 pages + 5 ms of dirtying) / 20 MiB/s, 512 KiB
-  // of state / 20 MiB/s, 2 x 1 ms, 18 ms measured.
-  const double pages = (512 * 4096 + 514 * 4096 * 0.005) / (20 * kMiB) * 1000;
+  ASSERT_EQ(d.size(), trace.size()) << "no switchover on the window's word";
+  for (std::size_t i = 1; i < d.size(); ++i) {
+    EXPECT_NE(d[i].action, Decision::Action::kSwitchover) << d[i].reason;
+    EXPECT_NEAR(d[i].capacity_bytes_per_s, 2 * kMiB, 1e-6) << "delivered, not the window: " << d[i].reason;
+    EXPECT_EQ(d[i].inputs, "kernel (eBPF)");
+  }
+  // (512 pages + 5 ms of dirtying) / 2 MiB/s, 512 KiB of state / 2 MiB/s,
+  // 2 x 1 ms, 18 ms measured.
+  const double pages = (512 * 4096 + 514 * 4096 * 0.005) / (2 * kMiB) * 1000;
   EXPECT_NEAR(d[3].predict_pages.count(), pages, 1e-6);
-  EXPECT_NEAR(d[3].expected_downtime.count(), pages + 25 + 2 + 18, 1e-6);
-  EXPECT_NEAR(d[3].capacity_bytes_per_s, 20 * kMiB, 1e-6);
-  EXPECT_NEAR(d[3].bandwidth_bytes_per_s, 2 * kMiB, 1e-6) << "the pushed rate, for display";
-  EXPECT_EQ(d[3].inputs, "kernel (eBPF)");
-  for (const auto& x : d)
-    for (double t : x.throttle) EXPECT_EQ(t, 0.0) << "2 MiB/s of dirt is far below the capacity: " << x.reason;
-
-  // The gain is the kernel's view: without it the adaptive rule is as stuck.
-  auto blind = trace;
-  for (auto& r : blind) r.kernel.reset();
-  SwitchoverPolicy userspace(c);
-  const auto u = replay(userspace, blind);
-  ASSERT_EQ(u.size(), trace.size());
-  EXPECT_EQ(u.back().action, Decision::Action::kCancel) << u.back().reason;
+  EXPECT_NEAR(d[3].expected_downtime.count(), pages + 250 + 2 + 18, 1e-6);
+  // 2 MiB/s of dirtying is the whole delivered rate: vCPU 1, not the idle
+  // vCPU 0, is held back.
+  EXPECT_GT(d[3].throttle[1], 0.0) << d[3].reason;
+  EXPECT_EQ(d[3].throttle[0], 0.0) << d[3].reason;
+  // Round 0 is the only one that pushed at 2 MiB/s over 8 s; the window
+  // (4 MiB/s) capped nothing there either.
+  EXPECT_NEAR(d[0].capacity_bytes_per_s, 2 * kMiB, 1e-6);
 }
 
 // A closed loop, because a throttle changes what the guest dirties next and
@@ -369,7 +372,7 @@ TEST(MigrationPolicy, AHotVcpuOutrunningTheLinkConvergesOnlyThroughItsThrottle) 
 TEST(MigrationPolicy, PredictsTheDowntimeTermByTerm) {
   PolicyConfig c;
   SwitchoverPolicy p(c);
-  auto s = sample(0, 100, 1, 1000, {1000, 3000}, 40 * kMiB);
+  auto s = sample(0, 100, 4, 1000, {1000, 3000}, 40 * kMiB);  // 4 MiB in 100 ms: delivered 40 MiB/s
   s.kernel->rtt = Millis(0.5);
   s.hot_pages = 24;
   s.state_bytes = 204800;
@@ -394,21 +397,27 @@ TEST(MigrationPolicy, PredictsTheDowntimeTermByTerm) {
   EXPECT_NEAR(q.after_round(s).predict_fixed.count(), 20.0, 1e-12);
 }
 
-TEST(MigrationPolicy, CapacityIsTheKernelsViewWithinTheUsersCapAndNotBelowWhatWasPushed) {
+TEST(MigrationPolicy, CapacityIsWhatTheEngineDeliveredCappedByTheLinkAndTheUser) {
   PolicyConfig c;
   c.max_bandwidth_bytes_per_s = 8 * kMiB;
   SwitchoverPolicy capped(c);
-  auto d = capped.after_round(sample(0, 1000, 4, 2048, {10}, 40 * kMiB));
-  EXPECT_NEAR(d.capacity_bytes_per_s, 8 * kMiB, 1e-6);
+  auto d = capped.after_round(sample(0, 1000, 40, 2048, {10}, 40 * kMiB));
+  EXPECT_NEAR(d.capacity_bytes_per_s, 8 * kMiB, 1e-6) << "the user's cap";
   EXPECT_NEAR(d.predict_pages.count(), (2048.0 * 4096 + 10 * 4096 * 0.005) / (8 * kMiB) * 1000, 1e-9);
 
-  SwitchoverPolicy uncapped(PolicyConfig{});
-  EXPECT_NEAR(uncapped.after_round(sample(0, 1000, 4, 2048, {10}, 40 * kMiB)).capacity_bytes_per_s, 40 * kMiB, 1e-6);
+  // A window that would carry 40 MiB/s does not make 4 MiB/s delivered faster.
+  SwitchoverPolicy window(PolicyConfig{});
+  EXPECT_NEAR(window.after_round(sample(0, 1000, 4, 2048, {10}, 40 * kMiB)).capacity_bytes_per_s, 4 * kMiB, 1e-6);
 
-  // The kernel reports less than the round demonstrably pushed.
-  SwitchoverPolicy floor(PolicyConfig{});
-  d = floor.after_round(sample(0, 1000, 10, 2048, {10}, 1 * kMiB));
-  EXPECT_NEAR(d.capacity_bytes_per_s, 10 * kMiB, 1e-6);
+  // The link carries less than the engine pushed last round (bytes still in
+  // socket buffers): the link caps it.
+  SwitchoverPolicy link(PolicyConfig{});
+  d = link.after_round(sample(0, 1000, 10, 2048, {10}, 1 * kMiB));
+  EXPECT_NEAR(d.capacity_bytes_per_s, 1 * kMiB, 1e-6);
+
+  // Nothing delivered yet: the window is the only estimate there is.
+  SwitchoverPolicy fresh(PolicyConfig{});
+  EXPECT_NEAR(fresh.after_round(sample(0, 1000, 0, 2048, {10}, 6 * kMiB)).capacity_bytes_per_s, 6 * kMiB, 1e-6);
 }
 
 TEST(MigrationPolicy, WithoutEbpfItUsesTheEnginesCountersAndWaitsForTwoRoundsOfEvidence) {
@@ -454,7 +463,7 @@ TEST(MigrationPolicy, HoldsTheHotSetBackOnlyWhenTheFinalRoundCanAffordIt) {
   PolicyConfig c;
   c.downtime_limit = Millis(100);
   auto round = [](std::uint32_t r, std::uint64_t hot, double capacity_mib) {
-    auto s = sample(r, 1000, 1, 10000, {1}, capacity_mib * kMiB);
+    auto s = sample(r, 1000, capacity_mib, 10000, {1}, capacity_mib * kMiB);
     s.hot_pages = hot;
     s.switch_costs = Millis(20);
     return s;
@@ -481,7 +490,7 @@ TEST(MigrationPolicy, HoldsTheHotSetBackOnlyWhenTheFinalRoundCanAffordIt) {
 
   c.fixed_costs = Millis(120);
   SwitchoverPolicy costly(c);
-  EXPECT_FALSE(costly.after_round(sample(0, 1000, 1, 10000, {1}, 10 * kMiB)).hold_back_hot)
+  EXPECT_FALSE(costly.after_round(sample(0, 1000, 10, 10000, {1}, 10 * kMiB)).hold_back_hot)
       << "switch costs alone exceed the limit";
 }
 
@@ -491,7 +500,7 @@ TEST(MigrationPolicy, TheThrottleIsTakenFromTheHottestVcpusFirst) {
     PolicyConfig c;
     c.max_throttle = max_throttle;
     SwitchoverPolicy p(c);
-    return p.after_round(sample(0, 1000, 10, 100000, std::move(rates), 20 * kMiB)).throttle;
+    return p.after_round(sample(0, 1000, 20, 100000, std::move(rates), 20 * kMiB)).throttle;
   };
   // One hot vCPU: it alone gives up 6528 - 2560 pages/s.
   const auto one = decide({64, 6400, 64});
@@ -514,15 +523,15 @@ TEST(MigrationPolicy, TheThrottleIsTakenFromTheHottestVcpusFirst) {
 TEST(MigrationPolicy, ThrottlesAreReleasedGraduallyWhenTheGuestCalmsDown) {
   SwitchoverPolicy p(PolicyConfig{});
   // 6400 pages/s against 5120: 60% off vCPU 0.
-  auto d = p.after_round(sample(0, 1000, 10, 100000, {6400}, 20 * kMiB));
+  auto d = p.after_round(sample(0, 1000, 20, 100000, {6400}, 20 * kMiB));
   EXPECT_NEAR(d.throttle[0], 0.6, 1e-9);
   // Now it would dirty only 1000 pages/s unthrottled (400 seen at 60%).
-  d = p.after_round(sample(1, 1000, 10, 100000, {400}, 20 * kMiB));
+  d = p.after_round(sample(1, 1000, 20, 100000, {400}, 20 * kMiB));
   EXPECT_NEAR(d.throttle[0], 0.4, 1e-9) << d.reason;
   EXPECT_NE(d.reason.find("vCPU 0 released to 40%"), std::string::npos) << d.reason;
-  d = p.after_round(sample(2, 1000, 10, 100000, {600}, 20 * kMiB));
+  d = p.after_round(sample(2, 1000, 20, 100000, {600}, 20 * kMiB));
   EXPECT_NEAR(d.throttle[0], 0.2, 1e-9) << d.reason;
-  d = p.after_round(sample(3, 1000, 10, 100000, {800}, 20 * kMiB));
+  d = p.after_round(sample(3, 1000, 20, 100000, {800}, 20 * kMiB));
   EXPECT_NEAR(d.throttle[0], 0.0, 1e-9) << d.reason;
 }
 

@@ -30,6 +30,7 @@
 
 #include "base/unique_fd.hh"
 #include "control/api.hh"
+#include "control/migration_follower.hh"
 #include "ferry/commands.hh"
 #include "ferry/demo.hh"
 #include "ferry/sandbox_exec.hh"
@@ -288,7 +289,7 @@ Result<MigrationRig::Migration> MigrationRig::migrate(const std::vector<std::str
   }
   if (!m.report.is_object() && src_->running()) {
     // A failed or cancelled migration: the source still runs and has it.
-    if (auto r = control::call(src_api_, json{{"cmd", "migration"}}, 10s)) m.report = *r;
+    if (auto r = control::MigrationFollower(src_api_).poll(10s)) m.report = *r;
   }
   if (!m.report.is_object())
     return fail("ferry migrate exited with status {} and no report could be had", m.exit_code);

@@ -13,6 +13,7 @@
 #include "control/api.hh"
 #include "ferry/commands.hh"
 #include "migration/destination.hh"
+#include "control/migration_follower.hh"
 #include "migration/status.hh"
 
 namespace ferry::cli {
@@ -80,9 +81,10 @@ int run_migrate(const MigrateCli& o) {
   }
   const bool tty = ::isatty(STDERR_FILENO) && !o.json;
   std::uint32_t shown_rounds = 0;
+  control::MigrationFollower follow(o.vm);
   for (;;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    auto st = control::call(o.vm, json{{"cmd", "migration"}});
+    auto st = follow.poll();
     if (!st) {
       fmt::print(stderr, "\nferry migrate: lost the VM's control socket: {}\n", st.error());
       return 1;

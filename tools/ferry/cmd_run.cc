@@ -191,7 +191,11 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
   auto served = api.serve([&](const std::string& cmd, const json& req) -> Result<json> {
     if (cmd == "status") {
       auto j = status_json(m.status());
-      if (mig) j["migration"] = migration::to_json(mig->status());
+      // The summary only: rounds are paged through the `migration` command.
+      if (mig) {
+        const auto st = mig->status();
+        j["migration"] = migration::to_json(st, st.rounds.size(), 0);
+      }
       return j;
     }
     if (cmd == "migrate") {
@@ -237,8 +241,13 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
     if (cmd == "migration") {
       if (!mig) return fail("migration: no migration has been started");
       auto st = mig->status();
-      if (st.phase == migration::Phase::kMigrated) {
-        // The final report has been fetched: this process can end.
+      std::size_t from = 0;
+      if (req.contains("since_round")) {
+        if (!req["since_round"].is_number_unsigned()) return fail("migration: since_round must be a round count");
+        from = req["since_round"].get<std::size_t>();
+      }
+      if (st.phase == migration::Phase::kMigrated && from + migration::kRoundsPerAnswer >= st.rounds.size()) {
+        // The final report's last rounds have been fetched: this process can end.
         std::lock_guard lock(exit_mu);
         exit_now = true;
         exit_cv.notify_all();
@@ -246,7 +255,7 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
         quit_reason = fmt::format("migrated to {}", st.to);
         api.stop();
       }
-      return migration::to_json(st);
+      return migration::to_json(st, from, migration::kRoundsPerAnswer);
     }
     if (cmd == "cancel") {
       if (!migration_active()) return fail("cancel: no migration is running");

@@ -14,6 +14,7 @@
 #include "kvm/state/format.hh"
 #include "kvm/system.hh"
 #include "kvm/snapshot.hh"
+#include "migration/digest.hh"
 #include "migration/page_ledger.hh"
 #include "migration/precheck.hh"
 #include "migration/wire.hh"
@@ -153,6 +154,7 @@ class Session {
   std::unique_ptr<kvm::Machine> m_;
   std::vector<Stream> streams_;
   PageLedger ledger_;
+  PageDigests digests_;  // --verify: each page's last verified checksum (0: zero)
   std::vector<std::uint64_t> written_;  // pages this side wrote data into (bits; one 64-page word per stream)
   ReceivedFigures fig_;
   Clock::time_point t0_;
@@ -241,6 +243,7 @@ Status Session::do_precheck(kvm::Serial::Sink console, kvm::Machine::Notify stop
       const auto* ram = m_->regions().front();
       if (auto ok = ledger_.add_slot(ram->slot(), ram->pages()); !ok) return ok;
       written_.assign((ram->pages() + 63) / 64, 0);
+      digests_ = PageDigests(ram->pages());
     }
   }
   if (auto ok = rep_.send(FrameType::kPrecheckResult, r); !ok) return ok;
@@ -301,6 +304,8 @@ Status Session::receive_pages(std::size_t stream, const FrameHeader& h) {
   for (std::size_t k = 0; k < good.size(); ++k) {
     const auto& d = ph->pages[k];
     good[k] = page_checksum(d.page_index, {ram->host() + d.page_index * kPageSize, kPageSize}) == d.checksum;
+    // Each page belongs to one stream: no other thread writes this entry.
+    if (good[k]) digests_.set(d.page_index, d.checksum);
   }
   std::lock_guard lock(mu_);
   for (std::size_t k = 0; k < good.size(); ++k) {
@@ -323,6 +328,7 @@ Status Session::receive_zero(std::size_t stream, const std::vector<std::byte>& p
   for (std::uint64_t page : z->page_index) {
     if (page >= ram->pages()) return fail("ZERO_PAGES: page {} is past the end of the slot", page);
     if (auto ok = check_stream(stream, page); !ok) return ok;
+    digests_.zero(page);
     // Only a page this side wrote can hold anything: fresh memory is zero
     // and is not touched.
     auto& word = written_[page / 64];
@@ -418,9 +424,9 @@ Status Session::finish_and_ready(const State& state, std::optional<VerifyDigest>
     if (!all) return fail("the final round did not complete on every stream within {} ms", o_.idle_timeout.count());
     if (auto ok = ledger_.check_ready(); !ok) return ok;
   }
-  const auto* ram = m_->regions().front();
   if (digest) {
-    const std::uint64_t mine = kvm::memory_crc(*ram);
+    // From the checksums verified as pages arrived: no memory is re-read.
+    const std::uint64_t mine = digests_.digest();
     if (mine != digest->digest)
       return fail("--verify: memory digest mismatch (source {:#018x}, destination {:#018x})", digest->digest, mine);
     fig_.verified = true;

@@ -105,13 +105,16 @@ Decision SwitchoverPolicy::adaptive(const RoundSample& s) {
   if (s.bytes_sent > 0) bandwidth_ = a * static_cast<double>(s.bytes_sent) / secs + (1 - a) * bandwidth_;
   dirty_rate_ = a * dr + (1 - a) * dirty_rate_;
 
-  // What the link can carry now. Bytes pushed per round underestimate it
-  // when rounds are small or bursty (idle gaps count as slow sending);
-  // cwnd x mss / srtt is what the connections would sustain. The smoothed
-  // pushed rate is a floor: the link has demonstrably carried that much.
+  // What the engine delivers: bytes it pushed over the rounds' busy time
+  // (a round sends without pause from start to end), smoothed. The link's
+  // cwnd x mss / srtt only caps it: a window that would carry more does not
+  // make the engine faster (in the sandbox it read 5-10x what was pushed,
+  // and the final round took that much longer than predicted). Without a
+  // delivered figure yet, the link's is the only estimate.
   double capacity = bandwidth_;
   if (s.kernel && s.kernel->link_capacity_bytes_per_s > 0)
-    capacity = std::max(capacity, s.kernel->link_capacity_bytes_per_s);
+    capacity = capacity > 0 ? std::min(capacity, s.kernel->link_capacity_bytes_per_s)
+                            : s.kernel->link_capacity_bytes_per_s;
   if (c_.max_bandwidth_bytes_per_s > 0) capacity = std::min(capacity, c_.max_bandwidth_bytes_per_s);
   d.bandwidth_bytes_per_s = bandwidth_;
   d.capacity_bytes_per_s = capacity;

@@ -1,5 +1,7 @@
 #include "migration/status.hh"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace ferry::migration {
@@ -12,8 +14,18 @@ std::string ms_or_unknown(double ms) { return ms < 0 ? std::string("unknown") : 
 }  // namespace
 
 nlohmann::json to_json(const MigrationStatus& s) {
+  auto j = to_json(s, 0, s.rounds.size());
+  j.erase("rounds_total");
+  j.erase("rounds_from");
+  return j;
+}
+
+nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t count) {
   nlohmann::json rounds = nlohmann::json::array();
-  for (const auto& r : s.rounds)
+  from = std::min(from, s.rounds.size());
+  const std::size_t to = from + std::min(count, s.rounds.size() - from);
+  for (std::size_t i = from; i < to; ++i) {
+    const auto& r = s.rounds[i];
     rounds.push_back({{"round", r.round},
                       {"pages", r.pages},
                       {"zero_pages", r.zero_pages},
@@ -32,6 +44,7 @@ nlohmann::json to_json(const MigrationStatus& s) {
                       {"rtt_ms", r.rtt_ms},
                       {"kernel_dirty_pages_per_s", r.kernel_dirty_rate},
                       {"held_back_pages", r.held_back}});
+  }
   auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"phase", phase_name(s.phase)},
           {"error", s.error},
@@ -49,6 +62,8 @@ nlohmann::json to_json(const MigrationStatus& s) {
           {"downtime_limit_ms", s.downtime_limit_ms},
           {"elapsed_ms", s.elapsed_ms},
           {"rounds", rounds},
+          {"rounds_from", from},
+          {"rounds_total", s.rounds.size()},
           {"pages_sent", s.pages_sent},
           {"zero_pages", s.zero_pages},
           {"resent_pages", s.resent_pages},

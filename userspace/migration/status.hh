@@ -93,6 +93,13 @@ struct MigrationStatus {
 };
 
 nlohmann::json to_json(const MigrationStatus& s);
+// The same with only rounds [from, from + count) in "rounds", plus
+// "rounds_total" and "rounds_from": how the control API answers polls, so an
+// answer never grows with the number of rounds (callers page through them;
+// see control::MigrationFollower).
+nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t count);
+// Rounds per API answer: ~1 KiB each with a few vCPUs, far under the line limit.
+inline constexpr std::size_t kRoundsPerAnswer = 32;
 // The inverse, for clients of the control API (`ferry migrate`, resolve);
 // an unknown phase name reads as kFailed.
 MigrationStatus status_from_json(const nlohmann::json& j);
