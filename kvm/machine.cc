@@ -240,6 +240,11 @@ std::vector<const GuestRegion*> Machine::regions() const {
   return out;
 }
 
+std::optional<std::chrono::nanoseconds> Machine::take_guest_stall() {
+  if (!monitor_) return std::nullopt;
+  return monitor_->take_window_gap();
+}
+
 TestGuestMonitor::Figures Machine::monitor_figures() const { return monitor_ ? monitor_->figures() : TestGuestMonitor::Figures{}; }
 
 Status Machine::start_vcpus(bool paused) {

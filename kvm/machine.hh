@@ -184,6 +184,9 @@ class Machine {
   std::uint32_t tsc_khz() const { return tsc_khz_; }
   // Test guest only: the heartbeat monitor's figures (zeros otherwise).
   TestGuestMonitor::Figures monitor_figures() const;
+  // Test guest only: the longest heartbeat gap since the last call (see
+  // TestGuestMonitor::take_window_gap); nullopt for other guests.
+  std::optional<std::chrono::nanoseconds> take_guest_stall();
   // Marks the VM as restored from `what` for status() ("migrated from ...").
   void set_origin(std::string what) { restored_from_ = std::move(what); }
 

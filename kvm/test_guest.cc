@@ -126,7 +126,10 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
   switch (run.io.port) {
     case FG_PORT_HEARTBEAT: {
       const auto now = std::chrono::steady_clock::now();
-      if (f_.heartbeats > 0) f_.max_gap = std::max<std::chrono::nanoseconds>(f_.max_gap, now - last_beat_);
+      if (f_.heartbeats > 0) {
+        f_.max_gap = std::max<std::chrono::nanoseconds>(f_.max_gap, now - last_beat_);
+        window_gap_ = std::max<std::chrono::nanoseconds>(window_gap_, now - last_beat_);
+      }
       last_beat_ = now;
       f_.last_beat_wall = std::chrono::system_clock::now();
       if (f_.heartbeats == 0) f_.first_beat_wall = f_.last_beat_wall;
@@ -156,6 +159,14 @@ Result<ExitAction> TestGuestMonitor::on_exit(Vcpu& vcpu) {
     default:
       return fail("test guest wrote {:#x} to unknown port {:#x}", value, run.io.port);
   }
+}
+
+std::chrono::nanoseconds TestGuestMonitor::take_window_gap() {
+  std::lock_guard lock(mu_);
+  auto gap = window_gap_;
+  if (f_.heartbeats > 0) gap = std::max<std::chrono::nanoseconds>(gap, std::chrono::steady_clock::now() - last_beat_);
+  window_gap_ = {};
+  return gap;
 }
 
 TestGuestMonitor::Figures TestGuestMonitor::figures() const {

@@ -88,6 +88,10 @@ class TestGuestMonitor {
   Figures figures() const;
   // Forget the gap history (e.g. to measure only across one pause).
   void reset_gap();
+  // The longest gap between heartbeats since the last call (the gap still
+  // open now included), then starts a new window: how a migration reports
+  // what the guest saw of each round without touching max_gap.
+  std::chrono::nanoseconds take_window_gap();
 
  private:
   const GuestRegion& ram_;
@@ -96,6 +100,7 @@ class TestGuestMonitor {
   mutable std::mutex mu_;
   Figures f_;
   std::chrono::steady_clock::time_point last_beat_{};
+  std::chrono::nanoseconds window_gap_{0};
 };
 
 }  // namespace ferry::kvm

@@ -34,6 +34,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
   ca-certificates xz-utils
+  chromium  # headless: the HTML report's browser test (ctest e2e.report_html)
 )
 
 # Modules the sandbox needs, paths relative to lib/modules/<version>/.

@@ -19,6 +19,8 @@
 #include "kvm/state/bytes.hh"
 #include "kvm/state/crc64.hh"
 #include "migration/crc32c.hh"
+
+#include <xxhash.h>
 #include "migration/page_ledger.hh"
 #include "migration/payloads.hh"
 #include "migration/protocol.hh"
@@ -115,7 +117,7 @@ TEST(MigrationCrc32c, SlicedLoopMatchesBitwiseReferenceAtEveryLengthAndSplit) {
 // A header from the documented layout, with fields a test can break.
 struct RawHeader {
   std::uint32_t magic = kMagic;
-  std::uint16_t major = 1, minor = 0, type = 1, flags = 0;
+  std::uint16_t major = 1, minor = kVersionMinor, type = 1, flags = 0;
   std::uint32_t sequence = 0;
   std::optional<std::uint64_t> length = std::nullopt;       // default: the payload's size
   std::optional<std::uint32_t> payload_crc = std::nullopt;  // default: the whole payload's CRC
@@ -142,7 +144,7 @@ TEST(MigrationFrame, HeaderBytesAreTheDocumentedLayout) {
   const Bytes f = encode_frame(FrameType::kAbort, 0x01020304, payload);
   ASSERT_EQ(f.size(), kHeaderSize + 3);
   const std::uint32_t pcrc = reference_crc32c(payload);
-  Bytes expect = bytes_of({'F', 'M', 'I', 'G', 1, 0, 0, 0, 11, 0, 0, 0, 4, 3, 2, 1,  //
+  Bytes expect = bytes_of({'F', 'M', 'I', 'G', 1, 0, 1, 0, 11, 0, 0, 0, 4, 3, 2, 1,  //
                            3, 0, 0, 0, 0, 0, 0, 0});
   for (int i = 0; i < 4; ++i) expect.push_back(static_cast<std::byte>(pcrc >> (8 * i)));
   const std::uint32_t hcrc = reference_crc32c(expect);
@@ -446,12 +448,11 @@ TEST(MigrationPayload, FieldValuesNoSenderProducesAreRejected) {
   EXPECT_EQ(error_of(decode_query_result)(encode(bad)), "query result: unknown outcome 5");
 }
 
-TEST(MigrationPayload, PageChecksumIsCrc64OverIndexThenPage) {
+TEST(MigrationPayload, PageChecksumIsXxh64OfThePageSeededWithItsIndex) {
+  // XXH64's published check value: the empty input with seed 0.
+  EXPECT_EQ(XXH64(nullptr, 0, 0), 0xEF46DB3751D8E999ull);
   const Bytes page = pattern(kPageSize, 3);
-  ByteWriter w;
-  w.put_u64(0x0102030405060708ull);
-  w.put_bytes(page);
-  EXPECT_EQ(page_checksum(0x0102030405060708ull, page), kvm::state::crc64(w.bytes()));
+  EXPECT_EQ(page_checksum(0x0102030405060708ull, page), XXH64(page.data(), page.size(), 0x0102030405060708ull));
   // Data filed under another index must not verify.
   EXPECT_NE(page_checksum(1, page), page_checksum(2, page));
 }
@@ -600,15 +601,18 @@ TEST(MigrationFrameReader, RejectsBadMagic) {
 
 TEST(MigrationFrameReader, RejectsAnotherMajorOrANewerMinorNamingBothVersions) {
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 2, .minor = 0, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.0");
+            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.1");
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 0, .minor = 9, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 0.9 is not supported: this reader speaks 1.x up to 1.0");
-  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 1, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 1.1 is newer than this reader's 1.0");
+            std::string(kFrame1) + "protocol version 0.9 is not supported: this reader speaks 1.x up to 1.1");
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 2, .sequence = 1})),
+            std::string(kFrame1) + "protocol version 1.2 is newer than this reader's 1.1");
+  // 1.0 checksummed pages with CRC-64: refused, not misread page by page.
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 0, .sequence = 1})),
+            std::string(kFrame1) + "protocol version 1.0 is older than this reader accepts (1.1 to 1.1)");
   // The version is judged before the CRC: a peer of another major may
   // protect its header differently.
-  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 2, .sequence = 1, .header_crc = 0})),
-            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.0");
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 2, .minor = 0, .sequence = 1, .header_crc = 0})),
+            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.1");
 }
 
 TEST(MigrationFrameReader, RejectsAHeaderCrcMismatch) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -14,6 +15,7 @@
 #include "ferry/commands.hh"
 #include "migration/destination.hh"
 #include "control/migration_follower.hh"
+#include "migration/report_html.hh"
 #include "migration/status.hh"
 
 namespace ferry::cli {
@@ -50,6 +52,7 @@ int exit_code(migration::Phase p) {
 
 struct MigrateCli {
   std::string vm, to, max_bandwidth, on_timeout = "cancel", policy = "adaptive";
+  std::string report;  // --report FILE.html, empty: none
   double downtime_limit_ms = 300;
   std::uint32_t streams = 1, timeout_s = 600;
   bool verify = false, json = false, no_zero_copy = false, no_ebpf = false;
@@ -73,6 +76,16 @@ int run_migrate(const MigrateCli& o) {
       return 2;
     }
     req["max_bandwidth_bytes_per_s"] = *r;
+  }
+  // Checked before the migration starts: a typo in the report's directory
+  // should cost nothing, not a finished migration's only report.
+  if (!o.report.empty()) {
+    const auto dir = std::filesystem::path(o.report).parent_path();
+    std::error_code ec;
+    if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
+      fmt::print(stderr, "ferry migrate: --report {}: no directory {}\n", o.report, dir.string());
+      return 2;
+    }
   }
   auto started = control::call(o.vm, req);
   if (!started) {
@@ -103,6 +116,16 @@ int run_migrate(const MigrateCli& o) {
         fmt::print("{}\n", st->dump());
       else
         fmt::print("{}", migration::report_text(s));
+      // Every final phase gets its page: a failed or cancelled migration's
+      // rounds are what someone will want to look at. A page that cannot be
+      // written is reported but does not change the exit status, which says
+      // where the VM runs.
+      if (!o.report.empty()) {
+        if (auto w = migration::write_report_html(o.report, *st); w)
+          fmt::print(stderr, "ferry migrate: report written to {}\n", o.report);
+        else
+          fmt::print(stderr, "ferry migrate: --report: {}\n", w.error());
+      }
       if (s.phase == migration::Phase::kOutcomeUnknown)
         fmt::print(stderr,
                    "ferry migrate: COMMIT was sent but not confirmed. The VM is paused here with its full state.\n"
@@ -173,7 +196,9 @@ void add_migrate(CLI::App& app, Globals& g) {
       "sends the last pages and the CPU/device state, and commits: the destination runs the VM only after\n"
       "COMMIT, and before READY any failure resumes it here. Shows live progress, ends with a report.\n"
       "Cancel with `ferry cancel --vm SOCKET`. Exit status: 0 migrated, 1 failed or cancelled (the VM runs\n"
-      "here), 3 outcome unknown (COMMIT unconfirmed: the VM is paused here; run `ferry resolve`).");
+      "here), 3 outcome unknown (COMMIT unconfirmed: the VM is paused here; run `ferry resolve`).\n"
+      "--report FILE.html also writes the report as one self-contained page (charts of the rounds, predicted\n"
+      "vs actual downtime, the rounds table) whatever the outcome; it fetches nothing and runs no scripts.");
   cmd->add_option("--vm", o->vm, "the VM's control socket")->required();
   cmd->add_option("--to", o->to, "the destination's ADDR:PORT (`ferry receive --listen`)")->required();
   cmd->add_option("--downtime-limit", o->downtime_limit_ms, "switch over once the expected downtime fits (ms)")
@@ -196,6 +221,8 @@ void add_migrate(CLI::App& app, Globals& g) {
       ->capture_default_str();
   cmd->add_flag("--no-ebpf", o->no_ebpf, "adaptive policy on the engine's own counters only (as when eBPF is unavailable)");
   cmd->add_flag("--json", o->json, "print the final report as JSON (no progress display)");
+  cmd->add_option("--report", o->report, "also write the final report as an HTML page to FILE.html")
+      ->type_name("FILE.html");
   cmd->callback([o, &g] { g.rc = run_migrate(*o); });
 
   auto c = std::make_shared<std::string>();

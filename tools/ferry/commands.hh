@@ -18,6 +18,7 @@ void add_vm_control(CLI::App& app, Globals& g);
 void add_receive(CLI::App& app, Globals& g);
 void add_migrate(CLI::App& app, Globals& g);
 void add_bench(CLI::App& app, Globals& g);
+void add_bench_transport(CLI::App& app, Globals& g);  // cmd_bench_transport.cc
 void add_trace(CLI::App& app, Globals& g);
 void add_bench_trace(CLI::App& app, Globals& g);  // cmd_bench_trace.cc; a stub in cmd_trace_off.cc
 

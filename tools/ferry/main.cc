@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   ferry::cli::add_receive(app, g);
   ferry::cli::add_migrate(app, g);
   ferry::cli::add_bench(app, g);
+  ferry::cli::add_bench_transport(app, g);
   ferry::cli::add_trace(app, g);
   ferry::cli::add_bench_trace(app, g);
   app.parse_complete_callback([&] { ferry::init_logging(g.log_level); });

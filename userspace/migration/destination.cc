@@ -16,6 +16,7 @@
 #include "kvm/snapshot.hh"
 #include "migration/digest.hh"
 #include "migration/page_ledger.hh"
+#include "migration/page_path.hh"
 #include "migration/precheck.hh"
 #include "migration/wire.hh"
 #include "transport/stream.hh"
@@ -136,7 +137,6 @@ class Session {
   void stream_main(std::size_t i);
   Status receive_pages(std::size_t stream, const FrameHeader& h);
   Status receive_zero(std::size_t stream, const std::vector<std::byte>& payload);
-  Status check_stream(std::size_t stream, std::uint64_t page) const;
   Result<Frame> next_control(std::chrono::milliseconds timeout);
   Status finish_and_ready(const State& state, std::optional<VerifyDigest> digest);
   Result<Received> wait_commit(std::uint64_t last_heartbeat);
@@ -273,48 +273,28 @@ Status Session::accept_streams() {
   return {};
 }
 
-// A page must come on the stream the source assigns it (2 MiB chunks
-// round-robin): the "last copy wins" order and the one-stream-per-word
-// ownership of written_ both rest on it.
-Status Session::check_stream(std::size_t stream, std::uint64_t page) const {
-  const std::size_t want = (page / 512) % streams_.size();
-  if (want != stream) return fail("page {} arrived on stream {}, its stream is {}", page, stream, want);
-  return {};
-}
-
+// The page path is page_path.hh's (checked, received straight into guest
+// memory, verified); the session keeps the ledger, digests and figures.
 Status Session::receive_pages(std::size_t stream, const FrameHeader& h) {
-  Stream& s = streams_[stream];
-  auto ph = s.src->pages_header(h);
-  if (!ph) return std::unexpected(ph.error());
   const auto* ram = m_->regions().front();
-  if (ph->slot != ram->slot()) return fail("PAGES for slot {}, which the VM does not have", ph->slot);
-  std::vector<iovec> iov;
-  for (const auto& d : ph->pages) {
-    if (d.page_index >= ram->pages())
-      return fail("PAGES: page {} is past the end of slot {} ({} pages)", d.page_index, ph->slot, ram->pages());
-    if (auto ok = check_stream(stream, d.page_index); !ok) return ok;
-    append_page(iov, ram->host() + d.page_index * kPageSize);
-  }
-  // Straight into guest memory: the vCPUs do not run until COMMIT.
-  if (auto ok = s.src->page_data(iov); !ok) return ok;
-  for (const auto& d : ph->pages) written_[d.page_index / 64] |= std::uint64_t{1} << (d.page_index % 64);
-  // Checksums outside the lock, so streams verify in parallel; the ledger
-  // and the figures are shared, and updated under it once per frame.
-  std::vector<bool> good(ph->pages.size());
-  for (std::size_t k = 0; k < good.size(); ++k) {
-    const auto& d = ph->pages[k];
-    good[k] = page_checksum(d.page_index, {ram->host() + d.page_index * kPageSize, kPageSize}) == d.checksum;
-    // Each page belongs to one stream: no other thread writes this entry.
-    if (good[k]) digests_.set(d.page_index, d.checksum);
-  }
+  auto r = receive_page_frame(*streams_[stream].src, h, {ram->slot(), ram->host(), ram->pages()}, written_, stream,
+                              streams_.size());
+  if (!r) return std::unexpected(r.error());
+  const auto& pages = r->header.pages;
+  // Each page belongs to one stream: no other thread writes its entry.
+  for (std::size_t k = 0; k < pages.size(); ++k)
+    if (r->good[k]) digests_.set(pages[k].page_index, pages[k].checksum);
+  // Checksums were verified outside the lock, so streams verify in
+  // parallel; the ledger and the figures are shared, and updated under it
+  // once per frame.
   std::lock_guard lock(mu_);
-  for (std::size_t k = 0; k < good.size(); ++k) {
-    const auto& d = ph->pages[k];
-    if (auto ok = good[k] ? ledger_.mark_good(ph->slot, d.page_index) : ledger_.mark_bad(ph->slot, d.page_index); !ok)
+  for (std::size_t k = 0; k < pages.size(); ++k) {
+    const std::uint64_t page = pages[k].page_index;
+    if (auto ok = r->good[k] ? ledger_.mark_good(ram->slot(), page) : ledger_.mark_bad(ram->slot(), page); !ok)
       return ok;
-    if (!good[k]) ++fig_.torn_pages;
+    if (!r->good[k]) ++fig_.torn_pages;
   }
-  fig_.pages += ph->pages.size();
+  fig_.pages += pages.size();
   fig_.bytes += kHeaderSize + h.payload_length;
   return {};
 }
@@ -323,27 +303,14 @@ Status Session::receive_zero(std::size_t stream, const std::vector<std::byte>& p
   auto z = decode_zero_pages(payload);
   if (!z) return std::unexpected(z.error());
   const auto* ram = m_->regions().front();
-  if (z->slot != ram->slot()) return fail("ZERO_PAGES for slot {}, which the VM does not have", z->slot);
-  std::uint64_t zeroed = 0;
-  for (std::uint64_t page : z->page_index) {
-    if (page >= ram->pages()) return fail("ZERO_PAGES: page {} is past the end of the slot", page);
-    if (auto ok = check_stream(stream, page); !ok) return ok;
-    digests_.zero(page);
-    // Only a page this side wrote can hold anything: fresh memory is zero
-    // and is not touched.
-    auto& word = written_[page / 64];
-    const std::uint64_t bit = std::uint64_t{1} << (page % 64);
-    if (word & bit) {
-      std::memset(ram->host() + page * kPageSize, 0, kPageSize);
-      word &= ~bit;
-      ++zeroed;
-    }
-  }
+  auto zeroed = apply_zero_page_frame(*z, {ram->slot(), ram->host(), ram->pages()}, written_, stream, streams_.size());
+  if (!zeroed) return std::unexpected(zeroed.error());
+  for (std::uint64_t page : z->page_index) digests_.zero(page);
   std::lock_guard lock(mu_);
   for (std::uint64_t page : z->page_index)
     if (auto ok = ledger_.mark_good(z->slot, page); !ok) return ok;
   fig_.zero_pages += z->page_index.size();
-  fig_.zeroed_pages += zeroed;
+  fig_.zeroed_pages += *zeroed;
   fig_.bytes += kHeaderSize + payload.size();
   return {};
 }

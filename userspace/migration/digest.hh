@@ -1,7 +1,7 @@
 #pragma once
 // The `--verify` memory digest. It is CRC-64 over one 64-bit entry per
-// page, in page order: the page's page_checksum() (CRC-64 of its index and
-// bytes, what every PAGES descriptor carries) for a non-zero page, 0 for a
+// page, in page order: the page's page_checksum() (XXH64 of its bytes seeded
+// with its index, what every PAGES descriptor carries) for a non-zero page, 0 for a
 // zero page. Defined this way so both sides can afford it inside the
 // downtime:
 // - the destination never re-reads memory: it keeps the checksum of the last
@@ -9,7 +9,7 @@
 //   8-byte entries at the end (8 MiB per GiB of guest, well under a ms);
 // - the source does read its whole memory at the pause (that is the point:
 //   it catches a page the dirty tracking missed), but only the memfd's data
-//   extents, on several threads, with hardware CRC, and overlapped with the
+//   extents, on several threads, at hash speed, and overlapped with the
 //   final round's sending (SourceDigest).
 #include <cstdint>
 #include <future>

@@ -100,10 +100,8 @@ struct DecodedPages {
   std::span<const std::byte> page(std::size_t i) const { return data.subspan(i * kPageSize, kPageSize); }
 };
 
-// The per-page checksum: CRC-64/XZ over the u64 little-endian page index
-// then the page, as the snapshot's memory check (kvm/snapshot.cc) does per
-// region. The index is included so that data filed under the wrong index
-// fails too. A mismatch is not necessarily corruption; see page_ledger.hh.
+// The per-page checksum (protocol 1.1): XXH64 of the page, seeded with its
+// index, so that data filed under the wrong index fails too. A mismatch is not necessarily corruption; see page_ledger.hh.
 std::uint64_t page_checksum(std::uint64_t page_index, std::span<const std::byte> page);
 
 // ZERO_PAGES: pages whose content is all zero, sent as indices only.

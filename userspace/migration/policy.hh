@@ -54,6 +54,10 @@ struct PolicyConfig {
   // the final round too. 0 reproduces the rule before it was counted.
   Millis decision_gap{5};
   double max_bandwidth_bytes_per_s = 0;  // user's cap, 0 = none
+  // Rounds smaller than this (or than 1/16 of it when they took 200 ms or
+  // more, as under a low cap) only raise the delivered-bandwidth estimate:
+  // they are bound by round trips, not by bandwidth. Larger ones set it.
+  std::uint64_t min_bandwidth_sample_bytes = 1 << 20;
   std::uint64_t page_bytes = 4096;
   // Weight of the newest round in the moving averages (0..1].
   double smoothing = 0.5;

@@ -102,7 +102,17 @@ Decision SwitchoverPolicy::adaptive(const RoundSample& s) {
   const double dr = std::accumulate(rates.begin(), rates.end(), 0.0);
   // The first round seeds the averages; later ones blend in.
   const double a = s.round == 0 || bandwidth_ == 0 ? 1.0 : c_.smoothing;
-  if (s.bytes_sent > 0) bandwidth_ = a * static_cast<double>(s.bytes_sent) / secs + (1 - a) * bandwidth_;
+  // A round measures bandwidth only if it carried enough to be limited by
+  // it: a round of a few pages is a round trip, and its bytes/s (60 bytes in
+  // 5 ms, seen in the sandbox) would make every prediction explode. Such a
+  // round's rate is only a floor on what the engine can deliver.
+  const double pushed = static_cast<double>(s.bytes_sent) / secs;
+  const bool bandwidth_bound = s.bytes_sent >= c_.min_bandwidth_sample_bytes ||
+                               (s.bytes_sent >= c_.min_bandwidth_sample_bytes / 16 && s.duration >= Millis(200));
+  if (bandwidth_bound)
+    bandwidth_ = a * pushed + (1 - a) * bandwidth_;
+  else if (s.bytes_sent > 0)
+    bandwidth_ = std::max(bandwidth_, pushed);
   dirty_rate_ = a * dr + (1 - a) * dirty_rate_;
 
   // What the engine delivers: bytes it pushed over the rounds' busy time

@@ -137,6 +137,10 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header
     return fail("protocol version {}.{} is newer than this reader's {}.{}", h.major, h.minor,
                 kVersionMajor, kVersionMinor);
   }
+  if (h.minor < kVersionMinorOldest) {
+    return fail("protocol version {}.{} is older than this reader accepts ({}.{} to {}.{})", h.major, h.minor,
+                kVersionMajor, kVersionMinorOldest, kVersionMajor, kVersionMinor);
+  }
   const std::uint32_t header_crc = crc32c(header.first(kHeaderCrcOffset));
   if (h.header_crc != header_crc) {
     return fail("header CRC mismatch (stored {:#010x}, computed {:#010x})", h.header_crc, header_crc);

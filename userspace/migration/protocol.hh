@@ -40,7 +40,11 @@ namespace ferry::migration {
 
 inline constexpr std::uint32_t kMagic = 0x47494d46;  // 'F','M','I','G' in wire order
 inline constexpr std::uint16_t kVersionMajor = 1;
-inline constexpr std::uint16_t kVersionMinor = 0;
+inline constexpr std::uint16_t kVersionMinor = 1;
+// The oldest minor version this reader accepts. 1.1 changed what a PAGES
+// descriptor's checksum is (XXH64, no longer CRC-64): a 1.0 peer would have
+// every page rejected as torn, so it is refused at its first frame instead.
+inline constexpr std::uint16_t kVersionMinorOldest = 1;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kHeaderCrcOffset = 28;  // header_crc covers the bytes before it
 // Bounds what a peer can make the reader buffer. A full PAGES frame

@@ -15,6 +15,7 @@
 
 #include "kvm/snapshot.hh"
 #include "migration/kernel_view.hh"
+#include "migration/page_path.hh"
 #include "migration/wire.hh"
 
 namespace ferry::migration {
@@ -25,15 +26,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t) { return Millis(Clock::now() - t).count(); }
 
-
-// Which stream carries a page: 2 MiB chunks round-robin. A page always
-// travels on the same stream, so a resent copy can never overtake the
-// copy it replaces (the receiver's ledger relies on that order), and each
-// 64-page word of the destination's bitmaps belongs to one stream.
-constexpr std::uint64_t kChunkPages = 512;
-std::uint32_t stream_of(std::uint64_t page, std::uint32_t streams) {
-  return static_cast<std::uint32_t>((page / kChunkPages) % streams);
-}
 
 // Frames from the destination on stream 0, read by their own thread so
 // that an ABORT or a lost connection is noticed in the middle of a round.
@@ -285,52 +277,14 @@ Status SourceMigration::Impl::precheck() {
   return {};
 }
 
-// One stream's share of a round: zero pages as markers, the others with
-// their checksums and sent from guest memory, then ROUND_END and a flush.
+// One stream's share of a round (page_path.hh): zero pages as markers, the
+// others with their checksums and sent from guest memory, then ROUND_END
+// and a flush.
 Status SourceMigration::Impl::send_stream_round(std::size_t i, std::uint32_t round,
                                                 const std::vector<std::uint64_t>& pages, RoundFigures& f) {
   const auto* ram = m.regions().front();
-  auto& fs = *framers[i];
-  const std::uint64_t bytes0 = fs.bytes();
-  PagesHeader ph{ram->slot(), round, {}};
-  std::vector<iovec> iov;
-  ZeroPages zp{ram->slot(), round, {}};
-  auto flush_pages = [&]() -> Status {
-    if (ph.pages.empty()) return {};
-    auto ok = fs.send_pages(ph, std::move(iov));
-    ph.pages.clear();
-    iov.clear();
-    return ok;
-  };
-  auto flush_zero = [&]() -> Status {
-    if (zp.page_index.empty()) return {};
-    auto ok = fs.send(FrameType::kZeroPages, zp);
-    zp.page_index.clear();
-    return ok;
-  };
-  for (std::uint64_t page : pages) {
-    if ((f.pages + f.zero_pages) % 1024 == 0)
-      if (auto ok = check_peer(); !ok) return ok;
-    const std::byte* p = ram->host() + page * kPageSize;
-    if (kvm::page_is_zero(p)) {
-      zp.page_index.push_back(page);
-      ++f.zero_pages;
-      if (zp.page_index.size() == kMaxZeroPagesPerFrame)
-        if (auto ok = flush_zero(); !ok) return ok;
-      continue;
-    }
-    ph.pages.push_back({page, page_checksum(page, {p, kPageSize})});
-    append_page(iov, p);
-    ++f.pages;
-    if (ph.pages.size() == kMaxPagesPerFrame)
-      if (auto ok = flush_pages(); !ok) return ok;
-  }
-  if (auto ok = flush_pages(); !ok) return ok;
-  if (auto ok = flush_zero(); !ok) return ok;
-  if (auto ok = fs.send(FrameType::kRoundEnd, RoundEnd{round, f.pages, f.zero_pages, fs.bytes() - bytes0}); !ok)
-    return ok;
-  f.bytes = fs.bytes() - bytes0;
-  return fs.sender().flush();
+  return send_stream_pages(*framers[i], {ram->slot(), ram->host(), ram->pages()}, round, pages, f,
+                           [this] { return check_peer(); });
 }
 
 // One round: each stream's worker reads its pages (zero test, checksum)
@@ -450,6 +404,7 @@ Status SourceMigration::Impl::migrate() {
     s.remaining_pages = allocated;
   });
   kvm::DirtyLog dirty(std::vector<kvm::TrackedSlot>{{slot, ram->gpa(), ram->pages()}});
+  (void)m.take_guest_stall();  // what the guest saw before the migration is not ours
   for (std::uint32_t round = 0;; ++round) {
     update([&](MigrationStatus& s) { s.round = round; });
     if (kernel) kernel->round_begin();
@@ -521,6 +476,8 @@ Status SourceMigration::Impl::migrate() {
     fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
     fig->capacity = d.capacity_bytes_per_s;
     fig->held_back = withheld;
+    // After the decision, so a calibration pause counts in round 0's stall.
+    if (auto gap = m.take_guest_stall()) fig->guest_stall_ms = std::chrono::duration<double, std::milli>(*gap).count();
     if (sample.kernel) {
       fig->link_capacity = sample.kernel->link_capacity_bytes_per_s;
       fig->rtt_ms = sample.kernel->rtt.count();
@@ -532,6 +489,7 @@ Status SourceMigration::Impl::migrate() {
     update([&](MigrationStatus& s) {
       if (!d.inputs.empty()) s.policy_inputs = d.inputs;  // what this round's decision ran on
       s.rounds.push_back(*fig);
+      if (fig->guest_stall_ms >= 0) s.precopy_guest_stall_ms = std::max(s.precopy_guest_stall_ms, fig->guest_stall_ms);
       s.remaining_pages = sample.dirty_pages + sample.hot_pages;
       s.dirty_rate = d.dirty_bytes_per_s;
       s.bandwidth = d.bandwidth_bytes_per_s;

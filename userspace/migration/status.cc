@@ -43,7 +43,8 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
                       {"link_capacity_bytes_per_s", r.link_capacity},
                       {"rtt_ms", r.rtt_ms},
                       {"kernel_dirty_pages_per_s", r.kernel_dirty_rate},
-                      {"held_back_pages", r.held_back}});
+                      {"held_back_pages", r.held_back},
+                      {"guest_stall_ms", r.guest_stall_ms < 0 ? nlohmann::json(nullptr) : nlohmann::json(r.guest_stall_ms)}});
   }
   auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"phase", phase_name(s.phase)},
@@ -79,6 +80,7 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
             {"destination_load_ms", s.dest_load_ms},
             {"commit_ms", s.commit_ms}}},
           {"guest_downtime_ms", opt(s.guest_downtime_ms)},
+          {"precopy_guest_stall_ms", opt(s.precopy_guest_stall_ms)},
           {"verified", s.verified},
           {"zero_copy", s.zero_copy},
           {"zc_requests", s.zc_requests},
@@ -128,6 +130,8 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
   s.bytes_sent = j.value("bytes_sent", std::uint64_t{0});
   s.downtime_ms = j["downtime_ms"].is_number() ? j["downtime_ms"].get<double>() : -1;
   s.guest_downtime_ms = j["guest_downtime_ms"].is_number() ? j["guest_downtime_ms"].get<double>() : -1;
+  s.precopy_guest_stall_ms =
+      j.contains("precopy_guest_stall_ms") && j["precopy_guest_stall_ms"].is_number() ? j["precopy_guest_stall_ms"].get<double>() : -1;
   const auto& b = j["downtime_breakdown"];
   s.final_pages_ms = b.value("final_pages_ms", 0.0);
   s.final_pages = b.value("final_pages", std::uint64_t{0});
@@ -169,6 +173,7 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
     f.link_capacity = r.value("link_capacity_bytes_per_s", 0.0);
     f.rtt_ms = r.value("rtt_ms", 0.0);
     f.held_back = r.value("held_back_pages", std::uint64_t{0});
+    f.guest_stall_ms = r.contains("guest_stall_ms") && r["guest_stall_ms"].is_number() ? r["guest_stall_ms"].get<double>() : -1;
     if (r.contains("kernel_dirty_pages_per_s")) f.kernel_dirty_rate = r["kernel_dirty_pages_per_s"].get<std::vector<double>>();
     if (r.contains("dirtied_per_vcpu")) f.dirtied_per_vcpu = r["dirtied_per_vcpu"].get<std::vector<std::uint64_t>>();
     f.throttle = r.value("throttle", std::vector<double>{});
@@ -216,6 +221,10 @@ std::string report_text(const MigrationStatus& s) {
          s.commit_ms);
     line("  guest saw       {} without a heartbeat", ms_or_unknown(s.guest_downtime_ms));
   }
+  if (s.precopy_guest_stall_ms >= 0)
+    line("  pre-copy stalls longest {:.1f} ms without a heartbeat while the guest ran here (throttling and the "
+         "calibration pause included)",
+         s.precopy_guest_stall_ms);
   if (!s.policy.empty()) {
     line("  policy          {}; inputs: {}", s.policy, s.policy_inputs.empty() ? "-" : s.policy_inputs);
     if (s.predicted_downtime_ms >= 0)
@@ -224,7 +233,8 @@ std::string report_text(const MigrationStatus& s) {
            s.predicted_downtime_ms, s.predict_pages_ms, s.predict_state_ms, s.predict_rtt_ms, s.predict_fixed_ms,
            ms_or_unknown(s.downtime_ms));
     if (s.calibration_pause_ms >= 0)
-      line("    calibration   one {:.1f} ms pause during pre-copy measured the switch costs", s.calibration_pause_ms);
+      line("    calibration   one {:.1f} ms pause during pre-copy measured the switch costs (the guest saw it)",
+         s.calibration_pause_ms);
     if (s.held_back_pages > 0)
       line("    hot pages     {} re-dirtied every round, held back and sent once at switchover", s.held_back_pages);
   }

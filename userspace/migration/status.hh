@@ -47,6 +47,9 @@ struct RoundFigures {
   double rtt_ms = 0;                       // smoothed RTT of the streams (eBPF)
   std::vector<double> kernel_dirty_rate;   // pages/s per vCPU seen by eBPF during the round
   std::uint64_t held_back = 0;             // hot pages held for the final round
+  // The longest the guest went without a heartbeat during the round (built-in
+  // guest; -1 unknown): stalls the engine or a throttle caused while it ran.
+  double guest_stall_ms = -1;
 };
 
 struct MigrationStatus {
@@ -90,6 +93,11 @@ struct MigrationStatus {
   double predict_pages_ms = 0, predict_state_ms = 0, predict_rtt_ms = 0, predict_fixed_ms = 0;
   double calibration_pause_ms = -1;  // the one short pause that measured switch costs
   std::uint64_t held_back_pages = 0;  // hot pages sent only in the final round
+  // Guest-visible stalls while the guest still ran on the source (built-in
+  // guest's heartbeats; -1 unknown): the longest heartbeat gap during
+  // pre-copy, calibration pause and throttling included. Downtime is not the
+  // only pause a migration costs the guest.
+  double precopy_guest_stall_ms = -1;
 };
 
 nlohmann::json to_json(const MigrationStatus& s);

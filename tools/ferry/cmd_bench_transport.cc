@@ -1,0 +1,273 @@
+// `ferry bench-transport`: the engine's page path against raw TCP and
+// memcpy, in one run, without KVM. Not a test: it prints figures.
+//
+// Guest-like memory (a memfd, --zero-share of its pages zero, the rest
+// random) goes into a fresh memfd of the same size over each path (loopback;
+// a veth pair between two network namespaces it creates, when root) and
+// each stream count, three ways:
+// 1. the engine: page_path.hh's send_stream_pages() on every stream (zero
+//    test, page checksum, PAGES / ZERO_PAGES frames, the io_uring Sender),
+//    and on the other end receive_page_frame() / apply_zero_page_frame()
+//    (RECVMSG straight into the destination memory, every checksum
+//    verified), with the destination's ledger; then the two memfds are
+//    compared, and any difference fails the run;
+// 2. raw TCP: as many bytes as the engine put on the wire, plain send() /
+//    recv() in 1 MiB chunks over as many connections;
+// 3. memcpy of the whole memory on one thread.
+// Also: a memory of zero pages only through the engine, and what the page
+// checksums cost (this machine's checksum rate against the link rate).
+#include <algorithm>
+#include <cstdio>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "ferry/commands.hh"
+#include "ferry/transport_bench.hh"
+#include "ferry/vm_report.hh"
+
+namespace ferry::cli {
+namespace {
+
+using nlohmann::json;
+
+constexpr double kGB = 1e9;
+constexpr double kZeroOnlyTargetGBs = 10;
+constexpr double kChecksumTargetPercent = 5;
+constexpr std::uint64_t kChecksumSample = 256ull << 20;
+
+struct TransportOptions {
+  std::string memory = "1G";
+  double zero_share = 25;
+  std::uint32_t streams = 1;
+  std::vector<std::uint32_t> streams_list;
+  std::string path = "all";
+  bool json = false;
+};
+
+double gbs(std::uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / kGB / seconds : 0; }
+
+void progress(const std::string& line) { fmt::print(stderr, "bench-transport: {}\n", line); }
+
+// One (path, streams) row: engine, zero pages only, raw TCP, memcpy.
+Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const kvm::GuestRegion& src,
+                         const kvm::GuestRegion& zero, const kvm::GuestRegion& dst, double checksum_bps) {
+  const std::string where = fmt::format("{}, {} stream(s)", path.name, streams);
+  json row{{"path", path.name}, {"streams", streams}};
+  auto fresh_pairs = [&]() -> Result<std::vector<bench::SocketPair>> {
+    if (auto ok = bench::drop_pages(dst); !ok) return std::unexpected(ok.error());
+    return bench::connect_pairs(path, streams);
+  };
+
+  // 1. The engine, then the check that everything arrived intact.
+  auto pairs = fresh_pairs();
+  if (!pairs) return std::unexpected(pairs.error());
+  auto e = bench::run_engine(std::move(*pairs), src, dst);
+  if (!e) return std::unexpected(std::move(e.error()).context(fmt::format("engine ({})", where)));
+  const auto diff = bench::first_difference(src, dst);
+  const double engine_gbs = gbs(e->bytes_sent, e->t.seconds);
+  row.update({{"engine_gb_s", engine_gbs},
+              {"engine_memory_gb_s", gbs(src.size(), e->t.seconds)},
+              {"engine_seconds", e->t.seconds},
+              {"engine_cpu_seconds", e->t.cpu_seconds},
+              {"bytes_sent", e->bytes_sent},
+              {"bytes_received", e->bytes_received},
+              {"bytes_equal", e->bytes_sent == e->bytes_received},
+              {"pages_sent", e->pages},
+              {"zero_pages_sent", e->zero_pages},
+              {"pages_verified", e->pages_verified},
+              {"zero_pages_received", e->zero_pages_received},
+              {"checksum_failures", e->checksum_failures},
+              {"memory_equal", !diff.has_value()}});
+  progress(fmt::format("{}: engine {:.2f} GB/s on the wire ({:.2f} GB/s of memory), {:.2f} s, {:.2f} CPU s", where,
+                       engine_gbs, gbs(src.size(), e->t.seconds), e->t.seconds, e->t.cpu_seconds));
+  if (diff)
+    return fail("{}: the destination memory differs from the source at page {} after the engine's transfer", where,
+                *diff);
+  if (e->bytes_sent != e->bytes_received)
+    return fail("{}: {} bytes sent but {} received", where, e->bytes_sent, e->bytes_received);
+  if (e->pages + e->zero_pages != src.pages() || e->pages_verified != e->pages ||
+      e->zero_pages_received != e->zero_pages)
+    return fail("{}: {} of {} pages sent ({} zero), {} verified and {} zero received", where,
+                e->pages + e->zero_pages, src.pages(), e->zero_pages, e->pages_verified, e->zero_pages_received);
+
+  // 2. Zero pages only: the zero test and the markers, no data.
+  pairs = fresh_pairs();
+  if (!pairs) return std::unexpected(pairs.error());
+  auto z = bench::run_engine(std::move(*pairs), zero, dst);
+  if (!z) return std::unexpected(std::move(z.error()).context(fmt::format("engine, zero pages only ({})", where)));
+  if (z->zero_pages != zero.pages() || z->zero_pages_received != zero.pages() || bench::first_difference(zero, dst))
+    return fail("{}: the zero-page transfer did not leave the destination all zero", where);
+  row.update({{"zero_only_gb_s", gbs(zero.size(), z->t.seconds)},
+              {"zero_only_seconds", z->t.seconds},
+              {"zero_only_cpu_seconds", z->t.cpu_seconds}});
+  progress(fmt::format("{}: zero pages only {:.2f} GB/s of memory", where, gbs(zero.size(), z->t.seconds)));
+
+  // 3. Raw TCP: the engine's byte count, same connections, same memory.
+  pairs = fresh_pairs();
+  if (!pairs) return std::unexpected(pairs.error());
+  auto raw = bench::run_raw(std::move(*pairs), src, dst, e->bytes_sent);
+  if (!raw) return std::unexpected(std::move(raw.error()).context(where));
+  const double raw_gbs = gbs(raw->bytes, raw->t.seconds);
+  row.update({{"raw_tcp_gb_s", raw_gbs},
+              {"raw_tcp_seconds", raw->t.seconds},
+              {"raw_tcp_cpu_seconds", raw->t.cpu_seconds},
+              {"raw_tcp_bytes", raw->bytes},
+              {"ratio_engine_raw", raw_gbs > 0 ? engine_gbs / raw_gbs : 0}});
+  progress(fmt::format("{}: raw TCP {:.2f} GB/s, {:.2f} CPU s", where, raw_gbs, raw->t.cpu_seconds));
+
+  // 4. memcpy: into fresh memory (page faults included, as the transfers
+  // pay them), then again into the same, now populated, memory.
+  if (auto ok = bench::drop_pages(dst); !ok) return std::unexpected(ok.error());
+  const auto cold = bench::time_memcpy(src, dst);
+  const auto warm = bench::time_memcpy(src, dst);
+  row.update({{"memcpy_gb_s", gbs(src.size(), warm.seconds)}, {"memcpy_fresh_gb_s", gbs(src.size(), cold.seconds)}});
+
+  // 5. What the page checksums cost, per end (the source computes each,
+  // the destination verifies each): checksummed bytes/s over checksum rate.
+  auto share = [&](double link_bps) { return checksum_bps > 0 ? 100 * link_bps / checksum_bps : 0; };
+  row["checksum_core_percent_at_link_rate"] = share(raw_gbs * kGB);
+  row["checksum_core_percent_at_engine_rate"] =
+      share(static_cast<double>(e->pages * kvm::kPageSize) / e->t.seconds);
+  return row;
+}
+
+std::string text_report(const json& out) {
+  std::string t = fmt::format(
+      "Ferry transport benchmark: the engine's page path against raw TCP and memcpy\n"
+      "  memory {} MiB, {:.0f}% zero pages ({} of {} pages); page checksum {:.2f} GB/s on one core\n",
+      out["memory_bytes"].get<std::uint64_t>() >> 20, out["zero_share_percent"].get<double>(),
+      out["zero_pages"].get<std::uint64_t>(), out["pages"].get<std::uint64_t>(), out["checksum_gb_s"].get<double>());
+  for (const auto& [name, p] : out["paths"].items())
+    if (!p["available"].get<bool>()) t += fmt::format("  {}: not run: {}\n", name, p["reason"].get<std::string>());
+  t += "\n  path      streams  engine GB/s  (memory)  raw TCP GB/s  engine/raw  memcpy GB/s  zero-only GB/s"
+       "  checksum %core  CPU s engine/raw\n";
+  for (const auto& r : out["rows"])
+    t += fmt::format("  {:<9} {:>7}  {:>11.2f}  {:>8.2f}  {:>12.2f}  {:>10.2f}  {:>11.2f}  {:>14.2f}  {:>14.1f}  {:>7.2f} / {:.2f}\n",
+                     r["path"].get<std::string>(), r["streams"].get<unsigned>(), r["engine_gb_s"].get<double>(),
+                     r["engine_memory_gb_s"].get<double>(), r["raw_tcp_gb_s"].get<double>(),
+                     r["ratio_engine_raw"].get<double>(), r["memcpy_gb_s"].get<double>(),
+                     r["zero_only_gb_s"].get<double>(), r["checksum_core_percent_at_link_rate"].get<double>(),
+                     r["engine_cpu_seconds"].get<double>(), r["raw_tcp_cpu_seconds"].get<double>());
+  if (out["rows"].empty()) return t;
+  double zero_min = 1e300, sum_max = 0;
+  for (const auto& r : out["rows"]) {
+    zero_min = std::min(zero_min, r["zero_only_gb_s"].get<double>());
+    sum_max = std::max(sum_max, r["checksum_core_percent_at_link_rate"].get<double>());
+  }
+  t += fmt::format(
+      "\n  Every row: destination memory equal to the source, bytes received = bytes sent, every page verified.\n"
+      "  Targets: zero pages only >= {:g} GB/s: {} (lowest {:.2f}); checksums < {:g}% of a core per end at the link "
+      "rate: {} (highest {:.1f}%)\n",
+      kZeroOnlyTargetGBs, zero_min >= kZeroOnlyTargetGBs ? "met" : "MISSED", zero_min, kChecksumTargetPercent,
+      sum_max < kChecksumTargetPercent ? "met" : "MISSED", sum_max);
+  return t;
+}
+
+int run_bench_transport(const TransportOptions& o) {
+  if (o.json && spdlog::default_logger()->level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
+  json out{{"benchmark", "transport"}, {"ok", false}, {"error", ""}, {"rows", json::array()}};
+  auto finish = [&](const std::string& error) {
+    out["ok"] = error.empty();
+    out["error"] = error;
+    if (!error.empty()) fmt::print(stderr, "ferry bench-transport: {}\n", error);
+    if (o.json)
+      fmt::print("{}\n", out.dump(2));
+    else if (error.empty())
+      fmt::print("{}", text_report(out));
+    return error.empty() ? 0 : 1;
+  };
+  auto size = parse_size_mib_default(o.memory);
+  if (!size) return finish(fmt::format("--memory: {}", size.error()));
+  if (*size == 0 || *size % (2u << 20) != 0) return finish("--memory must be a positive multiple of 2 MiB");
+  const auto streams = o.streams_list.empty() ? std::vector<std::uint32_t>{o.streams} : o.streams_list;
+
+  progress(fmt::format("preparing 3 x {} MiB of memory (source, destination, zero pages)", *size >> 20));
+  auto src = kvm::GuestRegion::create(0, 0, *size, "bench-source");
+  if (!src) return finish(src.error().what());
+  auto dst = kvm::GuestRegion::create(0, 0, *size, "bench-destination");
+  if (!dst) return finish(dst.error().what());
+  auto zero = kvm::GuestRegion::create(0, 0, *size, "bench-zero");
+  if (!zero) return finish(zero.error().what());
+  const std::uint64_t zero_pages = bench::fill_guest_like(*src, o.zero_share / 100);
+  bench::fill_guest_like(*zero, 1.0);
+  const double checksum_bps = bench::checksum_rate(*src, kChecksumSample);
+  out.update({{"memory_bytes", *size},
+              {"zero_share_percent", o.zero_share},
+              {"pages", src->pages()},
+              {"zero_pages", zero_pages},
+              {"checksum_gb_s", checksum_bps / kGB},
+              {"targets", {{"zero_only_gb_s", kZeroOnlyTargetGBs}, {"checksum_core_percent", kChecksumTargetPercent}}}});
+  progress(fmt::format("page checksum: {:.2f} GB/s on one core", checksum_bps / kGB));
+
+  std::vector<bench::Path> paths;
+  std::unique_ptr<bench::VethPair> veth;  // deleted on every way out
+  if (o.path != "veth") {
+    paths.push_back(bench::loopback_path());
+    out["paths"]["loopback"] = {{"available", true}};
+  }
+  if (o.path != "loopback") {
+    auto v = bench::VethPair::create();
+    if (v) {
+      veth = std::move(*v);
+      paths.push_back(veth->path());
+      out["paths"]["veth"] = {{"available", true}, {"addresses", "169.254.77.1/30 -> 169.254.77.2/30"}};
+    } else {
+      out["paths"]["veth"] = {{"available", false}, {"reason", v.error().what()}};
+      progress(fmt::format("veth path skipped: {}", v.error()));
+      if (o.path == "veth") return finish(fmt::format("veth: {}", v.error()));
+    }
+  }
+  for (const auto& p : paths)
+    for (std::uint32_t n : streams) {
+      auto row = measure_row(p, n, *src, *zero, *dst, checksum_bps);
+      if (!row) return finish(row.error().what());
+      out["rows"].push_back(std::move(*row));
+    }
+  return finish("");
+}
+
+}  // namespace
+
+void add_bench_transport(CLI::App& app, Globals& g) {
+  auto o = std::make_shared<TransportOptions>();
+  auto* cmd = app.add_subcommand(
+      "bench-transport",
+      "Benchmark without KVM: the migration engine's page path (zero test, page checksums, framing, io_uring "
+      "sender, receive into memory, verification) against raw TCP and memcpy, on loopback and on a veth pair.");
+  cmd->footer(
+      "Memory: a memfd of --memory bytes, --zero-share of its pages zero (placed at random), the rest random bytes,\n"
+      "sent into a fresh memfd of the same size. For each path and stream count:\n"
+      "  engine GB/s     frame bytes on the wire (headers, descriptors, page data) per second, from the first page\n"
+      "                  read to the last page verified; (memory) is the memory moved per second, zero pages\n"
+      "                  included. Page p goes on stream (p / 512) % streams, as in a migration. Afterwards the two\n"
+      "                  memfds are compared: a difference fails the run.\n"
+      "  raw TCP GB/s    the same byte count with plain send()/recv() in 1 MiB chunks over as many connections\n"
+      "                  (made like the engine's), from the source memory into the fresh destination memory.\n"
+      "  engine/raw      engine GB/s / raw TCP GB/s: the share of the link the engine achieves (1 = all of it).\n"
+      "  memcpy GB/s     one memcpy of the whole memory on one thread (destination already populated; JSON also\n"
+      "                  has memcpy_fresh_gb_s, into fresh memory, page faults included).\n"
+      "  zero-only GB/s  memory of zero pages only through the engine, per second (target >= 10 GB/s).\n"
+      "  checksum %core  link rate (raw TCP GB/s) / this machine's page checksum rate: the share of one core each\n"
+      "                  end spends on page checksums when the engine runs at the link rate (target < 5%).\n"
+      "  CPU s           user + system CPU time of the process (both ends, every thread) during each transfer.\n"
+      "The veth path needs root and `ip`: two network namespaces (ferry-bt-PID-tx/-rx) joined by a veth pair with\n"
+      "169.254.77.1/30 and .2/30, deleted afterwards (also on error or Ctrl-C). Without them only loopback runs.\n"
+      "Needs 3 x --memory of RAM. Progress goes to stderr. See docs/benchmarks.md.");
+  cmd->add_option("--memory", o->memory, "memory size, a multiple of 2 MiB, e.g. 64M, 1G")->capture_default_str();
+  cmd->add_option("--zero-share", o->zero_share, "percent of the pages that are zero")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  cmd->add_option("--streams", o->streams, "TCP streams (connections)")->check(CLI::Range(1, 16))->capture_default_str();
+  cmd->add_option("--streams-list", o->streams_list, "several stream counts, one row each, e.g. 1,2 (overrides --streams)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 16));
+  cmd->add_option("--path", o->path, "all (loopback, and veth when possible), loopback, or veth")
+      ->check(CLI::IsMember({"all", "loopback", "veth"}))
+      ->capture_default_str();
+  cmd->add_flag("--json", o->json, "print the figures as one JSON object (progress stays on stderr)");
+  cmd->callback([o, &g] { g.rc = run_bench_transport(*o); });
+}
+
+}  // namespace ferry::cli
