@@ -4,6 +4,8 @@
 // recorded_*.csv come from real migrations (their rounds[] in the report).
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <algorithm>
 #include <cmath>
 #include <optional>
@@ -112,6 +114,48 @@ TEST(MigrationPolicy, ARecordedRunReplaysToTheDecisionsItMadeLive) {
   for (const auto& x : d) {
     EXPECT_EQ(x.throttle, std::vector<double>{0.0}) << "no round outran the link";
     EXPECT_EQ(x.inputs, "userspace counters (eBPF unavailable)");
+  }
+}
+
+// Real runs in tools/kvm-sandbox (nested KVM, dirty ring, eBPF inputs),
+// recorded with tools/report-to-policy-trace from `ferry migrate --json`
+// (every input the policy had is in the report's rounds[].policy_sample).
+// Replayed, the policy switches over at the round it did live with the same
+// prediction, and the prediction is checked against the downtime the run
+// then measured: never below it, and within 40% (or 10 ms). Issue 12's target
+// is 20%: both runs over-predict by 22% and 39%, the round trips (2 x an
+// srtt measured under load: 7-34 ms against 9-14 ms of commit) and the
+// switch costs (a calibration pause taken while the engine was busy) being
+// the pessimistic terms; the pages term was within 1%.
+struct RecordedRun {
+  const char* file;
+  double limit_ms, cap, predicted_live, actual;
+  std::size_t rounds;
+};
+
+TEST(MigrationPolicy, RecordedSandboxRunsPredictTheirMeasuredDowntime) {
+  const RecordedRun runs[] = {
+      {"recorded_sandbox_capped.csv", 400, 16777216, 194.401, 158.980, 4},
+      {"recorded_sandbox_default.csv", 300, 0, 219.839, 158.122, 2},
+  };
+  for (const auto& run : runs) {
+    SCOPED_TRACE(run.file);
+    const auto trace = load_trace(run.file);
+    ASSERT_EQ(trace.size(), run.rounds);
+    PolicyConfig c;
+    c.downtime_limit = Millis(run.limit_ms);
+    c.max_bandwidth_bytes_per_s = run.cap;
+    SwitchoverPolicy p(c);
+    const auto d = replay(p, trace);
+    ASSERT_EQ(d.size(), run.rounds) << "it must switch over at the round it did live";
+    EXPECT_EQ(d.back().action, Decision::Action::kSwitchover) << d.back().reason;
+    for (std::size_t i = 0; i + 1 < d.size(); ++i) EXPECT_EQ(d[i].action, Decision::Action::kContinue) << d[i].reason;
+    const double predicted = d.back().expected_downtime.count();
+    EXPECT_NEAR(predicted, run.predicted_live, 0.5) << d.back().reason;
+    EXPECT_GE(predicted, run.actual) << "an optimistic prediction overshoots the limit";
+    EXPECT_LE(predicted - run.actual, std::max(10.0, 0.4 * run.actual)) << d.back().reason;
+    std::cout << run.file << ": predicted " << predicted << " ms, measured " << run.actual << " ms ("
+              << 100 * (predicted - run.actual) / run.actual << "% over)\n";
   }
 }
 

@@ -476,6 +476,11 @@ Status SourceMigration::Impl::migrate() {
     fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
     fig->capacity = d.capacity_bytes_per_s;
     fig->held_back = withheld;
+    fig->elapsed_ms = sample.elapsed.count();
+    fig->hot_pages = sample.hot_pages;
+    fig->hot_set_pages = sample.hot_set_pages;
+    fig->state_bytes = sample.state_bytes;
+    fig->switch_costs_ms = sample.switch_costs.count();
     // After the decision, so a calibration pause counts in round 0's stall.
     if (auto gap = m.take_guest_stall()) fig->guest_stall_ms = std::chrono::duration<double, std::milli>(*gap).count();
     if (sample.kernel) {

@@ -44,6 +44,12 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
                       {"rtt_ms", r.rtt_ms},
                       {"kernel_dirty_pages_per_s", r.kernel_dirty_rate},
                       {"held_back_pages", r.held_back},
+                      {"policy_sample",
+                       {{"elapsed_ms", r.elapsed_ms},
+                        {"hot_pages", r.hot_pages},
+                        {"hot_set_pages", r.hot_set_pages},
+                        {"state_bytes", r.state_bytes},
+                        {"switch_costs_ms", r.switch_costs_ms}}},
                       {"guest_stall_ms", r.guest_stall_ms < 0 ? nlohmann::json(nullptr) : nlohmann::json(r.guest_stall_ms)}});
   }
   auto opt = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
@@ -173,6 +179,14 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
     f.link_capacity = r.value("link_capacity_bytes_per_s", 0.0);
     f.rtt_ms = r.value("rtt_ms", 0.0);
     f.held_back = r.value("held_back_pages", std::uint64_t{0});
+    if (r.contains("policy_sample") && r["policy_sample"].is_object()) {
+      const auto& ps = r["policy_sample"];
+      f.elapsed_ms = ps.value("elapsed_ms", 0.0);
+      f.hot_pages = ps.value("hot_pages", std::uint64_t{0});
+      f.hot_set_pages = ps.value("hot_set_pages", std::uint64_t{0});
+      f.state_bytes = ps.value("state_bytes", std::uint64_t{0});
+      f.switch_costs_ms = ps.value("switch_costs_ms", 0.0);
+    }
     f.guest_stall_ms = r.contains("guest_stall_ms") && r["guest_stall_ms"].is_number() ? r["guest_stall_ms"].get<double>() : -1;
     if (r.contains("kernel_dirty_pages_per_s")) f.kernel_dirty_rate = r["kernel_dirty_pages_per_s"].get<std::vector<double>>();
     if (r.contains("dirtied_per_vcpu")) f.dirtied_per_vcpu = r["dirtied_per_vcpu"].get<std::vector<std::uint64_t>>();

@@ -50,6 +50,11 @@ struct RoundFigures {
   // The longest the guest went without a heartbeat during the round (built-in
   // guest; -1 unknown): stalls the engine or a throttle caused while it ran.
   double guest_stall_ms = -1;
+  // The rest of what the policy was given (RoundSample), so a report can be
+  // replayed as a policy trace exactly (tools/report-to-policy-trace).
+  double elapsed_ms = 0;
+  std::uint64_t hot_pages = 0, hot_set_pages = 0, state_bytes = 0;
+  double switch_costs_ms = 0;
 };
 
 struct MigrationStatus {
