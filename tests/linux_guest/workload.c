@@ -37,13 +37,14 @@ static uint64_t checksum(const uint64_t* p) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: ferry-workload MIB RATE_MIB_S\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: ferry-workload MIB RATE_MIB_S [HEARTBEAT_MS]\n");
     return 2;
   }
   const uint64_t pages = strtoull(argv[1], NULL, 10) * 256;
   const double rate = strtod(argv[2], NULL);
-  if (pages == 0 || rate <= 0) {
+  const uint64_t beat_ms = argc == 4 ? strtoull(argv[3], NULL, 10) : 1000;
+  if (pages == 0 || rate <= 0 || beat_ms == 0) {
     fprintf(stderr, "ferry-workload: MIB and RATE must be positive\n");
     return 2;
   }
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
   const double pages_per_ms = rate * 256 / 1000.0;
   uint64_t rewrites = 0, verified = 0, failures = 0, hb = 0, next = 0, max_gap = 0;
   const uint64_t start = now_ms();
-  uint64_t last = start, next_beat = start + 1000;
+  uint64_t last = start, next_beat = start + beat_ms;
   double due = 0;
   for (;;) {
     const uint64_t t = now_ms();
@@ -94,9 +95,9 @@ int main(int argc, char** argv) {
       printf("ferry-workload: hb=%llu uptime_ms=%llu rewrites=%llu verified=%llu failures=%llu max_gap_ms=%llu\n",
              (unsigned long long)++hb, (unsigned long long)(t - start), (unsigned long long)rewrites,
              (unsigned long long)verified, (unsigned long long)failures, (unsigned long long)max_gap);
-      next_beat += 1000;
-      if (next_beat <= t) next_beat = t + 1000;
+      next_beat += beat_ms;
+      if (next_beat <= t) next_beat = t + beat_ms;
     }
-    usleep(5000);
+    usleep(beat_ms < 20 ? 1000 : 5000);
   }
 }

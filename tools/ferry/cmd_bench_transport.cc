@@ -2,9 +2,11 @@
 // memcpy, in one run, without KVM. Not a test: it prints figures.
 //
 // Guest-like memory (a memfd, --zero-share of its pages zero, the rest
-// random) goes into a fresh memfd of the same size over each path (loopback;
-// a veth pair between two network namespaces it creates, when root) and
-// each stream count, three ways:
+// random) goes into a second memfd of the same size, emptied before each
+// transfer (and populated again unless --fresh-destination: first touches
+// of fresh memory can cost more than the transport), over each path
+// (loopback; a veth pair between two network namespaces it creates, when
+// root) and each stream count, three ways:
 // 1. the engine: page_path.hh's send_stream_pages() on every stream (zero
 //    test, page checksum, PAGES / ZERO_PAGES frames, the io_uring Sender),
 //    and on the other end receive_page_frame() / apply_zero_page_frame()
@@ -16,7 +18,10 @@
 // 3. memcpy of the whole memory on one thread.
 // Also: a memory of zero pages only through the engine, and what the page
 // checksums cost (this machine's checksum rate against the link rate).
+#include <sys/prctl.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -43,27 +48,51 @@ struct TransportOptions {
   std::uint32_t streams = 1;
   std::vector<std::uint32_t> streams_list;
   std::string path = "all";
+  bool fresh_destination = false;
   bool json = false;
 };
 
 double gbs(std::uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / kGB / seconds : 0; }
 
+// Names this thread, and so every thread it starts meanwhile (the engine's
+// Sender threads too), for profilers: `perf report --comm bt-engine`.
+class ThreadName {
+ public:
+  explicit ThreadName(const char* name) {
+    ::prctl(PR_GET_NAME, old_);
+    ::prctl(PR_SET_NAME, name);
+  }
+  ~ThreadName() { ::prctl(PR_SET_NAME, old_); }
+  ThreadName(const ThreadName&) = delete;
+  ThreadName& operator=(const ThreadName&) = delete;
+
+ private:
+  char old_[17] = {};
+};
+
 void progress(const std::string& line) { fmt::print(stderr, "bench-transport: {}\n", line); }
 
 // One (path, streams) row: engine, zero pages only, raw TCP, memcpy.
 Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const kvm::GuestRegion& src,
-                         const kvm::GuestRegion& zero, const kvm::GuestRegion& dst, double checksum_bps) {
+                         const kvm::GuestRegion& zero, const kvm::GuestRegion& dst, double checksum_bps, bool fresh) {
   const std::string where = fmt::format("{}, {} stream(s)", path.name, streams);
   json row{{"path", path.name}, {"streams", streams}};
-  auto fresh_pairs = [&]() -> Result<std::vector<bench::SocketPair>> {
-    if (auto ok = bench::drop_pages(dst); !ok) return std::unexpected(ok.error());
+  // Before each transfer: the destination emptied (and populated), the
+  // source's pages touched, then new connections.
+  auto prepare = [&](const kvm::GuestRegion& from) -> Result<std::vector<bench::SocketPair>> {
+    if (auto ok = bench::reset_memory(dst, !fresh); !ok) return std::unexpected(ok.error());
+    bench::touch_pages(from);
     return bench::connect_pairs(path, streams);
   };
 
   // 1. The engine, then the check that everything arrived intact.
-  auto pairs = fresh_pairs();
+  auto pairs = prepare(src);
   if (!pairs) return std::unexpected(pairs.error());
-  auto e = bench::run_engine(std::move(*pairs), src, dst);
+  progress(fmt::format("{}: engine transfer...", where));
+  auto e = [&] {
+    ThreadName name("bt-engine");
+    return bench::run_engine(std::move(*pairs), src, dst);
+  }();
   if (!e) return std::unexpected(std::move(e.error()).context(fmt::format("engine ({})", where)));
   const auto diff = bench::first_difference(src, dst);
   const double engine_gbs = gbs(e->bytes_sent, e->t.seconds);
@@ -93,9 +122,12 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
                 e->pages + e->zero_pages, src.pages(), e->zero_pages, e->pages_verified, e->zero_pages_received);
 
   // 2. Zero pages only: the zero test and the markers, no data.
-  pairs = fresh_pairs();
+  pairs = prepare(zero);
   if (!pairs) return std::unexpected(pairs.error());
-  auto z = bench::run_engine(std::move(*pairs), zero, dst);
+  auto z = [&] {
+    ThreadName name("bt-zero");
+    return bench::run_engine(std::move(*pairs), zero, dst);
+  }();
   if (!z) return std::unexpected(std::move(z.error()).context(fmt::format("engine, zero pages only ({})", where)));
   if (z->zero_pages != zero.pages() || z->zero_pages_received != zero.pages() || bench::first_difference(zero, dst))
     return fail("{}: the zero-page transfer did not leave the destination all zero", where);
@@ -105,9 +137,13 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
   progress(fmt::format("{}: zero pages only {:.2f} GB/s of memory", where, gbs(zero.size(), z->t.seconds)));
 
   // 3. Raw TCP: the engine's byte count, same connections, same memory.
-  pairs = fresh_pairs();
+  pairs = prepare(src);
   if (!pairs) return std::unexpected(pairs.error());
-  auto raw = bench::run_raw(std::move(*pairs), src, dst, e->bytes_sent);
+  progress(fmt::format("{}: raw TCP transfer...", where));
+  auto raw = [&] {
+    ThreadName name("bt-raw");
+    return bench::run_raw(std::move(*pairs), src, dst, e->bytes_sent);
+  }();
   if (!raw) return std::unexpected(std::move(raw.error()).context(where));
   const double raw_gbs = gbs(raw->bytes, raw->t.seconds);
   row.update({{"raw_tcp_gb_s", raw_gbs},
@@ -116,10 +152,19 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
               {"raw_tcp_bytes", raw->bytes},
               {"ratio_engine_raw", raw_gbs > 0 ? engine_gbs / raw_gbs : 0}});
   progress(fmt::format("{}: raw TCP {:.2f} GB/s, {:.2f} CPU s", where, raw_gbs, raw->t.cpu_seconds));
+  // The link alone: the same byte count from one hot 1 MiB chunk per stream.
+  pairs = prepare(src);
+  if (!pairs) return std::unexpected(pairs.error());
+  auto hot = bench::run_raw(std::move(*pairs), src, dst, e->bytes_sent, /*hot_chunk=*/true);
+  if (!hot) return std::unexpected(std::move(hot.error()).context(where));
+  const double hot_gbs = gbs(hot->bytes, hot->t.seconds);
+  row.update({{"raw_tcp_hot_gb_s", hot_gbs}, {"raw_tcp_hot_cpu_seconds", hot->t.cpu_seconds}});
+  progress(fmt::format("{}: raw TCP from a hot 1 MiB chunk {:.2f} GB/s", where, hot_gbs));
 
-  // 4. memcpy: into fresh memory (page faults included, as the transfers
-  // pay them), then again into the same, now populated, memory.
-  if (auto ok = bench::drop_pages(dst); !ok) return std::unexpected(ok.error());
+  // 4. memcpy: into fresh memory (page faults included), then again into
+  // the same, now populated, memory.
+  if (auto ok = bench::reset_memory(dst, false); !ok) return std::unexpected(ok.error());
+  bench::touch_pages(src);
   const auto cold = bench::time_memcpy(src, dst);
   const auto warm = bench::time_memcpy(src, dst);
   row.update({{"memcpy_gb_s", gbs(src.size(), warm.seconds)}, {"memcpy_fresh_gb_s", gbs(src.size(), cold.seconds)}});
@@ -128,6 +173,7 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
   // the destination verifies each): checksummed bytes/s over checksum rate.
   auto share = [&](double link_bps) { return checksum_bps > 0 ? 100 * link_bps / checksum_bps : 0; };
   row["checksum_core_percent_at_link_rate"] = share(raw_gbs * kGB);
+  row["checksum_core_percent_at_hot_link_rate"] = share(hot_gbs * kGB);
   row["checksum_core_percent_at_engine_rate"] =
       share(static_cast<double>(e->pages * kvm::kPageSize) / e->t.seconds);
   return row;
@@ -139,29 +185,38 @@ std::string text_report(const json& out) {
       "  memory {} MiB, {:.0f}% zero pages ({} of {} pages); page checksum {:.2f} GB/s on one core\n",
       out["memory_bytes"].get<std::uint64_t>() >> 20, out["zero_share_percent"].get<double>(),
       out["zero_pages"].get<std::uint64_t>(), out["pages"].get<std::uint64_t>(), out["checksum_gb_s"].get<double>());
+  t += fmt::format("  transfers into {} destination memory\n",
+                   out["destination"] == "fresh" ? "fresh (page faults on first touch)" : "populated (no page faults)");
   for (const auto& [name, p] : out["paths"].items())
     if (!p["available"].get<bool>()) t += fmt::format("  {}: not run: {}\n", name, p["reason"].get<std::string>());
-  t += "\n  path      streams  engine GB/s  (memory)  raw TCP GB/s  engine/raw  memcpy GB/s  zero-only GB/s"
-       "  checksum %core  CPU s engine/raw\n";
+  t += "\n  path      streams  engine GB/s  (memory)  raw TCP GB/s  engine/raw  (hot chunk)  memcpy GB/s"
+       "  zero-only GB/s  checksum %core raw/hot  CPU s engine/raw\n";
   for (const auto& r : out["rows"])
-    t += fmt::format("  {:<9} {:>7}  {:>11.2f}  {:>8.2f}  {:>12.2f}  {:>10.2f}  {:>11.2f}  {:>14.2f}  {:>14.1f}  {:>7.2f} / {:.2f}\n",
+    t += fmt::format("  {:<9} {:>7}  {:>11.2f}  {:>8.2f}  {:>12.2f}  {:>10.2f}  {:>11.2f}  {:>11.2f}  {:>14.2f}  {:>13.1f} / {:<5.1f}"
+                     "  {:>7.2f} / {:.2f}\n",
                      r["path"].get<std::string>(), r["streams"].get<unsigned>(), r["engine_gb_s"].get<double>(),
                      r["engine_memory_gb_s"].get<double>(), r["raw_tcp_gb_s"].get<double>(),
-                     r["ratio_engine_raw"].get<double>(), r["memcpy_gb_s"].get<double>(),
+                     r["ratio_engine_raw"].get<double>(), r["raw_tcp_hot_gb_s"].get<double>(), r["memcpy_gb_s"].get<double>(),
                      r["zero_only_gb_s"].get<double>(), r["checksum_core_percent_at_link_rate"].get<double>(),
-                     r["engine_cpu_seconds"].get<double>(), r["raw_tcp_cpu_seconds"].get<double>());
+                     r["checksum_core_percent_at_hot_link_rate"].get<double>(), r["engine_cpu_seconds"].get<double>(), r["raw_tcp_cpu_seconds"].get<double>());
   if (out["rows"].empty()) return t;
-  double zero_min = 1e300, sum_max = 0;
+  double zero_min = 1e300, sum_max = 0, hot_max = 0;
   for (const auto& r : out["rows"]) {
     zero_min = std::min(zero_min, r["zero_only_gb_s"].get<double>());
     sum_max = std::max(sum_max, r["checksum_core_percent_at_link_rate"].get<double>());
+    hot_max = std::max(hot_max, r["checksum_core_percent_at_hot_link_rate"].get<double>());
   }
+  const auto& first = out["rows"][0];
+  t += fmt::format("\n  Fresh memory, first touch: memcpy into it {:.2f} GB/s ({} row), MADV_POPULATE_WRITE {:.2f} GB/s\n",
+                   first["memcpy_fresh_gb_s"].get<double>(), first["path"].get<std::string>(),
+                   out["populate_gb_s"].get<double>());
   t += fmt::format(
-      "\n  Every row: destination memory equal to the source, bytes received = bytes sent, every page verified.\n"
-      "  Targets: zero pages only >= {:g} GB/s: {} (lowest {:.2f}); checksums < {:g}% of a core per end at the link "
-      "rate: {} (highest {:.1f}%)\n",
+      "  Every row: destination memory equal to the source, bytes received = bytes sent, every page verified.\n"
+      "  Targets: zero pages only >= {:g} GB/s: {} (lowest {:.2f});\n"
+      "           checksums < {:g}% of a core per end at the link rate: {} (highest {:.1f}%; {:.1f}% at the hot-chunk "
+      "rate)\n",
       kZeroOnlyTargetGBs, zero_min >= kZeroOnlyTargetGBs ? "met" : "MISSED", zero_min, kChecksumTargetPercent,
-      sum_max < kChecksumTargetPercent ? "met" : "MISSED", sum_max);
+      sum_max < kChecksumTargetPercent ? "met" : "MISSED", sum_max, hot_max);
   return t;
 }
 
@@ -200,6 +255,13 @@ int run_bench_transport(const TransportOptions& o) {
               {"checksum_gb_s", checksum_bps / kGB},
               {"targets", {{"zero_only_gb_s", kZeroOnlyTargetGBs}, {"checksum_core_percent", kChecksumTargetPercent}}}});
   progress(fmt::format("page checksum: {:.2f} GB/s on one core", checksum_bps / kGB));
+  // What first touches of fresh memory cost here, populated in one call.
+  if (auto ok = bench::reset_memory(*dst, false); !ok) return finish(ok.error().what());
+  const auto t_populate = std::chrono::steady_clock::now();
+  if (auto ok = bench::reset_memory(*dst, true); !ok) return finish(ok.error().what());
+  const double populate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_populate).count();
+  out["populate_gb_s"] = gbs(*size, populate_s);
+  out["destination"] = o.fresh_destination ? "fresh" : "populated";
 
   std::vector<bench::Path> paths;
   std::unique_ptr<bench::VethPair> veth;  // deleted on every way out
@@ -221,7 +283,7 @@ int run_bench_transport(const TransportOptions& o) {
   }
   for (const auto& p : paths)
     for (std::uint32_t n : streams) {
-      auto row = measure_row(p, n, *src, *zero, *dst, checksum_bps);
+      auto row = measure_row(p, n, *src, *zero, *dst, checksum_bps, o.fresh_destination);
       if (!row) return finish(row.error().what());
       out["rows"].push_back(std::move(*row));
     }
@@ -238,19 +300,24 @@ void add_bench_transport(CLI::App& app, Globals& g) {
       "sender, receive into memory, verification) against raw TCP and memcpy, on loopback and on a veth pair.");
   cmd->footer(
       "Memory: a memfd of --memory bytes, --zero-share of its pages zero (placed at random), the rest random bytes,\n"
-      "sent into a fresh memfd of the same size. For each path and stream count:\n"
+      "sent into a memfd of the same size, emptied and populated again (MADV_POPULATE_WRITE, not timed) before each\n"
+      "transfer, so that page faults do not hide the transport; --fresh-destination leaves it unpopulated, as an\n"
+      "incoming VM's memory is. For each path and stream count:\n"
       "  engine GB/s     frame bytes on the wire (headers, descriptors, page data) per second, from the first page\n"
       "                  read to the last page verified; (memory) is the memory moved per second, zero pages\n"
       "                  included. Page p goes on stream (p / 512) % streams, as in a migration. Afterwards the two\n"
       "                  memfds are compared: a difference fails the run.\n"
       "  raw TCP GB/s    the same byte count with plain send()/recv() in 1 MiB chunks over as many connections\n"
-      "                  (made like the engine's), from the source memory into the fresh destination memory.\n"
+      "                  (made like the engine's), from the source memory into the destination memory.\n"
       "  engine/raw      engine GB/s / raw TCP GB/s: the share of the link the engine achieves (1 = all of it).\n"
+      "  (hot chunk)     raw TCP again, each stream sending one 1 MiB chunk over and over into one chunk: the link\n"
+      "                  itself, without the cost of touching a large memory (what most TCP benchmarks report).\n"
       "  memcpy GB/s     one memcpy of the whole memory on one thread (destination already populated; JSON also\n"
       "                  has memcpy_fresh_gb_s, into fresh memory, page faults included).\n"
       "  zero-only GB/s  memory of zero pages only through the engine, per second (target >= 10 GB/s).\n"
-      "  checksum %core  link rate (raw TCP GB/s) / this machine's page checksum rate: the share of one core each\n"
-      "                  end spends on page checksums when the engine runs at the link rate (target < 5%).\n"
+      "  checksum %core  link rate / this machine's page checksum rate (one core): the share of a core each end\n"
+      "                  spends on page checksums when the engine runs at the link rate (target < 5%); the link rate\n"
+      "                  is raw TCP GB/s (raw), and the hot-chunk figure (hot).\n"
       "  CPU s           user + system CPU time of the process (both ends, every thread) during each transfer.\n"
       "The veth path needs root and `ip`: two network namespaces (ferry-bt-PID-tx/-rx) joined by a veth pair with\n"
       "169.254.77.1/30 and .2/30, deleted afterwards (also on error or Ctrl-C). Without them only loopback runs.\n"
@@ -266,6 +333,8 @@ void add_bench_transport(CLI::App& app, Globals& g) {
   cmd->add_option("--path", o->path, "all (loopback, and veth when possible), loopback, or veth")
       ->check(CLI::IsMember({"all", "loopback", "veth"}))
       ->capture_default_str();
+  cmd->add_flag("--fresh-destination", o->fresh_destination,
+                "send into fresh (unpopulated) destination memory, as an incoming VM's, page faults included");
   cmd->add_flag("--json", o->json, "print the figures as one JSON object (progress stays on stderr)");
   cmd->callback([o, &g] { g.rc = run_bench_transport(*o); });
 }

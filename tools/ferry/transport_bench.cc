@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -179,10 +180,21 @@ std::uint64_t fill_guest_like(const kvm::GuestRegion& r, double zero_share) {
   return zeros;
 }
 
-Status drop_pages(const kvm::GuestRegion& r) {
+Status reset_memory(const kvm::GuestRegion& r, bool populate) {
   if (::fallocate(r.memfd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(r.size())) != 0)
     return fail_sys("fallocate(PUNCH_HOLE) on the destination memfd");
+  if (!populate) return {};
+  if (::madvise(r.host(), r.size(), MADV_POPULATE_WRITE) != 0)
+    return fail_sys("madvise(MADV_POPULATE_WRITE) on the destination memory");
+  // Written, not read: a shadow MMU may map a page read-only on a read.
+  for (std::uint64_t p = 0; p < r.pages(); ++p) *reinterpret_cast<volatile std::uint64_t*>(r.host() + p * kPage) = 0;
   return {};
+}
+
+void touch_pages(const kvm::GuestRegion& r) {
+  std::uint64_t sink = 0;
+  for (std::uint64_t p = 0; p < r.pages(); ++p) sink += *reinterpret_cast<volatile std::uint64_t*>(r.host() + p * kPage);
+  [[maybe_unused]] volatile std::uint64_t keep = sink;
 }
 
 std::optional<std::uint64_t> first_difference(const kvm::GuestRegion& a, const kvm::GuestRegion& b) {
@@ -245,7 +257,12 @@ Result<std::unique_ptr<VethPair>> VethPair::create() {
   fmt::format_to_n(g_cleanup.ns[1], sizeof g_cleanup.ns[1] - 1, "{}", v->rx_ns_);
   struct sigaction sa {};
   sa.sa_handler = delete_namespaces_on_signal;
-  for (int i = 0; i < 3; ++i) ::sigaction(kSignals[i], &sa, &g_cleanup.old[i]);
+  for (int i = 0; i < 3; ++i) {
+    ::sigaction(kSignals[i], &sa, &g_cleanup.old[i]);
+    // A signal this process was told to ignore (nohup, a background job)
+    // stays ignored.
+    if (g_cleanup.old[i].sa_handler == SIG_IGN) ::sigaction(kSignals[i], &g_cleanup.old[i], nullptr);
+  }
   const std::vector<std::vector<std::string>> steps{
       {"netns", "add", v->tx_ns_},
       {"netns", "add", v->rx_ns_},
@@ -365,7 +382,7 @@ Result<EngineFigures> run_engine(std::vector<SocketPair> pairs, const kvm::Guest
 }
 
 Result<RawFigures> run_raw(std::vector<SocketPair> pairs, const kvm::GuestRegion& from, const kvm::GuestRegion& to,
-                           std::uint64_t bytes) {
+                           std::uint64_t bytes, bool hot_chunk) {
   const std::size_t n = pairs.size();
   const std::uint64_t chunks = std::max<std::uint64_t>(1, (bytes + n * kChunk - 1) / (n * kChunk));
   const std::uint64_t size = from.size() / kChunk * kChunk;
@@ -375,14 +392,15 @@ Result<RawFigures> run_raw(std::vector<SocketPair> pairs, const kvm::GuestRegion
   const Stopwatch sw;
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint64_t base = size / n / kChunk * kChunk * i;
-    threads.emplace_back([&, i, base] {
+    const std::uint64_t step = hot_chunk ? 0 : kChunk;
+    threads.emplace_back([&, i, base, step] {
       for (std::uint64_t k = 0; k < chunks && ok[i]; ++k)
-        ok[i] = recv_all(pairs[i].rx.get(), to.host() + (base + k * kChunk) % size, kChunk);
+        ok[i] = recv_all(pairs[i].rx.get(), to.host() + (base + k * step) % size, kChunk);
       if (!ok[i]) ::shutdown(pairs[i].rx.get(), SHUT_RDWR);
     });
-    threads.emplace_back([&, i, base] {
+    threads.emplace_back([&, i, base, step] {
       for (std::uint64_t k = 0; k < chunks && ok[n + i]; ++k)
-        ok[n + i] = send_all(pairs[i].tx.get(), from.host() + (base + k * kChunk) % size, kChunk);
+        ok[n + i] = send_all(pairs[i].tx.get(), from.host() + (base + k * step) % size, kChunk);
       if (!ok[n + i]) ::shutdown(pairs[i].tx.get(), SHUT_RDWR);
     });
   }

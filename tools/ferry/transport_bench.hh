@@ -30,8 +30,15 @@ struct Timing {
 // Returns the number of zero pages.
 std::uint64_t fill_guest_like(const kvm::GuestRegion& r, double zero_share);
 // Gives every page back (FALLOC_FL_PUNCH_HOLE): fresh memory, as an
-// incoming VM's, whose first touch faults in a zeroed page.
-Status drop_pages(const kvm::GuestRegion& r);
+// incoming VM's, whose first touch faults in a zeroed page. With
+// `populate`, then maps every page again, zeroed (MADV_POPULATE_WRITE), so
+// a transfer into it pays no page faults.
+Status reset_memory(const kvm::GuestRegion& r, bool populate);
+// Touches every page (reads a word of each): on hosts where translations
+// go cold after other memory churns (a PVM guest's shadow page tables:
+// about 3 us per page to rebuild, more than copying the page), the timed
+// transfers then start from the same warm state a running guest's memory is in.
+void touch_pages(const kvm::GuestRegion& r);
 // The first page where the two regions differ, or none.
 std::optional<std::uint64_t> first_difference(const kvm::GuestRegion& a, const kvm::GuestRegion& b);
 
@@ -93,8 +100,10 @@ struct RawFigures {
 };
 // At least `bytes` (rounded up to 1 MiB per stream) from `from` into `to`
 // with plain send()/recv() in 1 MiB chunks, split evenly over the pairs,
-// each stream from its own offset, wrapping around the region.
+// each stream from its own offset, wrapping around the region. With
+// `hot_chunk`, each stream sends its first chunk again and again into one
+// chunk: buffers that stay in cache and TLB, what the link itself carries.
 Result<RawFigures> run_raw(std::vector<SocketPair> pairs, const kvm::GuestRegion& from, const kvm::GuestRegion& to,
-                           std::uint64_t bytes);
+                           std::uint64_t bytes, bool hot_chunk = false);
 
 }  // namespace ferry::cli::bench
