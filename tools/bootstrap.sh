@@ -34,6 +34,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
   ca-certificates xz-utils
+  python3  # tools/bench-vs-qemu, tools/report-to-policy-trace (Debian's interpreter goes into the sandbox)
   chromium  # headless: the HTML report's browser test (ctest e2e.report_html)
 )
 

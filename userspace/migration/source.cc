@@ -7,6 +7,7 @@
 #include <bit>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <optional>
 #include <random>
 #include <thread>
@@ -139,6 +140,9 @@ struct SourceMigration::Impl {
   std::vector<std::uint64_t> sent_before;  // bitmap: pages sent at least once
   std::vector<std::uint64_t> vcpu_dirty_last;
   std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
+  // Loading and verifying the eBPF programs takes ~1 s under emulation:
+  // it runs while the streams connect and the destination prechecks.
+  std::future<std::unique_ptr<KernelView>> kernel_loading;
 
   Impl(kvm::Machine& machine, MigrateOptions options) : m(machine), o(std::move(options)) {}
 
@@ -197,9 +201,10 @@ Result<Frame> SourceMigration::Impl::wait_reply(FrameType type, std::chrono::mil
 
 Status SourceMigration::Impl::connect() {
   limiter = std::make_unique<transport::RateLimiter>(o.max_bandwidth);
-  // Before the sockets exist, so each is registered as it connects; the
-  // policy says in the report when the kernel view was unavailable.
-  if (o.policy == PolicyKind::kAdaptive) kernel = KernelView::open(o.use_ebpf);
+  // The policy says in the report when the kernel view was unavailable;
+  // the sockets are registered with it once it is loaded (migrate()).
+  if (o.policy == PolicyKind::kAdaptive)
+    kernel_loading = std::async(std::launch::async, [use = o.use_ebpf] { return KernelView::open(use); });
   std::random_device rd;
   const std::uint64_t session = (std::uint64_t{rd()} << 32) ^ rd() ^ static_cast<std::uint64_t>(::getpid());
   update([&](MigrationStatus& s) { s.session = session; });
@@ -219,7 +224,6 @@ Status SourceMigration::Impl::connect() {
       senders.push_back(std::move(*s));
     }
     framers.push_back(std::make_unique<FrameSender>(*senders.back()));
-    if (kernel) kernel->watch_socket(senders.back()->fd());
     Hello h;
     h.host = host;
     h.session = session;
@@ -360,6 +364,10 @@ std::vector<std::vector<std::uint64_t>> split(const kvm::DirtyLog& log, std::uin
 Status SourceMigration::Impl::migrate() {
   if (auto ok = connect(); !ok) return ok;
   if (auto ok = precheck(); !ok) return ok;
+  if (kernel_loading.valid()) {
+    kernel = kernel_loading.get();
+    for (const auto& s : senders) kernel->watch_socket(s->fd());
+  }
   const auto* ram = m.regions().front();
   const std::uint32_t slot = ram->slot();
   sent_before.assign((ram->pages() + 63) / 64, 0);
