@@ -44,6 +44,7 @@ TEST(BenchVsQemu, SmokeRowMigratesTheSameGuestWithQemuAndFerry) {
     // Heartbeats reached both consoles: the gap is measured, not missing.
     ASSERT_TRUE(m["guest_ms"].is_number()) << m.dump(2);
     EXPECT_GE(m["guest_ms"].get<double>(), 0);
+    EXPECT_FALSE(m["guest_ms_at_least"].get<bool>()) << "the destination's console stayed silent: " << m.dump(2);
     EXPECT_EQ(m["guest_failures"].get<int>(), 0) << "the guest's workload saw a page it did not write";
     // At least the working set crossed (zero pages are sent compactly by both).
     EXPECT_GT(m["bytes"].get<double>(), 16.0 * 1048576) << m.dump(2);
