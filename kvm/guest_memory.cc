@@ -5,6 +5,8 @@
 #include <algorithm>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include <linux/memfd.h>
 #include <sys/mman.h>
@@ -19,6 +21,21 @@ std::string_view huge_pages_name(HugePages h) {
     case HugePages::kHugetlb: return "hugetlb";
   }
   return "?";
+}
+
+bool shmem_thp_allowed(std::string_view text) {
+  const auto open = text.find('[');
+  const auto close = text.find(']', open);
+  if (open == std::string_view::npos || close == std::string_view::npos) return false;
+  const auto setting = text.substr(open + 1, close - open - 1);
+  return setting == "always" || setting == "within_size" || setting == "advise" || setting == "force";
+}
+
+HugePages default_huge_pages() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string text;
+  std::getline(f, text);
+  return shmem_thp_allowed(text) ? HugePages::kTransparent : HugePages::kOff;
 }
 
 Result<GuestRegion> GuestRegion::create(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size,

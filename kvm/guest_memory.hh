@@ -28,6 +28,16 @@ enum class HugePages {
 };
 std::string_view huge_pages_name(HugePages h);
 
+// Whether shmem THP can back a memfd after MADV_HUGEPAGE, from the text of
+// /sys/kernel/mm/transparent_hugepage/shmem_enabled ("always within_size
+// [advise] never deny force": the bracketed word is the setting).
+bool shmem_thp_allowed(std::string_view shmem_enabled);
+// The default backing (`--hugepages auto`): THP where this host's
+// shmem_enabled allows it, as QEMU's anonymous RAM gets THP where the
+// host's THP setting does; 4 KiB pages otherwise. A destination with 4 KiB
+// pages takes a nested page fault on every first touch after resume.
+HugePages default_huge_pages();
+
 class GuestRegion {
  public:
   // size must be a multiple of the page size.

@@ -64,5 +64,16 @@ TEST(GuestRegion, TransparentHugePagesAreAdviceAndAlwaysWork) {
   EXPECT_EQ(r->host()[r->size() - 1], std::byte{0x5a});
 }
 
+TEST(GuestRegion, ShmemThpIsAllowedOnlyByTheSettingsThatHonourAdvice) {
+  EXPECT_TRUE(shmem_thp_allowed("always within_size [advise] never deny force"));
+  EXPECT_TRUE(shmem_thp_allowed("[always] within_size advise never deny force"));
+  EXPECT_TRUE(shmem_thp_allowed("always [within_size] advise never deny force"));
+  EXPECT_TRUE(shmem_thp_allowed("always within_size advise never deny [force]"));
+  EXPECT_FALSE(shmem_thp_allowed("always within_size advise [never] deny force"));
+  EXPECT_FALSE(shmem_thp_allowed("always within_size advise never [deny] force"));
+  EXPECT_FALSE(shmem_thp_allowed(""));  // no sysfs file: no THP (kernel without it)
+  EXPECT_FALSE(shmem_thp_allowed("advise"));
+}
+
 }  // namespace
 }  // namespace ferry::kvm

@@ -19,6 +19,7 @@
 
 #include "base/unique_fd.hh"
 #include "doctor/checks.hh"
+#include "kvm/guest_memory.hh"
 
 namespace ferry::doctor {
 namespace {
@@ -77,9 +78,15 @@ Check check_hugepages() {
     return make("hugepages", Level::kOk,
                 fmt::format("{} of {} huge pages ({} KiB) free; shmem THP: {}", free_pages, total, size_kb, thp.empty() ? "n/a" : thp),
                 "", v);
+  const bool thp_ok = kvm::shmem_thp_allowed(thp);
+  v["default_backing"] = thp_ok ? "thp" : "off";
   return make("hugepages", Level::kWarn,
-              fmt::format("no huge pages reserved; shmem THP: {}", thp.empty() ? "n/a" : thp),
-              "optional: reserve with sysctl vm.nr_hugepages=N for huge-page-backed guests", v);
+              fmt::format("no huge pages reserved; shmem THP: {} (guest RAM by default: {})", thp.empty() ? "n/a" : thp,
+                          thp_ok ? "THP" : "4 KiB pages"),
+              thp_ok ? "optional: reserve with sysctl vm.nr_hugepages=N for hugetlb-backed guests"
+                     : "for THP-backed guest RAM (a migration destination on 4 KiB pages faults on every first touch): "
+                       "echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled",
+              v);
 }
 
 Check check_ktls() {

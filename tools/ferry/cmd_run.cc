@@ -35,7 +35,7 @@ using nlohmann::json;
 
 struct VmProcessOptions {
   std::string api;
-  std::string huge_pages = "off";
+  std::string huge_pages = "auto";
   bool console = false;
   std::string serial_log;
   bool json = false;
@@ -429,13 +429,15 @@ void add_process_options(CLI::App* cmd, VmProcessOptions& o) {
   cmd->add_option("--serial-log", o.serial_log, "append the guest's serial console to FILE");
   cmd->add_flag("--json", o.json, "print a JSON line when the VM starts and one when it stops");
   cmd->add_option("--hugepages", o.huge_pages,
-                  "guest RAM backing: off (4 KiB), thp (transparent, where shmem THP is enabled) or hugetlb "
+                  "guest RAM backing: auto (thp where /sys/kernel/mm/transparent_hugepage/shmem_enabled allows "
+                  "it, else off), off (4 KiB), thp (transparent, where shmem THP is enabled) or hugetlb "
                   "(2 MiB pages reserved with vm.nr_hugepages)")
-      ->check(CLI::IsMember({"off", "thp", "hugetlb"}))
+      ->check(CLI::IsMember({"auto", "off", "thp", "hugetlb"}))
       ->capture_default_str();
 }
 
 kvm::HugePages parse_huge(const std::string& s) {
+  if (s == "auto") return kvm::default_huge_pages();
   return s == "thp" ? kvm::HugePages::kTransparent : s == "hugetlb" ? kvm::HugePages::kHugetlb : kvm::HugePages::kOff;
 }
 
