@@ -34,6 +34,8 @@ const volatile __u32 target_tgid = 0; /* 0: every process (--all) */
 /* 1: also count write faults of threads that push to a dirty ring (tests
  * use it to check the fault filter on ring VMs); 0 skips them. */
 const volatile __u8 wp_under_ring = 0;
+/* 0: per-vCPU counts only; the pages map is then shrunk to one entry. */
+const volatile __u8 count_pages = 1;
 /* The caller's pid namespace. In the initial one, global ids are the
  * caller's view and also cover VMs inside containers; elsewhere the
  * namespace helper translates, and tasks it cannot see are skipped. */
@@ -167,7 +169,8 @@ static __always_inline void record(__u32 tgid, __u32 tid, __u32 vcpu,
 	struct dirty_vcpu_key key = {
 		.tgid = tgid, .tid = tid, .vcpu = vcpu, .source = source};
 	count_vcpu(&key, now);
-	count_page(tgid, slot, page, now);
+	if (count_pages)
+		count_page(tgid, slot, page, now);
 }
 
 /* The two tracepoints' records, declared here rather than taken from

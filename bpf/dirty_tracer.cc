@@ -144,6 +144,11 @@ Result<DirtyTracer> DirtyTracer::open(Options options) {
   auto* skel = t.skel_.get();
   skel->rodata->target_tgid = options.tgid ? static_cast<__u32>(*options.tgid) : 0;
   skel->rodata->wp_under_ring = options.count_wp_under_ring ? 1 : 0;
+  skel->rodata->count_pages = options.count_pages ? 1 : 0;
+  if (!options.count_pages) {
+    if (int err = bpf_map__set_max_entries(skel->maps.pages, 1); err != 0)
+      return std::unexpected(load_error(kProgram, "size the pages map", -err));
+  }
   skel->rodata->use_global_ids = pidns.st_ino == kInitPidNsIno;
   skel->rodata->pidns_dev = pidns.st_dev;
   skel->rodata->pidns_ino = pidns.st_ino;

@@ -114,6 +114,12 @@ class DirtyTracer {
     // A thread that pushes to a dirty ring also takes the write faults
     // underneath (kvm-amd): by default they are not counted twice.
     bool count_wp_under_ring = false;
+    // Per-page counts (pages(): hot pages, `ferry trace`). Their LRU map is
+    // preallocated (26 MiB, zeroed and linked at load: seconds under
+    // emulation) and updated on every dirtying; a caller that wants only
+    // the per-vCPU rates (the migration policy) turns it off, and pages()
+    // then reports no pages.
+    bool count_pages = true;
   };
 
   // Loads both programs and attaches each tracepoint this kernel has. One

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "base/thread_name.hh"
 #include "kvm/exit_reason.hh"
 
 namespace ferry::kvm {
@@ -72,6 +73,7 @@ VcpuRunner::~VcpuRunner() {
 
 void VcpuRunner::thread_main(Slot& slot) {
   Vcpu& v = *slot.vcpu;
+  name_this_thread(fmt::format("vcpu{}", v.id()));
   Status result;
   bool requested = false;  // ended by request_stop, not by itself
   for (;;) {
@@ -205,6 +207,7 @@ double VcpuRunner::throttle(std::size_t i) const {
 }
 
 void VcpuRunner::throttle_main() {
+  name_this_thread("vcpu-throttle");
   std::unique_lock lock(mu_);
   while (!ticker_stop_ && !stop_requested_) {
     // Only the signal, not immediate_exit: a tick that arrives while the

@@ -123,6 +123,9 @@ TEST_F(DirtyTracerTest, CountsWhatTheVmmHarvestsPerVcpuAndPage) {
   // And `--all` sees it like the filtered tracer does.
   auto all = DirtyTracer::open({});
   ASSERT_TRUE(all) << all.error().what();
+  // As the migration policy opens it: per-vCPU counts only, no page map.
+  auto rates_only = DirtyTracer::open({.tgid = ::getpid(), .count_pages = false});
+  ASSERT_TRUE(rates_only) << rates_only.error().what();
 
   kvm::MachineConfig config;
   config.guest.vcpus = 2;
@@ -202,6 +205,12 @@ TEST_F(DirtyTracerTest, CountsWhatTheVmmHarvestsPerVcpuAndPage) {
   auto everyone = all->vcpu_counts();
   ASSERT_TRUE(everyone) << everyone.error().what();
   EXPECT_EQ(total_events(*everyone, ::getpid(), DirtySource::kRing), pushes) << "--all and the filtered tracer disagree";
+  auto rates = rates_only->vcpu_counts();
+  ASSERT_TRUE(rates) << rates.error().what();
+  EXPECT_EQ(total_events(*rates, ::getpid(), DirtySource::kRing), pushes) << "without the page map, vCPU counts differ";
+  auto no_pages = rates_only->pages(::getpid(), DirtySource::kRing, t_end, t_end - t0, kAll);
+  ASSERT_TRUE(no_pages) << no_pages.error().what();
+  EXPECT_EQ(no_pages->tracked, 0u) << "pages counted although count_pages is off";
   if (ring) {
     // Without count_wp_under_ring a write is counted once: at most each
     // vCPU thread's first fault (before its ring key existed) gets through.

@@ -441,6 +441,42 @@ TEST(MigrationPolicy, PredictsTheDowntimeTermByTerm) {
   EXPECT_NEAR(q.after_round(s).predict_fixed.count(), 20.0, 1e-12);
 }
 
+// Seen in the sandbox: the one calibration pause after round 0 caught a
+// stall and read 649 ms against a 300 ms limit; every later round then
+// said "switch costs alone exceed the limit" and the migration never
+// converged (4206 rounds in 240 s). A stall only ever adds, so the policy
+// samples again while the fixed terms alone block the switchover, keeps
+// the smallest, and stops after kMaxSamples pauses.
+TEST(MigrationPolicy, AStalledCalibrationIsMeasuredAgainAndTheSmallestSampleCounts) {
+  PolicyConfig c;  // 300 ms limit
+  SwitchoverPolicy p(c);
+  SwitchCostEstimate est;
+  Decision none;
+  ASSERT_TRUE(est.wants_sample(0, none, c.downtime_limit)) << "the first sample comes after round 0";
+  est.add(648.7);
+  auto s = sample(1, 100, 4, 100, {1000}, 40 * kMiB);
+  s.switch_costs = Millis(est.ms());
+  const auto stuck = p.after_round(s);
+  EXPECT_EQ(stuck.action, Decision::Action::kContinue);
+  EXPECT_NE(stuck.reason.find("alone"), std::string::npos) << stuck.reason;
+  EXPECT_TRUE(est.wants_sample(2, stuck, c.downtime_limit)) << "the fixed terms alone exceed the limit: measure again";
+
+  est.add(61.4);
+  est.add(90.0);  // a later, slower sample does not raise it
+  EXPECT_DOUBLE_EQ(est.ms(), 61.4);
+  EXPECT_EQ(est.samples(), 3);
+  s = sample(2, 100, 4, 100, {1000}, 40 * kMiB);
+  s.switch_costs = Millis(est.ms());
+  const auto fits = p.after_round(s);
+  EXPECT_EQ(fits.action, Decision::Action::kSwitchover) << fits.reason;
+  EXPECT_FALSE(est.wants_sample(3, stuck, c.downtime_limit)) << "at most kMaxSamples pauses, whatever they read";
+
+  // Switch costs that fit call for no more pauses than the first.
+  SwitchCostEstimate calm;
+  calm.add(40);
+  EXPECT_FALSE(calm.wants_sample(1, fits, c.downtime_limit));
+}
+
 TEST(MigrationPolicy, CapacityIsWhatTheEngineDeliveredCappedByTheLinkAndTheUser) {
   PolicyConfig c;
   c.max_bandwidth_bytes_per_s = 8 * kMiB;

@@ -11,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/thread_name.hh"
 #include "kvm/state/format.hh"
 #include "kvm/system.hh"
 #include "kvm/snapshot.hh"
@@ -316,6 +317,7 @@ Status Session::receive_zero(std::size_t stream, const std::vector<std::byte>& p
 }
 
 void Session::stream_main(std::size_t i) {
+  name_this_thread(fmt::format("mig-recv{}", i));
   Stream& s = streams_[i];
   auto fail_here = [&](Error e) { fail_stream(std::move(e).context(fmt::format("stream {}", i))); };
   for (;;) {
@@ -515,6 +517,7 @@ Result<Received> receive_vm(int listen_fd, const ReceiveOptions& options, kvm::S
 
 ResolveResponder::ResolveResponder(int listen_fd, std::uint64_t session) : fd_(listen_fd), session_(session) {
   thread_ = std::thread([this] {
+    name_this_thread("mig-resolve");
     while (!stop_.load()) {
       auto fd = transport::accept_tcp(fd_, std::chrono::milliseconds(200));
       if (!fd) continue;

@@ -35,7 +35,9 @@ class EbpfView final : public KernelView {
       dirty_why_ = link_why_ = "eBPF not used (--no-ebpf)";
       return;
     }
-    auto d = bpf::DirtyTracer::open({.tgid = ::getpid()});
+    // Per-vCPU rates are all the policy reads: no per-page map (its 26 MiB
+    // preallocation dominated the load, and updating it cost every dirtying).
+    auto d = bpf::DirtyTracer::open({.tgid = ::getpid(), .count_pages = false});
     if (d) {
       dirty_.emplace(std::move(*d));
     } else {

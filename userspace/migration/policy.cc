@@ -2,6 +2,8 @@
 // are in policy_adaptive.cc and policy_fixed.cc.
 #include "migration/policy.hh"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace ferry::migration {
@@ -13,6 +15,18 @@ std::string_view action_name(Decision::Action a) {
     case Decision::Action::kCancel: return "cancel";
   }
   return "?";
+}
+
+bool SwitchCostEstimate::wants_sample(std::uint32_t round, const Decision& last, Millis limit) const {
+  (void)round;  // the first sample comes after whichever round ends first
+  if (samples_ == 0) return true;
+  if (samples_ >= kMaxSamples) return false;
+  return last.predict_fixed + last.predict_state + last.predict_rtt >= limit;
+}
+
+void SwitchCostEstimate::add(double ms) {
+  ms_ = samples_ == 0 ? ms : std::min(ms_, ms);
+  ++samples_;
 }
 
 Decision SwitchoverPolicy::after_round(const RoundSample& s) {

@@ -134,6 +134,28 @@ struct Decision {
 
 std::string_view action_name(Decision::Action a);
 
+// Switch costs (pause, capture, load, resume) as calibration pauses
+// measured them. A pause that caught a stall (a busy CPU, an RCU grace
+// period under KVM_RUN) reads high, and a stall only ever adds: the
+// smallest sample is the estimate. One sample after round 0; more, up to
+// kMaxSamples, only while the fixed terms alone keep the prediction over
+// the limit (otherwise the policy would never switch over on one bad
+// sample). Each sample is a short pause the guest sees.
+class SwitchCostEstimate {
+ public:
+  static constexpr int kMaxSamples = 3;
+  // Whether the round that just ended should be followed by a pause:
+  // `last` is the decision after the round before it.
+  bool wants_sample(std::uint32_t round, const Decision& last, Millis limit) const;
+  void add(double ms);
+  double ms() const { return ms_; }
+  int samples() const { return samples_; }
+
+ private:
+  double ms_ = 0;
+  int samples_ = 0;
+};
+
 class SwitchoverPolicy {
  public:
   explicit SwitchoverPolicy(PolicyConfig config) : c_(config) {}

@@ -105,8 +105,13 @@ std::string header(const nlohmann::json& r, std::size_t rounds) {
   out += fmt::format("<dt>Policy</dt><dd>{}</dd><dt>Inputs</dt><dd>{}</dd>",
                      text(policy, "rule").empty() ? "&ndash;" : html_escape(text(policy, "rule")),
                      text(policy, "inputs").empty() ? "&ndash;" : html_escape(text(policy, "inputs")));
-  if (const double cal = number(policy, "calibration_pause_ms", -1); cal >= 0)
-    out += fmt::format("<dt>Calibration</dt><dd>one {} pause during pre-copy measured the switch costs</dd>", fmt_ms(cal));
+  if (const double cal = number(policy, "calibration_pause_ms", -1); cal >= 0) {
+    const double n = number(policy, "calibration_pauses", 1);
+    out += n > 1 ? fmt::format("<dt>Calibration</dt><dd>{:.0f} pauses ({} in all) during pre-copy measured the switch "
+                               "costs; the smallest counts</dd>", n, fmt_ms(cal))
+                 : fmt::format("<dt>Calibration</dt><dd>one {} pause during pre-copy measured the switch costs</dd>",
+                               fmt_ms(cal));
+  }
   if (const double hot = number(policy, "held_back_pages"); hot > 0)
     out += fmt::format("<dt>Hot pages</dt><dd>{} held back and sent once at switchover</dd>", fmt_count(hot));
   if (const double cap = number(r, "max_bandwidth_bytes_per_s"); cap > 0)

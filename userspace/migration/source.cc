@@ -1,5 +1,6 @@
 #include "migration/source.hh"
 
+#include "base/thread_name.hh"
 #include "migration/digest.hh"
 
 #include <unistd.h>
@@ -159,6 +160,9 @@ struct SourceMigration::Impl {
 
   void run();
   Status migrate();
+  // Takes the eBPF view once its load has finished (never waits); true
+  // when it was taken now.
+  bool adopt_kernel_view();
   Status connect();
   Status precheck();
   Result<RoundFigures> send_round(std::uint32_t round, const std::vector<std::vector<std::uint64_t>>& per_stream);
@@ -169,7 +173,9 @@ struct SourceMigration::Impl {
   void roll_back(const Error& why, bool cancelled_now);
   void collect_transport_figures();
   Status calibrate(RoundSample& sample);
-  double switch_costs_ms = 0;
+  double switch_costs_ms = 0;      // switch_costs.ms(), for rounds that take no sample
+  SwitchCostEstimate switch_costs;  // the migration thread's
+  double calibration_pauses_ms = 0;  // every calibration pause: the guest saw them all
   double digest_ms = 0;  // predicted --verify digest time, part of switch_costs_ms
   const kvm::GuestRegion* ram_region() const { return m.regions().front(); }
   // The digest has every core: the guest is paused while it runs.
@@ -235,6 +241,7 @@ Status SourceMigration::Impl::connect() {
       auto r = transport::Receiver::create(senders[0]->fd(), "stream 0");
       if (!r) return std::unexpected(r.error());
       reader = std::thread([this, src = std::make_shared<FrameSource>(std::move(*r), std::chrono::milliseconds(0))] {
+        name_this_thread("mig-replies");
         for (;;) {
           auto f = src->next_frame();
           if (!f) {
@@ -301,7 +308,10 @@ Result<RoundFigures> SourceMigration::Impl::send_round(std::uint32_t round,
   std::vector<Status> results(senders.size());
   std::vector<std::thread> workers;
   for (std::size_t i = 0; i < senders.size(); ++i) {
-    workers.emplace_back([&, i] { results[i] = send_stream_round(i, round, per_stream[i], figs[i]); });
+    workers.emplace_back([&, i] {
+      name_this_thread(fmt::format("mig-pages{}", i));
+      results[i] = send_stream_round(i, round, per_stream[i], figs[i]);
+    });
   }
   for (auto& w : workers) w.join();
   for (auto& r : results)
@@ -361,13 +371,30 @@ std::vector<std::vector<std::uint64_t>> split(const kvm::DirtyLog& log, std::uin
   return out;
 }
 
+bool SourceMigration::Impl::adopt_kernel_view() {
+  if (kernel || !kernel_loading.valid()) return false;
+  if (kernel_loading.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return false;
+  kernel = kernel_loading.get();
+  for (const auto& s : senders) kernel->watch_socket(s->fd());
+  return true;
+}
+
 Status SourceMigration::Impl::migrate() {
+  auto step = Clock::now();
+  auto lap = [&] {  // ms since the previous lap
+    const auto now = Clock::now();
+    return std::chrono::duration<double, std::milli>(now - std::exchange(step, now)).count();
+  };
   if (auto ok = connect(); !ok) return ok;
+  const double connect_ms = lap();
   if (auto ok = precheck(); !ok) return ok;
-  if (kernel_loading.valid()) {
-    kernel = kernel_loading.get();
-    for (const auto& s : senders) kernel->watch_socket(s->fd());
-  }
+  const double precheck_ms = lap();
+  // The eBPF programs load on their own thread (connect()); under
+  // emulation that takes a second or more. Round 0 does not wait for them:
+  // the view joins at the first round boundary after it is ready (round 0
+  // copies everything and its rates say little anyway), so the policy
+  // decides round 0 on the engine's own counters.
+  adopt_kernel_view();
   const auto* ram = m.regions().front();
   const std::uint32_t slot = ram->slot();
   sent_before.assign((ram->pages() + 63) / 64, 0);
@@ -378,6 +405,7 @@ Status SourceMigration::Impl::migrate() {
   // Tracking first, then read: a write during round 0 lands in the log.
   if (auto ok = m.start_dirty_tracking(); !ok) return ok;
   vcpu_dirty_last = m.dirtied_per_vcpu();
+  const double tracking_ms = lap();
 
   PolicyConfig pc;
   pc.downtime_limit = o.downtime_limit;
@@ -388,7 +416,9 @@ Status SourceMigration::Impl::migrate() {
   SwitchoverPolicy policy(pc);
   update([&](MigrationStatus& s) {
     s.policy = o.policy == PolicyKind::kAdaptive ? "adaptive" : "fixed-threshold";
-    s.policy_inputs = kernel ? kernel->describe() : "bytes pushed per round (the fixed-threshold rule)";
+    s.policy_inputs = kernel ? kernel->describe()
+                      : kernel_loading.valid() ? "engine counters while the eBPF programs load"
+                                               : "bytes pushed per round (the fixed-threshold rule)";
   });
   // Hot pages: found dirty by this harvest and the one before (re-dirtied
   // while a round was sending them); `held` are the ones kept back from
@@ -407,14 +437,25 @@ Status SourceMigration::Impl::migrate() {
       ++allocated;
     }
   });
+  const double scan_ms = lap();
   update([&](MigrationStatus& s) {
     s.unallocated_pages = ram->pages() - allocated;
     s.remaining_pages = allocated;
+    s.setup_ms = ms_since(t0);
+    s.connect_ms = connect_ms;
+    s.precheck_ms = precheck_ms;
+    s.tracking_ms = tracking_ms;
+    s.scan_ms = scan_ms;
   });
   kvm::DirtyLog dirty(std::vector<kvm::TrackedSlot>{{slot, ram->gpa(), ram->pages()}});
   (void)m.take_guest_stall();  // what the guest saw before the migration is not ours
   for (std::uint32_t round = 0;; ++round) {
     update([&](MigrationStatus& s) { s.round = round; });
+    if (adopt_kernel_view()) {
+      spdlog::info("migration: eBPF programs ready after {:.0f} ms; the policy uses them from round {}", ms_since(t0),
+                   round);
+      update([&](MigrationStatus& s) { s.policy_inputs = kernel->describe(); });
+    }
     if (kernel) kernel->round_begin();
     const std::uint64_t withheld = held.count();  // hot pages this round leaves out
     auto fig = send_round(round, todo);
@@ -452,7 +493,9 @@ Status SourceMigration::Impl::migrate() {
       if (sample.kernel && !sample.kernel->dirty_pages_per_s.empty())
         sample.kernel->dirty_pages_per_s.resize(std::max<std::size_t>(sample.kernel->dirty_pages_per_s.size(), m.vcpu_count()), 0.0);
     }
-    if (round == 0 && o.policy == PolicyKind::kAdaptive) {
+    // A calibration pause after round 0, and again while the switch costs
+    // alone keep the prediction over the limit (SwitchCostEstimate).
+    if (o.policy == PolicyKind::kAdaptive && switch_costs.wants_sample(round, last_decision, o.downtime_limit)) {
       if (auto ok = calibrate(sample); !ok) return ok;
     } else {
       std::lock_guard lock(mu);
@@ -671,22 +714,27 @@ Status SourceMigration::Impl::calibrate(RoundSample& sample) {
   paused_by_us = false;
   if (!image) return std::unexpected(std::move(image.error()).context("calibration"));
   const double pause_ms = ms_since(t);  // what the guest saw, the measurement included
-  switch_costs_ms = pause_ms - rate_ms + capture_ms;
+  double measured = pause_ms - rate_ms + capture_ms;
   if (o.verify) {
     const double bytes = static_cast<double>(data_bytes(*ram_region()));
-    digest_ms = rate > 0 ? bytes / rate * 1000.0 : 0;
-    switch_costs_ms += digest_ms;
-    spdlog::info("migration: --verify digest predicted at {:.1f} ms ({:.0f} MiB at {:.0f} MiB/s)", digest_ms,
+    const double digest = rate > 0 ? bytes / rate * 1000.0 : 0;
+    measured += digest;
+    if (switch_costs.samples() == 0 || measured < switch_costs.ms()) digest_ms = digest;
+    spdlog::info("migration: --verify digest predicted at {:.1f} ms ({:.0f} MiB at {:.0f} MiB/s)", digest,
                  bytes / 1048576, rate / 1048576);
   }
+  switch_costs.add(measured);
+  switch_costs_ms = switch_costs.ms();
+  calibration_pauses_ms += pause_ms;
   sample.state_bytes = image->size();
   sample.switch_costs = Millis(switch_costs_ms);
   update([&](MigrationStatus& s) {
-    s.calibration_pause_ms = pause_ms;
+    s.calibration_pause_ms = calibration_pauses_ms;
+    s.calibration_pauses = static_cast<std::uint32_t>(switch_costs.samples());
     s.state_bytes = image->size();
   });
-  spdlog::info("migration: calibration pause {:.2f} ms (state capture {:.2f} ms, {} bytes)", pause_ms, capture_ms,
-               image->size());
+  spdlog::info("migration: calibration pause {} {:.2f} ms (state capture {:.2f} ms, {} bytes); switch costs {:.1f} ms",
+               switch_costs.samples(), pause_ms, capture_ms, image->size(), switch_costs_ms);
   return {};
 }
 
@@ -745,6 +793,9 @@ void SourceMigration::Impl::run() {
   }
   if (reader.joinable() && p != Phase::kOutcomeUnknown) reader.join();
   if (on_end) on_end(p);
+  // A load still running (a migration shorter than it) ends here, on this
+  // thread, not in whoever destroys the migration.
+  if (kernel_loading.valid()) kernel_loading.wait();
 }
 
 std::unique_ptr<SourceMigration> SourceMigration::start(kvm::Machine& machine, MigrateOptions options,
@@ -757,7 +808,10 @@ std::unique_ptr<SourceMigration> SourceMigration::start(kvm::Machine& machine, M
   impl->st.downtime_limit_ms = impl->o.downtime_limit.count();
   for (const auto* r : machine.regions()) impl->st.memory_bytes += r->size();
   auto* p = impl.get();
-  p->thread = std::thread([p] { p->run(); });
+  p->thread = std::thread([p] {
+    name_this_thread("migration");
+    p->run();
+  });
   return std::unique_ptr<SourceMigration>(new SourceMigration(std::move(impl)));
 }
 

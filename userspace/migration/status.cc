@@ -76,6 +76,12 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
           {"resent_pages", s.resent_pages},
           {"unallocated_pages", s.unallocated_pages},
           {"bytes_sent", s.bytes_sent},
+          {"setup_ms", s.setup_ms},
+          {"setup_breakdown",
+           {{"connect_ms", s.connect_ms},
+            {"precheck_ms", s.precheck_ms},
+            {"tracking_ms", s.tracking_ms},
+            {"scan_ms", s.scan_ms}}},
           {"downtime_ms", opt(s.downtime_ms)},
           {"downtime_breakdown",
            {{"final_pages_ms", s.final_pages_ms},
@@ -103,6 +109,7 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
               {"round_trips_ms", s.predict_rtt_ms},
               {"switch_costs_ms", s.predict_fixed_ms}}},
             {"calibration_pause_ms", opt(s.calibration_pause_ms)},
+            {"calibration_pauses", s.calibration_pauses},
             {"held_back_pages", s.held_back_pages}}}};
 }
 
@@ -138,6 +145,14 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
   s.guest_downtime_ms = j["guest_downtime_ms"].is_number() ? j["guest_downtime_ms"].get<double>() : -1;
   s.precopy_guest_stall_ms =
       j.contains("precopy_guest_stall_ms") && j["precopy_guest_stall_ms"].is_number() ? j["precopy_guest_stall_ms"].get<double>() : -1;
+  s.setup_ms = j.value("setup_ms", 0.0);
+  if (j.contains("setup_breakdown") && j["setup_breakdown"].is_object()) {
+    const auto& sb = j["setup_breakdown"];
+    s.connect_ms = sb.value("connect_ms", 0.0);
+    s.precheck_ms = sb.value("precheck_ms", 0.0);
+    s.tracking_ms = sb.value("tracking_ms", 0.0);
+    s.scan_ms = sb.value("scan_ms", 0.0);
+  }
   const auto& b = j["downtime_breakdown"];
   s.final_pages_ms = b.value("final_pages_ms", 0.0);
   s.final_pages = b.value("final_pages", std::uint64_t{0});
@@ -163,6 +178,7 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
       s.predict_fixed_ms = pb.value("switch_costs_ms", 0.0);
     }
     s.calibration_pause_ms = p["calibration_pause_ms"].is_number() ? p["calibration_pause_ms"].get<double>() : -1;
+    s.calibration_pauses = p.value("calibration_pauses", s.calibration_pause_ms >= 0 ? 1u : 0u);
     s.held_back_pages = p.value("held_back_pages", std::uint64_t{0});
   }
   for (const auto& r : j["rounds"]) {
@@ -221,6 +237,10 @@ std::string report_text(const MigrationStatus& s) {
   line("migration to {}: {}{}", s.to, phase_name(s.phase), s.error.empty() ? "" : " (" + s.error + ")");
   line("  total time      {:.1f} ms, {} round(s), {} stream(s), dirty tracking: {}", s.elapsed_ms, s.rounds.size(),
        s.streams, s.dirty_backend.empty() ? "-" : s.dirty_backend);
+  if (s.setup_ms > 0)
+    line("  setup           {:.1f} ms before round 0 (connect {:.1f}, precheck {:.1f}, dirty tracking {:.1f}, extent "
+         "scan {:.1f})",
+         s.setup_ms, s.connect_ms, s.precheck_ms, s.tracking_ms, s.scan_ms);
   line("  sent            {:.1f} MiB: {} pages with data, {} zero-page markers, {} re-sent; {} never-touched pages "
        "skipped",
        mib(static_cast<double>(s.bytes_sent)), s.pages_sent, s.zero_pages, s.resent_pages, s.unallocated_pages);
@@ -247,8 +267,10 @@ std::string report_text(const MigrationStatus& s) {
            s.predicted_downtime_ms, s.predict_pages_ms, s.predict_state_ms, s.predict_rtt_ms, s.predict_fixed_ms,
            ms_or_unknown(s.downtime_ms));
     if (s.calibration_pause_ms >= 0)
-      line("    calibration   one {:.1f} ms pause during pre-copy measured the switch costs (the guest saw it)",
-         s.calibration_pause_ms);
+      line("    calibration   {} during pre-copy measured the switch costs (the guest saw {})",
+           s.calibration_pauses > 1 ? fmt::format("{} pauses, {:.1f} ms in all,", s.calibration_pauses, s.calibration_pause_ms)
+                                    : fmt::format("one {:.1f} ms pause", s.calibration_pause_ms),
+           s.calibration_pauses > 1 ? "them" : "it");
     if (s.held_back_pages > 0)
       line("    hot pages     {} re-dirtied every round, held back and sent once at switchover", s.held_back_pages);
   }

@@ -78,6 +78,10 @@ struct MigrationStatus {
   // source to the resume on the destination (wall clocks: exact on one
   // host, as good as clock sync across hosts).
   double downtime_ms = -1;
+  // Before round 0: connecting the streams (HELLO answered), the precheck
+  // round trip, starting dirty tracking and finding the memory's allocated
+  // extents. (The eBPF programs load meanwhile and join when ready.)
+  double setup_ms = 0, connect_ms = 0, precheck_ms = 0, tracking_ms = 0, scan_ms = 0;
   double final_pages_ms = 0, state_ms = 0, ready_ms = 0, dest_load_ms = 0, commit_ms = 0;
   // ready_ms: STATE sent until READY arrived (includes dest_load_ms).
   // commit_ms: COMMIT sent until CONFIRMED (the destination resumes first,
@@ -96,7 +100,10 @@ struct MigrationStatus {
   std::string policy_inputs;  // e.g. "dirty rate: eBPF kvm_dirty_ring_push; link: eBPF tcp_probe"
   double predicted_downtime_ms = -1;
   double predict_pages_ms = 0, predict_state_ms = 0, predict_rtt_ms = 0, predict_fixed_ms = 0;
-  double calibration_pause_ms = -1;  // the one short pause that measured switch costs
+  // The short pauses that measured switch costs: their total (the guest saw
+  // every one) and how many (one, more when a stall inflated the first).
+  double calibration_pause_ms = -1;
+  std::uint32_t calibration_pauses = 0;
   std::uint64_t held_back_pages = 0;  // hot pages sent only in the final round
   // Guest-visible stalls while the guest still ran on the source (built-in
   // guest's heartbeats; -1 unknown): the longest heartbeat gap during

@@ -24,6 +24,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "base/thread_name.hh"
 #include "transport/io_uring.hh"
 #include "transport/socket_util.hh"
 #include "transport/stream.hh"
@@ -479,7 +480,10 @@ Result<std::unique_ptr<Sender>> Sender::start(UniqueFd socket, SenderOptions opt
   impl->zero_copy = zero_copy;
   impl->stats.zero_copy_active = zero_copy;
   impl->stats.zero_copy_note = note;
-  impl->thread = std::thread([p = impl.get()] { p->run(); });
+  impl->thread = std::thread([p = impl.get()] {
+    name_this_thread("mig-sender");
+    p->run();
+  });
   return std::unique_ptr<Sender>(new Sender(std::move(impl)));
 }
 
