@@ -49,6 +49,7 @@ struct TransportOptions {
   std::vector<std::uint32_t> streams_list;
   std::string path = "all";
   bool fresh_destination = false;
+  std::string huge_pages = "auto";
   bool json = false;
 };
 
@@ -239,11 +240,14 @@ int run_bench_transport(const TransportOptions& o) {
   const auto streams = o.streams_list.empty() ? std::vector<std::uint32_t>{o.streams} : o.streams_list;
 
   progress(fmt::format("preparing 3 x {} MiB of memory (source, destination, zero pages)", *size >> 20));
-  auto src = kvm::GuestRegion::create(0, 0, *size, "bench-source");
+  const auto huge = o.huge_pages == "thp"   ? kvm::HugePages::kTransparent
+                    : o.huge_pages == "off" ? kvm::HugePages::kOff
+                                            : kvm::default_huge_pages();
+  auto src = kvm::GuestRegion::create(0, 0, *size, "bench-source", huge);
   if (!src) return finish(src.error().what());
-  auto dst = kvm::GuestRegion::create(0, 0, *size, "bench-destination");
+  auto dst = kvm::GuestRegion::create(0, 0, *size, "bench-destination", huge);
   if (!dst) return finish(dst.error().what());
-  auto zero = kvm::GuestRegion::create(0, 0, *size, "bench-zero");
+  auto zero = kvm::GuestRegion::create(0, 0, *size, "bench-zero", huge);
   if (!zero) return finish(zero.error().what());
   const std::uint64_t zero_pages = bench::fill_guest_like(*src, o.zero_share / 100);
   bench::fill_guest_like(*zero, 1.0);
@@ -262,6 +266,7 @@ int run_bench_transport(const TransportOptions& o) {
   const double populate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_populate).count();
   out["populate_gb_s"] = gbs(*size, populate_s);
   out["destination"] = o.fresh_destination ? "fresh" : "populated";
+  out["huge_pages"] = std::string(kvm::huge_pages_name(huge));
 
   std::vector<bench::Path> paths;
   std::unique_ptr<bench::VethPair> veth;  // deleted on every way out
@@ -332,6 +337,10 @@ void add_bench_transport(CLI::App& app, Globals& g) {
       ->check(CLI::Range(1, 16));
   cmd->add_option("--path", o->path, "all (loopback, and veth when possible), loopback, or veth")
       ->check(CLI::IsMember({"all", "loopback", "veth"}))
+      ->capture_default_str();
+  cmd->add_option("--hugepages", o->huge_pages,
+                  "memory backing, as `ferry run --hugepages`: auto (THP where shmem_enabled allows it), off, thp")
+      ->check(CLI::IsMember({"auto", "off", "thp"}))
       ->capture_default_str();
   cmd->add_flag("--fresh-destination", o->fresh_destination,
                 "send into fresh (unpopulated) destination memory, as an incoming VM's, page faults included");

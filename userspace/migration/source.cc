@@ -210,7 +210,10 @@ Status SourceMigration::Impl::connect() {
   // The policy says in the report when the kernel view was unavailable;
   // the sockets are registered with it once it is loaded (migrate()).
   if (o.policy == PolicyKind::kAdaptive)
-    kernel_loading = std::async(std::launch::async, [use = o.use_ebpf] { return KernelView::open(use); });
+    kernel_loading = std::async(std::launch::async, [use = o.use_ebpf] {
+      name_this_thread("mig-ebpf-load");
+      return KernelView::open(use);
+    });
   std::random_device rd;
   const std::uint64_t session = (std::uint64_t{rd()} << 32) ^ rd() ^ static_cast<std::uint64_t>(::getpid());
   update([&](MigrationStatus& s) { s.session = session; });
