@@ -797,8 +797,10 @@ void SourceMigration::Impl::run() {
   if (reader.joinable() && p != Phase::kOutcomeUnknown) reader.join();
   if (on_end) on_end(p);
   // A load still running (a migration shorter than it) ends here, on this
-  // thread, not in whoever destroys the migration.
-  if (kernel_loading.valid()) kernel_loading.wait();
+  // thread, not in whoever destroys the migration; the view it yields is
+  // dropped at once, so its tracepoints do not stay attached to a VM that
+  // is no longer migrating.
+  if (kernel_loading.valid()) (void)kernel_loading.get();
 }
 
 std::unique_ptr<SourceMigration> SourceMigration::start(kvm::Machine& machine, MigrateOptions options,
