@@ -38,6 +38,13 @@ HugePages default_huge_pages() {
   return shmem_thp_allowed(text) ? HugePages::kTransparent : HugePages::kOff;
 }
 
+HugePages huge_pages_from_option(std::string_view word) {
+  if (word == "auto") return default_huge_pages();
+  if (word == "thp") return HugePages::kTransparent;
+  if (word == "hugetlb") return HugePages::kHugetlb;
+  return HugePages::kOff;
+}
+
 Result<GuestRegion> GuestRegion::create(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size,
                                         const std::string& name, HugePages huge) {
   if (size == 0 || size % kPageSize != 0 || gpa % kPageSize != 0)

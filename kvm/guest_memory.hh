@@ -37,6 +37,9 @@ bool shmem_thp_allowed(std::string_view shmem_enabled);
 // host's THP setting does; 4 KiB pages otherwise. A destination with 4 KiB
 // pages takes a nested page fault on every first touch after resume.
 HugePages default_huge_pages();
+// The `--hugepages` option's words: auto (default_huge_pages()), off, thp,
+// hugetlb; the CLI checks the word, anything else reads as off.
+HugePages huge_pages_from_option(std::string_view word);
 
 class GuestRegion {
  public:

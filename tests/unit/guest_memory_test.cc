@@ -75,5 +75,12 @@ TEST(GuestRegion, ShmemThpIsAllowedOnlyByTheSettingsThatHonourAdvice) {
   EXPECT_FALSE(shmem_thp_allowed("advise"));
 }
 
+TEST(GuestRegion, HugePagesOptionWordsMapToTheirBacking) {
+  EXPECT_EQ(huge_pages_from_option("off"), HugePages::kOff);
+  EXPECT_EQ(huge_pages_from_option("thp"), HugePages::kTransparent);
+  EXPECT_EQ(huge_pages_from_option("hugetlb"), HugePages::kHugetlb);
+  EXPECT_EQ(huge_pages_from_option("auto"), default_huge_pages());
+}
+
 }  // namespace
 }  // namespace ferry::kvm

@@ -452,14 +452,14 @@ TEST(MigrationPolicy, AStalledCalibrationIsMeasuredAgainAndTheSmallestSampleCoun
   SwitchoverPolicy p(c);
   SwitchCostEstimate est;
   Decision none;
-  ASSERT_TRUE(est.wants_sample(0, none, c.downtime_limit)) << "the first sample comes after round 0";
+  ASSERT_TRUE(est.wants_sample(none, c.downtime_limit)) << "the first sample comes after round 0";
   est.add(648.7);
   auto s = sample(1, 100, 4, 100, {1000}, 40 * kMiB);
   s.switch_costs = Millis(est.ms());
   const auto stuck = p.after_round(s);
   EXPECT_EQ(stuck.action, Decision::Action::kContinue);
   EXPECT_NE(stuck.reason.find("alone"), std::string::npos) << stuck.reason;
-  EXPECT_TRUE(est.wants_sample(2, stuck, c.downtime_limit)) << "the fixed terms alone exceed the limit: measure again";
+  EXPECT_TRUE(est.wants_sample(stuck, c.downtime_limit)) << "the fixed terms alone exceed the limit: measure again";
 
   est.add(61.4);
   est.add(90.0);  // a later, slower sample does not raise it
@@ -469,12 +469,12 @@ TEST(MigrationPolicy, AStalledCalibrationIsMeasuredAgainAndTheSmallestSampleCoun
   s.switch_costs = Millis(est.ms());
   const auto fits = p.after_round(s);
   EXPECT_EQ(fits.action, Decision::Action::kSwitchover) << fits.reason;
-  EXPECT_FALSE(est.wants_sample(3, stuck, c.downtime_limit)) << "at most kMaxSamples pauses, whatever they read";
+  EXPECT_FALSE(est.wants_sample(stuck, c.downtime_limit)) << "at most kMaxSamples pauses, whatever they read";
 
   // Switch costs that fit call for no more pauses than the first.
   SwitchCostEstimate calm;
   calm.add(40);
-  EXPECT_FALSE(calm.wants_sample(1, fits, c.downtime_limit));
+  EXPECT_FALSE(calm.wants_sample(fits, c.downtime_limit));
 }
 
 TEST(MigrationPolicy, CapacityIsWhatTheEngineDeliveredCappedByTheLinkAndTheUser) {

@@ -240,9 +240,7 @@ int run_bench_transport(const TransportOptions& o) {
   const auto streams = o.streams_list.empty() ? std::vector<std::uint32_t>{o.streams} : o.streams_list;
 
   progress(fmt::format("preparing 3 x {} MiB of memory (source, destination, zero pages)", *size >> 20));
-  const auto huge = o.huge_pages == "thp"   ? kvm::HugePages::kTransparent
-                    : o.huge_pages == "off" ? kvm::HugePages::kOff
-                                            : kvm::default_huge_pages();
+  const auto huge = kvm::huge_pages_from_option(o.huge_pages);
   auto src = kvm::GuestRegion::create(0, 0, *size, "bench-source", huge);
   if (!src) return finish(src.error().what());
   auto dst = kvm::GuestRegion::create(0, 0, *size, "bench-destination", huge);

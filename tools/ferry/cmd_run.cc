@@ -436,11 +436,6 @@ void add_process_options(CLI::App* cmd, VmProcessOptions& o) {
       ->capture_default_str();
 }
 
-kvm::HugePages parse_huge(const std::string& s) {
-  if (s == "auto") return kvm::default_huge_pages();
-  return s == "thp" ? kvm::HugePages::kTransparent : s == "hugetlb" ? kvm::HugePages::kHugetlb : kvm::HugePages::kOff;
-}
-
 }  // namespace
 
 void add_run(CLI::App& app, Globals& g) {
@@ -490,7 +485,7 @@ void add_run(CLI::App& app, Globals& g) {
       c.memory_bytes = *mem;
     }
     c.irqchip = !opts->no_irqchip;
-    c.huge_pages = parse_huge(opts->huge_pages);
+    c.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
     if (!opts->kernel.empty()) {
       c.kind = kvm::GuestKind::kLinux;
       c.linux_boot = {opts->kernel, opts->initrd, opts->cmdline, opts->vcpus};
@@ -527,7 +522,7 @@ void add_restore(CLI::App& app, Globals& g) {
     g.rc = run_vm_process(
         *opts,
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) {
-          return kvm::Machine::restore(*snap, console, n, opts->paused, parse_huge(opts->huge_pages));
+          return kvm::Machine::restore(*snap, console, n, opts->paused, kvm::huge_pages_from_option(opts->huge_pages));
         },
         "restore");
   });
@@ -578,7 +573,7 @@ void add_receive(CLI::App& app, Globals& g) {
         *opts,
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) -> Result<std::unique_ptr<kvm::Machine>> {
           migration::ReceiveOptions ro;
-          ro.huge_pages = parse_huge(opts->huge_pages);
+          ro.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
           const bool json_out = opts->json;
           ro.progress = [json_out](const std::string& line) {
             if (!json_out) fmt::print(stderr, "ferry: {}\n", line);

@@ -17,8 +17,7 @@ std::string_view action_name(Decision::Action a) {
   return "?";
 }
 
-bool SwitchCostEstimate::wants_sample(std::uint32_t round, const Decision& last, Millis limit) const {
-  (void)round;  // the first sample comes after whichever round ends first
+bool SwitchCostEstimate::wants_sample(const Decision& last, Millis limit) const {
   if (samples_ == 0) return true;
   if (samples_ >= kMaxSamples) return false;
   return last.predict_fixed + last.predict_state + last.predict_rtt >= limit;

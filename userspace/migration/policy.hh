@@ -145,8 +145,9 @@ class SwitchCostEstimate {
  public:
   static constexpr int kMaxSamples = 3;
   // Whether the round that just ended should be followed by a pause:
-  // `last` is the decision after the round before it.
-  bool wants_sample(std::uint32_t round, const Decision& last, Millis limit) const;
+  // `last` is the decision after the round before it (the first sample
+  // comes after whichever round ends first).
+  bool wants_sample(const Decision& last, Millis limit) const;
   void add(double ms);
   double ms() const { return ms_; }
   int samples() const { return samples_; }

@@ -173,10 +173,9 @@ struct SourceMigration::Impl {
   void roll_back(const Error& why, bool cancelled_now);
   void collect_transport_figures();
   Status calibrate(RoundSample& sample);
-  double switch_costs_ms = 0;      // switch_costs.ms(), for rounds that take no sample
   SwitchCostEstimate switch_costs;  // the migration thread's
   double calibration_pauses_ms = 0;  // every calibration pause: the guest saw them all
-  double digest_ms = 0;  // predicted --verify digest time, part of switch_costs_ms
+  double digest_ms = 0;  // predicted --verify digest time, part of switch_costs.ms()
   const kvm::GuestRegion* ram_region() const { return m.regions().front(); }
   // The digest has every core: the guest is paused while it runs.
   static unsigned digest_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
@@ -498,12 +497,12 @@ Status SourceMigration::Impl::migrate() {
     }
     // A calibration pause after round 0, and again while the switch costs
     // alone keep the prediction over the limit (SwitchCostEstimate).
-    if (o.policy == PolicyKind::kAdaptive && switch_costs.wants_sample(round, last_decision, o.downtime_limit)) {
+    if (o.policy == PolicyKind::kAdaptive && switch_costs.wants_sample(last_decision, o.downtime_limit)) {
       if (auto ok = calibrate(sample); !ok) return ok;
     } else {
       std::lock_guard lock(mu);
       sample.state_bytes = st.state_bytes;
-      sample.switch_costs = Millis(std::max(0.0, switch_costs_ms));
+      sample.switch_costs = Millis(std::max(0.0, switch_costs.ms()));
     }
     const auto per_vcpu = m.dirtied_per_vcpu();
     if (per_vcpu.empty()) {
@@ -727,17 +726,16 @@ Status SourceMigration::Impl::calibrate(RoundSample& sample) {
                  bytes / 1048576, rate / 1048576);
   }
   switch_costs.add(measured);
-  switch_costs_ms = switch_costs.ms();
   calibration_pauses_ms += pause_ms;
   sample.state_bytes = image->size();
-  sample.switch_costs = Millis(switch_costs_ms);
+  sample.switch_costs = Millis(switch_costs.ms());
   update([&](MigrationStatus& s) {
     s.calibration_pause_ms = calibration_pauses_ms;
     s.calibration_pauses = static_cast<std::uint32_t>(switch_costs.samples());
     s.state_bytes = image->size();
   });
   spdlog::info("migration: calibration pause {} {:.2f} ms (state capture {:.2f} ms, {} bytes); switch costs {:.1f} ms",
-               switch_costs.samples(), pause_ms, capture_ms, image->size(), switch_costs_ms);
+               switch_costs.samples(), pause_ms, capture_ms, image->size(), switch_costs.ms());
   return {};
 }
 
