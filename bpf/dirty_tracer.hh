@@ -21,7 +21,7 @@
 #include <string_view>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "bpf/dirty_pages.h"
 
 struct dirty_pages_bpf;  // generated skeleton (dirty_pages.skel.h)

@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "bpf/doctor_probe.h"
 
 struct doctor_probe_bpf;  // generated skeleton (doctor_probe.skel.h)

@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::bpf {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 struct tcp_conn_bpf;  // generated skeleton (tcp_conn.skel.h)
 

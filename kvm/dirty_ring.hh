@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/mapping.hh"
 
 namespace ferry::kvm {

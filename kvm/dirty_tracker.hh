@@ -16,7 +16,7 @@
 #include <string_view>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/dirty_bitmap.hh"
 #include "kvm/dirty_ring.hh"
 

@@ -6,13 +6,14 @@
 #include <functional>
 #include <string>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/page.hh"
+#include "userspace/base/unique_fd.hh"
 #include "kvm/mapping.hh"
 
 namespace ferry::kvm {
 
-inline constexpr std::uint64_t kPageSize = 4096;
+using ferry::kPageSize;  // userspace/base/page.hh
 inline constexpr std::uint64_t kHugePageSize = 2ull << 20;
 
 // How guest RAM is backed. Huge pages cut TLB misses for the guest (EPT/NPT

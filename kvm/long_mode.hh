@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 

@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 #include "kvm/state/format.hh"
 
 namespace ferry::kvm {
@@ -94,7 +94,7 @@ std::string_view run_state_name(RunState s) {
 
 // kVmConfig v1: u32 version, u32 kind, u32 vcpus, u8 irqchip, u8 pit, u32 tsc_khz
 std::vector<std::byte> encode_vm_config(const VmConfigState& c) {
-  state::ByteWriter w;
+  ByteWriter w;
   w.put_u32(kVmConfigVersion);
   w.put_u32(static_cast<std::uint32_t>(c.kind));
   w.put_u32(c.vcpus);
@@ -105,7 +105,7 @@ std::vector<std::byte> encode_vm_config(const VmConfigState& c) {
 }
 
 Result<VmConfigState> decode_vm_config(std::span<const std::byte> bytes) {
-  state::ByteReader r(bytes);
+  ByteReader r(bytes);
   std::uint32_t version = 0, kind = 0, vcpus = 0, khz = 0;
   std::uint8_t irqchip = 0, pit = 0;
   if (auto ok = r.get(version); !ok) return std::unexpected(ok.error().context("VM config"));

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/devices/serial.hh"
 #include "kvm/dirty_tracker.hh"
 #include "kvm/guest_memory.hh"

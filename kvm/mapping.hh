@@ -5,7 +5,7 @@
 #include <span>
 #include <utility>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 

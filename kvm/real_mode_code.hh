@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 

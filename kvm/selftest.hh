@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/dirty_ring.hh"
 #include "kvm/vm.hh"
 

@@ -15,14 +15,14 @@
 #include <fmt/format.h>
 
 #include "kvm/guest_memory.hh"
-#include "kvm/state/bytes.hh"
-#include "kvm/state/crc64.hh"
+#include "userspace/base/bytes.hh"
+#include "userspace/base/crc64.hh"
 
 namespace ferry::kvm {
 namespace {
 
-using state::ByteReader;
-using state::ByteWriter;
+using ferry::ByteReader;
+using ferry::ByteWriter;
 
 constexpr std::uint64_t kMaxStateImage = 256ull << 20;  // CPU/device state is KiBs per vCPU
 
@@ -61,7 +61,7 @@ std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / 
 
 }  // namespace
 
-void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page) {
+void crc_page(Crc64& crc, std::uint64_t index, const std::byte* page) {
   std::byte idx[8];
   for (int i = 0; i < 8; ++i) idx[i] = std::byte(index >> (8 * i));
   crc.update(idx);
@@ -69,7 +69,7 @@ void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page) {
 }
 
 std::uint64_t memory_crc(const GuestRegion& region) {
-  state::Crc64 crc;
+  Crc64 crc;
   for_each_data_extent(region.memfd(), 0, region.size(), [&](std::uint64_t b, std::uint64_t e) {
     for (std::uint64_t p = b / kPageSize; p < align_up(e, kPageSize) / kPageSize; ++p)
       if (!page_is_zero(region.host() + p * kPageSize)) crc_page(crc, p, region.host() + p * kPageSize);
@@ -162,7 +162,7 @@ Result<SnapshotWriteFigures> write_snapshot(const std::string& path, state::Stat
   // memory (memfd holes, not even read) stay holes in the file.
   for (std::size_t i = 0; i < regions.size(); ++i) {
     const auto* g = regions[i];
-    state::Crc64 crc;
+    Crc64 crc;
     Status status;
     for_each_data_extent(g->memfd(), 0, g->size(), [&](std::uint64_t b, std::uint64_t e) {
       std::uint64_t p = b / kPageSize;
@@ -256,7 +256,7 @@ Result<std::uint64_t> Snapshot::load_region(const SnapshotRegion& r, GuestRegion
   // Only the file's data extents are read and checked: holes are zero
   // pages, which the fresh region already reads as (without allocating).
   std::uint64_t read = 0;
-  state::Crc64 crc;
+  Crc64 crc;
   Status status;
   for_each_data_extent(fd_.get(), r.file_offset, r.file_offset + r.size, [&](std::uint64_t b, std::uint64_t e) {
     if (!status) return;

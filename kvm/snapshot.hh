@@ -20,9 +20,9 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
-#include "kvm/state/crc64.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/base/crc64.hh"
 #include "kvm/state/format.hh"
 
 namespace ferry::kvm {
@@ -47,7 +47,7 @@ struct SnapshotRegion {
 // the sum. crc_page adds one page; memory_crc is a whole region's (read
 // through its data extents only), as snapshots record and `migrate
 // --verify` compares.
-void crc_page(state::Crc64& crc, std::uint64_t index, const std::byte* page);
+void crc_page(Crc64& crc, std::uint64_t index, const std::byte* page);
 std::uint64_t memory_crc(const GuestRegion& region);
 
 std::vector<std::byte> encode_memory_layout(std::span<const SnapshotRegion> regions);

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/guest/guest_abi.h"
 #include "kvm/devices/serial.hh"
 #include "kvm/guest_memory.hh"

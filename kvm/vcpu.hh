@@ -7,8 +7,8 @@
 #include <optional>
 #include <utility>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
 #include "kvm/dirty_ring.hh"
 #include "kvm/mapping.hh"
 

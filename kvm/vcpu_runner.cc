@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "base/thread_name.hh"
+#include "userspace/base/thread_name.hh"
 #include "kvm/exit_reason.hh"
 
 namespace ferry::kvm {

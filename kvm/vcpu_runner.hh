@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/vcpu.hh"
 
 namespace ferry::kvm {

@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 
@@ -104,7 +104,7 @@ Status set_vcpu_msrs(Vcpu& vcpu, const std::vector<kvm_msr_entry>& msrs);
 // a rank. Exposed for tests.
 int msr_restore_rank(std::uint32_t index);
 
-// Explicit little-endian, field by field (kvm/state/bytes.hh); the XSAVE
+// Explicit little-endian, field by field (userspace/base/bytes.hh); the XSAVE
 // area and the LAPIC register page as length-prefixed blobs (their layouts
 // are defined by the CPU, not by KVM's C structs). Layout in vcpu_state_codec.cc.
 std::vector<std::byte> encode_vcpu_state(const VcpuState& state);

@@ -33,14 +33,14 @@
 #include <type_traits>
 #include <utility>
 
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 #include "kvm/vcpu_state.hh"
 
 namespace ferry::kvm {
 namespace {
 
-using state::ByteReader;
-using state::ByteWriter;
+using ferry::ByteReader;
+using ferry::ByteWriter;
 
 // ---- field tables ----
 

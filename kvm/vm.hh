@@ -3,8 +3,8 @@
 // memory slots, the dirty-ring mode, and vCPU creation.
 #include <cstdint>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
 #include "kvm/vcpu.hh"
 
 namespace ferry::kvm {

@@ -20,14 +20,14 @@
 
 #include <fmt/format.h>
 
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 #include "kvm/vm.hh"
 
 namespace ferry::kvm {
 namespace {
 
-using state::ByteReader;
-using state::ByteWriter;
+using ferry::ByteReader;
+using ferry::ByteWriter;
 
 // KVM_GET_CLOCK flags we carry; anything else is not from KVM.
 constexpr std::uint32_t kClockFlags = KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC;

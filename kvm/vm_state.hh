@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 

@@ -1,6 +1,6 @@
 #include "kvm/devices/serial.hh"
 
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 
 namespace ferry::kvm {
 namespace {
@@ -128,7 +128,7 @@ void Serial::restore(const SerialState& s) {
 }
 
 std::vector<std::byte> encode_serial_state(const SerialState& s) {
-  state::ByteWriter w;
+  ByteWriter w;
   w.put_u32(kStateVersion);
   for (std::uint8_t r : {s.ier, s.lcr, s.mcr, s.scr, s.dll, s.dlm}) w.put_u8(r);
   w.put_u8(s.thr_interrupt_pending ? 1 : 0);
@@ -138,7 +138,7 @@ std::vector<std::byte> encode_serial_state(const SerialState& s) {
 }
 
 Result<SerialState> decode_serial_state(std::span<const std::byte> bytes) {
-  state::ByteReader r(bytes);
+  ByteReader r(bytes);
   std::uint32_t version = 0;
   if (auto ok = r.get(version); !ok) return std::unexpected(std::move(ok.error()).context("serial state"));
   if (version != kStateVersion) return fail("serial state: version {} unsupported (expected {})", version, kStateVersion);

@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 

@@ -14,7 +14,7 @@
 //   kAcpiResetPort        guest writes kAcpiResetValue to reboot
 #include <cstdint>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/guest_memory.hh"
 
 namespace ferry::kvm {

@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/guest_memory.hh"
 
 namespace ferry::kvm {

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/devices/serial.hh"
 #include "kvm/vcpu_runner.hh"
 

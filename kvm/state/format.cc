@@ -6,7 +6,7 @@
 #include <limits>
 #include <unordered_set>
 
-#include "kvm/state/crc64.hh"
+#include "userspace/base/crc64.hh"
 
 namespace ferry::kvm::state {
 namespace {

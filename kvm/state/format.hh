@@ -38,8 +38,8 @@
 #include <string_view>
 #include <vector>
 
-#include "base/error.hh"
-#include "kvm/state/bytes.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/bytes.hh"
 
 namespace ferry::kvm::state {
 

@@ -34,7 +34,7 @@
 #include "bpf/dirty_tracer.hh"
 #include "kvm/machine.hh"
 #include "kvm/quirks.hh"
-#include "kvm/wait.hh"
+#include "tests/kvm/wait.hh"
 
 namespace ferry::bpf {
 namespace {

@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "e2e/process.hh"
+#include "tests/e2e/process.hh"
 
 namespace ferry::test {
 namespace {

@@ -55,11 +55,11 @@
 
 #include <fmt/format.h>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
-#include "migration/crc32c.hh"
-#include "migration/payloads.hh"
-#include "migration/protocol.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/base/crc32c.hh"
+#include "userspace/migration/payloads.hh"
+#include "userspace/migration/protocol.hh"
 
 namespace ferry::fault_proxy {
 namespace {
@@ -135,7 +135,7 @@ void store_le(std::span<std::byte> b, std::size_t at, T v) {
 // After changing header fields the header must still pass its CRC, or the
 // receiver would report a CRC mismatch instead of the fault under test.
 void reseal_header(std::span<std::byte, kHeaderSize> h) {
-  store_le<std::uint32_t>(h, mig::kHeaderCrcOffset, mig::crc32c(h.first(mig::kHeaderCrcOffset)));
+  store_le<std::uint32_t>(h, mig::kHeaderCrcOffset, ferry::crc32c(h.first(mig::kHeaderCrcOffset)));
 }
 
 void append(std::vector<std::byte>& out, std::span<const std::byte> bytes) {
@@ -666,7 +666,7 @@ class FrameEditor {
     reg |= std::uint32_t{1} << fault_.bit;
     const std::vector<std::byte> encoded = mig::encode(*precheck);
     const auto sequence = load_le<std::uint32_t>(std::span(frame_).first(kHeaderSize), 12);
-    append(out, mig::encode_header(FrameType::kPrecheck, sequence, encoded.size(), mig::crc32c(encoded)));
+    append(out, mig::encode_header(FrameType::kPrecheck, sequence, encoded.size(), ferry::crc32c(encoded)));
     append(out, encoded);
     s_.injected = true;
     log("injected cpuid-bit in {}: cpuid {:#x}.{:#x} {} bit {}: {:#010x} -> {:#010x}{}", where(), fault_.function,

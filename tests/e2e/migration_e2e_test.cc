@@ -18,9 +18,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "e2e/process.hh"
-#include "e2e/vm_client.hh"
-#include "temp_dir.hh"
+#include "tests/e2e/process.hh"
+#include "tests/e2e/vm_client.hh"
+#include "tests/temp_dir.hh"
 
 namespace ferry::test {
 namespace {

@@ -1,4 +1,4 @@
-#include "e2e/process.hh"
+#include "tests/e2e/process.hh"
 
 #include <fcntl.h>
 #include <poll.h>

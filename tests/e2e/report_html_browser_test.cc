@@ -15,10 +15,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "control/api.hh"
-#include "e2e/process.hh"
-#include "migration/status.hh"
-#include "temp_dir.hh"
+#include "userspace/control/api.hh"
+#include "tests/e2e/process.hh"
+#include "userspace/migration/status.hh"
+#include "tests/temp_dir.hh"
 
 namespace ferry::test {
 namespace {

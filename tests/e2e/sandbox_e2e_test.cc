@@ -2,7 +2,7 @@
 // command's exit status comes back, /dev/kvm exists inside, timeouts end.
 #include <gtest/gtest.h>
 
-#include "e2e/process.hh"
+#include "tests/e2e/process.hh"
 
 namespace ferry::test {
 namespace {

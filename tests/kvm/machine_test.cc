@@ -16,10 +16,10 @@
 
 #include <fmt/format.h>
 
-#include "temp_dir.hh"
+#include "tests/temp_dir.hh"
 #include "kvm/machine.hh"
-#include "kvm/running_clocks.hh"
-#include "kvm/wait.hh"
+#include "tests/kvm/running_clocks.hh"
+#include "tests/kvm/wait.hh"
 
 namespace ferry::kvm {
 namespace {

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "kvm/guest_memory.hh"
-#include "kvm/wait.hh"
+#include "tests/kvm/wait.hh"
 #include "kvm/system.hh"
 #include "kvm/test_guest.hh"
 #include "kvm/vcpu_runner.hh"

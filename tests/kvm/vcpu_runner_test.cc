@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "kvm/guest_memory.hh"
-#include "kvm/wait.hh"
+#include "tests/kvm/wait.hh"
 #include "kvm/real_mode_code.hh"
 #include "kvm/system.hh"
 #include "kvm/vcpu_runner.hh"

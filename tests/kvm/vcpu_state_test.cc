@@ -22,7 +22,7 @@
 #include "kvm/real_mode_code.hh"
 #include "kvm/system.hh"
 #include "kvm/vcpu_state.hh"
-#include "kvm/running_clocks.hh"
+#include "tests/kvm/running_clocks.hh"
 #include "kvm/vm.hh"
 
 namespace ferry::kvm {

@@ -28,10 +28,10 @@
 #include <string_view>
 #include <thread>
 
-#include "temp_dir.hh"
-#include "control/api.hh"
-#include "control/migration_follower.hh"
-#include "migration/status.hh"
+#include "tests/temp_dir.hh"
+#include "userspace/control/api.hh"
+#include "userspace/control/migration_follower.hh"
+#include "userspace/migration/status.hh"
 
 namespace ferry::control {
 namespace {

@@ -8,8 +8,8 @@
 
 #include <fmt/format.h>
 
-#include "doctor/checks.hh"
-#include "doctor/report.hh"
+#include "tools/doctor/checks.hh"
+#include "tools/doctor/report.hh"
 
 namespace ferry::doctor {
 namespace {

@@ -5,8 +5,8 @@
 
 #include <cerrno>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
 
 namespace ferry {
 namespace {

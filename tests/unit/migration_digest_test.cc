@@ -9,8 +9,8 @@
 #include <random>
 
 #include "kvm/guest_memory.hh"
-#include "migration/digest.hh"
-#include "migration/payloads.hh"
+#include "userspace/migration/digest.hh"
+#include "userspace/migration/payloads.hh"
 
 namespace ferry::migration {
 namespace {

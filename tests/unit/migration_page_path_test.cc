@@ -7,8 +7,8 @@
 #include <cstring>
 #include <thread>
 
-#include "migration/page_path.hh"
-#include "transport/stream.hh"
+#include "userspace/migration/page_path.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::migration {
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "migration/policy.hh"
+#include "userspace/migration/policy.hh"
 
 namespace ferry::migration {
 namespace {

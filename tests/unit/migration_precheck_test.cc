@@ -2,7 +2,7 @@
 // host can run, each refusal naming the reason.
 #include <gtest/gtest.h>
 
-#include "migration/precheck.hh"
+#include "userspace/migration/precheck.hh"
 
 namespace ferry::migration {
 namespace {

@@ -16,20 +16,20 @@
 
 #include <fmt/format.h>
 
-#include "kvm/state/bytes.hh"
-#include "kvm/state/crc64.hh"
-#include "migration/crc32c.hh"
+#include "userspace/base/bytes.hh"
+#include "userspace/base/crc64.hh"
+#include "userspace/base/crc32c.hh"
 
 #include <xxhash.h>
-#include "migration/page_ledger.hh"
-#include "migration/payloads.hh"
-#include "migration/protocol.hh"
+#include "userspace/migration/page_ledger.hh"
+#include "userspace/migration/payloads.hh"
+#include "userspace/migration/protocol.hh"
 
 namespace ferry::migration {
 namespace {
 
 using Bytes = std::vector<std::byte>;
-using kvm::state::ByteWriter;
+using ferry::ByteWriter;
 
 Bytes bytes_of(std::string_view s) {
   auto b = std::as_bytes(std::span(s.data(), s.size()));

@@ -9,9 +9,9 @@
 #include <regex>
 #include <sstream>
 
-#include "migration/report_html.hh"
-#include "migration/status.hh"
-#include "temp_dir.hh"
+#include "userspace/migration/report_html.hh"
+#include "userspace/migration/status.hh"
+#include "tests/temp_dir.hh"
 
 namespace ferry::migration {
 namespace {

@@ -19,11 +19,11 @@
 #include <string_view>
 #include <vector>
 
-#include "temp_dir.hh"
+#include "tests/temp_dir.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/machine.hh"
 #include "kvm/snapshot.hh"
-#include "kvm/state/crc64.hh"
+#include "userspace/base/crc64.hh"
 #include "kvm/state/format.hh"
 
 namespace ferry::kvm {
@@ -144,7 +144,7 @@ class SnapshotFile : public ::testing::Test {
 // The layout's memory checksum, computed independently: CRC-64 over
 // (u64 little-endian page index, page) of every non-zero page, in order.
 std::uint64_t memory_checksum(const GuestRegion& g) {
-  state::Crc64 crc;
+  Crc64 crc;
   static const std::byte zero[kPageSize] = {};
   for (std::uint64_t p = 0; p < g.pages(); ++p) {
     const std::byte* page = g.host() + p * kPageSize;

@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include "kvm/state/bytes.hh"
-#include "kvm/state/crc64.hh"
+#include "userspace/base/bytes.hh"
+#include "userspace/base/crc64.hh"
 #include "kvm/state/format.hh"
 
 namespace ferry::kvm::state {

@@ -16,8 +16,8 @@
 
 #include <gtest/gtest.h>
 
-#include "transport/stream.hh"
-#include "transport/uring_probe.hh"
+#include "userspace/transport/stream.hh"
+#include "userspace/transport/uring_probe.hh"
 
 namespace ferry::transport {
 namespace {

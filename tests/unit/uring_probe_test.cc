@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "transport/io_uring.hh"
-#include "transport/uring_probe.hh"
+#include "userspace/transport/io_uring.hh"
+#include "userspace/transport/uring_probe.hh"
 
 namespace ferry::transport {
 namespace {

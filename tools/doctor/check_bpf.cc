@@ -7,7 +7,9 @@
 
 #include <filesystem>
 
-#include "doctor/checks.hh"
+#include <fmt/format.h>
+
+#include "tools/doctor/checks.hh"
 #ifdef FERRY_HAVE_BPF
 #include "bpf/doctor_probe_loader.hh"
 #endif

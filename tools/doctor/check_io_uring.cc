@@ -1,8 +1,8 @@
 // io_uring checks: the migration transport is io_uring on TCP. Plain SEND is
 // required; zero-copy and its usage reporting are optimisations whose
 // absence only costs a copy.
-#include "doctor/checks.hh"
-#include "transport/uring_probe.hh"
+#include "tools/doctor/checks.hh"
+#include "userspace/transport/uring_probe.hh"
 
 namespace ferry::doctor {
 namespace {

@@ -6,7 +6,7 @@
 
 #include <cerrno>
 
-#include "doctor/checks.hh"
+#include "tools/doctor/checks.hh"
 #include "kvm/quirks.hh"
 #include "kvm/system.hh"
 #include "kvm/vm.hh"

@@ -17,8 +17,8 @@
 
 #include <fmt/format.h>
 
-#include "base/unique_fd.hh"
-#include "doctor/checks.hh"
+#include "userspace/base/unique_fd.hh"
+#include "tools/doctor/checks.hh"
 #include "kvm/guest_memory.hh"
 
 namespace ferry::doctor {

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "doctor/report.hh"
+#include "tools/doctor/report.hh"
 
 namespace ferry::doctor {
 

@@ -1,4 +1,4 @@
-#include "doctor/report.hh"
+#include "tools/doctor/report.hh"
 
 #include <fmt/format.h>
 

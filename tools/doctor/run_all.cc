@@ -1,4 +1,4 @@
-#include "doctor/checks.hh"
+#include "tools/doctor/checks.hh"
 
 namespace ferry::doctor {
 

@@ -30,12 +30,12 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "ferry/commands.hh"
-#include "ferry/demo.hh"
-#include "ferry/sandbox_exec.hh"
-#include "ferry/vm_report.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/demo.hh"
+#include "tools/ferry/sandbox_exec.hh"
+#include "tools/ferry/vm_report.hh"
 #include "kvm/quirks.hh"
-#include "transport/stream.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::cli {
 namespace {

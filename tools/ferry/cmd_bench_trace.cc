@@ -40,10 +40,10 @@
 #include <sstream>
 #include <thread>
 
-#include "control/api.hh"
-#include "ferry/commands.hh"
-#include "ferry/demo.hh"
-#include "ferry/sandbox_exec.hh"
+#include "userspace/control/api.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/demo.hh"
+#include "tools/ferry/sandbox_exec.hh"
 #include "kvm/quirks.hh"
 
 namespace ferry::cli {

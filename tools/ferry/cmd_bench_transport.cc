@@ -28,9 +28,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "ferry/commands.hh"
-#include "ferry/transport_bench.hh"
-#include "ferry/vm_report.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/transport_bench.hh"
+#include "tools/ferry/vm_report.hh"
 
 namespace ferry::cli {
 namespace {

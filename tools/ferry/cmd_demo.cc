@@ -28,12 +28,12 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "base/unique_fd.hh"
-#include "control/api.hh"
-#include "control/migration_follower.hh"
-#include "ferry/commands.hh"
-#include "ferry/demo.hh"
-#include "ferry/sandbox_exec.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/control/api.hh"
+#include "userspace/control/migration_follower.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/demo.hh"
+#include "tools/ferry/sandbox_exec.hh"
 #include "kvm/quirks.hh"
 
 namespace ferry::cli {

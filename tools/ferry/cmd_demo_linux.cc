@@ -19,7 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "ferry/demo.hh"
+#include "tools/ferry/demo.hh"
 #include "kvm/machine.hh"
 
 extern char** environ;
@@ -93,10 +93,10 @@ Status build_initramfs(const std::string& out) {
   cargv.push_back(nullptr);
   pid_t pid;
   if (const int rc = ::posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ); rc != 0)
-    return std::unexpected(sys_error("spawn tests/linux_guest/mkinitramfs", rc));
+    return std::unexpected(sys_error("spawn tools/linux-guest/mkinitramfs", rc));
   int st = 0;
-  if (::waitpid(pid, &st, 0) != pid) return fail_sys("waitpid tests/linux_guest/mkinitramfs");
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return fail("tests/linux_guest/mkinitramfs failed (status {})", st);
+  if (::waitpid(pid, &st, 0) != pid) return fail_sys("waitpid tools/linux-guest/mkinitramfs");
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return fail("tools/linux-guest/mkinitramfs failed (status {})", st);
   return {};
 }
 

@@ -5,8 +5,8 @@
 
 #include <fmt/format.h>
 
-#include "doctor/checks.hh"
-#include "ferry/commands.hh"
+#include "tools/doctor/checks.hh"
+#include "tools/ferry/commands.hh"
 
 namespace ferry::cli {
 

@@ -11,12 +11,12 @@
 
 #include <fmt/format.h>
 
-#include "control/api.hh"
-#include "ferry/commands.hh"
-#include "migration/destination.hh"
-#include "control/migration_follower.hh"
-#include "migration/report_html.hh"
-#include "migration/status.hh"
+#include "userspace/control/api.hh"
+#include "tools/ferry/commands.hh"
+#include "userspace/migration/destination.hh"
+#include "userspace/control/migration_follower.hh"
+#include "userspace/migration/report_html.hh"
+#include "userspace/migration/status.hh"
 
 namespace ferry::cli {
 namespace {

@@ -17,16 +17,16 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "base/unique_fd.hh"
-#include "control/api.hh"
-#include "ferry/commands.hh"
-#include "ferry/sandbox_exec.hh"
-#include "ferry/vm_report.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/control/api.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/sandbox_exec.hh"
+#include "tools/ferry/vm_report.hh"
 #include "kvm/machine.hh"
-#include "migration/destination.hh"
-#include "migration/dirty_rate.hh"
-#include "migration/source.hh"
-#include "transport/stream.hh"
+#include "userspace/migration/destination.hh"
+#include "userspace/migration/dirty_rate.hh"
+#include "userspace/migration/source.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::cli {
 namespace {

@@ -22,8 +22,8 @@
 
 #include "bpf/dirty_tracer.hh"
 #include "bpf/tcp_tracer.hh"
-#include "ferry/commands.hh"
-#include "ferry/trace_model.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/trace_model.hh"
 
 namespace ferry::cli {
 namespace {

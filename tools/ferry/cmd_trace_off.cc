@@ -1,7 +1,7 @@
 // `ferry trace` and `ferry bench-trace` in a build without eBPF (FERRY_BPF=OFF): say so.
 #include <fmt/format.h>
 
-#include "ferry/commands.hh"
+#include "tools/ferry/commands.hh"
 
 namespace ferry::cli {
 

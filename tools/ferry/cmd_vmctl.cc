@@ -5,9 +5,9 @@
 
 #include <fmt/format.h>
 
-#include "control/api.hh"
-#include "ferry/commands.hh"
-#include "ferry/vm_report.hh"
+#include "userspace/control/api.hh"
+#include "tools/ferry/commands.hh"
+#include "tools/ferry/vm_report.hh"
 
 namespace ferry::cli {
 namespace {

@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::cli {
 

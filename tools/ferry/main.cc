@@ -3,8 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
-#include "base/log.hh"
-#include "ferry/commands.hh"
+#include "userspace/base/log.hh"
+#include "tools/ferry/commands.hh"
 
 int main(int argc, char** argv) {
   ferry::cli::Globals g;

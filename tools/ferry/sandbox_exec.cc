@@ -1,4 +1,4 @@
-#include "ferry/sandbox_exec.hh"
+#include "tools/ferry/sandbox_exec.hh"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "ferry/trace_model.hh"
+#include "tools/ferry/trace_model.hh"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "ferry/transport_bench.hh"
+#include "tools/ferry/transport_bench.hh"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -18,10 +18,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "migration/digest.hh"
-#include "migration/page_ledger.hh"
-#include "migration/page_path.hh"
-#include "transport/stream.hh"
+#include "userspace/migration/digest.hh"
+#include "userspace/migration/page_ledger.hh"
+#include "userspace/migration/page_path.hh"
+#include "userspace/transport/stream.hh"
 
 extern char** environ;
 

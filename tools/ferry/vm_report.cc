@@ -1,4 +1,4 @@
-#include "ferry/vm_report.hh"
+#include "tools/ferry/vm_report.hh"
 
 #include <cctype>
 #include <charconv>

@@ -1,4 +1,4 @@
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 #include <cerrno>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "base/log.hh"
+#include "userspace/base/log.hh"
 
 #include <cstdlib>
 #include <string>

@@ -1,4 +1,4 @@
-#include "base/thread_name.hh"
+#include "userspace/base/thread_name.hh"
 
 #include <sys/prctl.h>
 

@@ -1,4 +1,4 @@
-#include "base/unique_fd.hh"
+#include "userspace/base/unique_fd.hh"
 
 #include <unistd.h>
 

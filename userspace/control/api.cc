@@ -1,4 +1,4 @@
-#include "control/api.hh"
+#include "userspace/control/api.hh"
 
 #include <poll.h>
 #include <sys/eventfd.h>

@@ -16,8 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
 
 namespace ferry::control {
 

@@ -1,4 +1,4 @@
-#include "control/migration_follower.hh"
+#include "userspace/control/migration_follower.hh"
 
 namespace ferry::control {
 

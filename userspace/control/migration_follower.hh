@@ -8,8 +8,8 @@
 #include <chrono>
 #include <string>
 
-#include "base/error.hh"
-#include "control/api.hh"
+#include "userspace/base/error.hh"
+#include "userspace/control/api.hh"
 
 namespace ferry::control {
 

@@ -1,4 +1,4 @@
-#include "migration/destination.hh"
+#include "userspace/migration/destination.hh"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,16 +11,16 @@
 
 #include <spdlog/spdlog.h>
 
-#include "base/thread_name.hh"
+#include "userspace/base/thread_name.hh"
 #include "kvm/state/format.hh"
 #include "kvm/system.hh"
 #include "kvm/snapshot.hh"
-#include "migration/digest.hh"
-#include "migration/page_ledger.hh"
-#include "migration/page_path.hh"
-#include "migration/precheck.hh"
-#include "migration/wire.hh"
-#include "transport/stream.hh"
+#include "userspace/migration/digest.hh"
+#include "userspace/migration/page_ledger.hh"
+#include "userspace/migration/page_path.hh"
+#include "userspace/migration/precheck.hh"
+#include "userspace/migration/wire.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::migration {
 namespace {

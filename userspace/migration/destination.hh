@@ -15,9 +15,9 @@
 #include <string>
 #include <thread>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/machine.hh"
-#include "migration/payloads.hh"
+#include "userspace/migration/payloads.hh"
 
 namespace ferry::migration {
 

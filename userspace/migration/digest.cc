@@ -1,11 +1,11 @@
-#include "migration/digest.hh"
+#include "userspace/migration/digest.hh"
 
 #include <algorithm>
 #include <chrono>
 #include <thread>
 
-#include "kvm/state/crc64.hh"
-#include "migration/payloads.hh"
+#include "userspace/base/crc64.hh"
+#include "userspace/migration/payloads.hh"
 
 namespace ferry::migration {
 namespace {
@@ -16,7 +16,7 @@ std::uint64_t fold(std::span<const std::uint64_t> entries) {
   // Little-endian bytes of each entry: x86's in-memory layout, stated so the
   // digest means the same on every host.
   static_assert(std::endian::native == std::endian::little);
-  return kvm::state::crc64(std::as_bytes(entries));
+  return crc64(std::as_bytes(entries));
 }
 
 struct Extent {

@@ -1,4 +1,4 @@
-#include "migration/dirty_rate.hh"
+#include "userspace/migration/dirty_rate.hh"
 
 #include <thread>
 

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::kvm {
 class Machine;

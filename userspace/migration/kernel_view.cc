@@ -1,4 +1,4 @@
-#include "migration/kernel_view.hh"
+#include "userspace/migration/kernel_view.hh"
 
 #include <netinet/in.h>
 #include <sys/socket.h>

@@ -10,7 +10,7 @@
 #include <optional>
 #include <string>
 
-#include "migration/policy.hh"
+#include "userspace/migration/policy.hh"
 
 namespace ferry::migration {
 

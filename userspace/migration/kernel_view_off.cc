@@ -1,6 +1,6 @@
 // KernelView for builds without eBPF (FERRY_BPF=OFF): the adaptive policy
 // runs on the engine's own counters and the report says why.
-#include "migration/kernel_view.hh"
+#include "userspace/migration/kernel_view.hh"
 
 namespace ferry::migration {
 namespace {

@@ -1,4 +1,4 @@
-#include "migration/page_ledger.hh"
+#include "userspace/migration/page_ledger.hh"
 
 #include <bit>
 

@@ -23,8 +23,8 @@
 #include <span>
 #include <vector>
 
-#include "base/error.hh"
-#include "migration/payloads.hh"
+#include "userspace/base/error.hh"
+#include "userspace/migration/payloads.hh"
 
 namespace ferry::migration {
 

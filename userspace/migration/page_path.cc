@@ -1,4 +1,4 @@
-#include "migration/page_path.hh"
+#include "userspace/migration/page_path.hh"
 
 #include <cstring>
 

@@ -12,10 +12,10 @@
 #include <span>
 #include <vector>
 
-#include "base/error.hh"
-#include "migration/payloads.hh"
-#include "migration/status.hh"
-#include "migration/wire.hh"
+#include "userspace/base/error.hh"
+#include "userspace/migration/payloads.hh"
+#include "userspace/migration/status.hh"
+#include "userspace/migration/wire.hh"
 
 namespace ferry::migration {
 

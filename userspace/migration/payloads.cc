@@ -1,4 +1,4 @@
-#include "migration/payloads.hh"
+#include "userspace/migration/payloads.hh"
 
 #include <cstdio>
 #include <cstdlib>
@@ -6,15 +6,15 @@
 
 #include <xxhash.h>
 
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 #include "kvm/snapshot.hh"
-#include "kvm/state/crc64.hh"
+#include "userspace/base/crc64.hh"
 
 namespace ferry::migration {
 namespace {
 
-using kvm::state::ByteReader;
-using kvm::state::ByteWriter;
+using ferry::ByteReader;
+using ferry::ByteWriter;
 
 constexpr std::size_t kRegionSize = 4 + 8 + 8;
 constexpr std::size_t kCpuidEntrySize = 6 * 4;

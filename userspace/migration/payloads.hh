@@ -2,7 +2,7 @@
 // Typed payloads of the migration frames (protocol.hh), one struct per
 // frame type, each with encode() and a decode_*() that validates every field.
 // Integers are little-endian and encoded field by field with
-// kvm/state/bytes.hh; strings and lists are a u32 count then the items.
+// userspace/base/bytes.hh; strings and lists are a u32 count then the items.
 // Decoders check a count against its limit and against the bytes left
 // before allocating anything, and reject truncation and trailing bytes.
 // Layouts are in docs/protocol.md.
@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
-#include "migration/protocol.hh"
+#include "userspace/base/error.hh"
+#include "userspace/migration/protocol.hh"
 
 namespace ferry::migration {
 

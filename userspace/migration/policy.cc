@@ -1,6 +1,6 @@
 // What both rules share: the dispatch and the timeout. The rules themselves
 // are in policy_adaptive.cc and policy_fixed.cc.
-#include "migration/policy.hh"
+#include "userspace/migration/policy.hh"
 
 #include <algorithm>
 

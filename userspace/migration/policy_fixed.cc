@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "migration/policy.hh"
+#include "userspace/migration/policy.hh"
 
 namespace ferry::migration {
 

@@ -1,4 +1,4 @@
-#include "migration/precheck.hh"
+#include "userspace/migration/precheck.hh"
 
 #include <fmt/format.h>
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "migration/payloads.hh"
+#include "userspace/migration/payloads.hh"
 
 namespace ferry::migration {
 

@@ -1,17 +1,17 @@
-#include "migration/protocol.hh"
+#include "userspace/migration/protocol.hh"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
-#include "kvm/state/bytes.hh"
-#include "migration/crc32c.hh"
+#include "userspace/base/bytes.hh"
+#include "userspace/base/crc32c.hh"
 
 namespace ferry::migration {
 namespace {
 
-using kvm::state::ByteReader;
-using kvm::state::ByteWriter;
+using ferry::ByteReader;
+using ferry::ByteWriter;
 
 // The decoded header. Never copied to or from the wire as a whole; the
 // static_assert ties kHeaderSize to the fields encode_header writes.

@@ -34,7 +34,8 @@
 #include <string_view>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/page.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::migration {
 
@@ -52,7 +53,7 @@ inline constexpr std::size_t kHeaderCrcOffset = 28;  // header_crc covers the by
 inline constexpr std::uint64_t kMaxPayload = 64ull << 20;
 
 // The PAGES layout, here because the frame layer needs it for the CRC rule.
-inline constexpr std::size_t kPageSize = 4096;
+using ferry::kPageSize;  // userspace/base/page.hh
 inline constexpr std::size_t kPagesFixedSize = 12;      // u32 slot, u32 round, u32 count
 inline constexpr std::size_t kPageDescriptorSize = 16;  // u64 page_index, u64 checksum
 inline constexpr std::size_t kMaxPagesPerFrame = 4096;

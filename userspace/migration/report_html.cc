@@ -1,7 +1,7 @@
 // The HTML report page: its head, the header with the key figures, then the
 // charts (report_html_svg.cc), the rounds table (report_html_parts.cc) and a
 // footer; the CSS is in report_html_style.cc.
-#include "migration/report_html.hh"
+#include "userspace/migration/report_html.hh"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,8 +10,8 @@
 
 #include <fmt/format.h>
 
-#include "base/unique_fd.hh"
-#include "migration/report_html_parts.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/migration/report_html_parts.hh"
 
 namespace ferry::migration {
 namespace {

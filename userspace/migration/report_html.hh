@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::migration {
 

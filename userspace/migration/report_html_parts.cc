@@ -5,8 +5,8 @@
 
 #include <fmt/format.h>
 
-#include "migration/report_html.hh"
-#include "migration/report_html_parts.hh"
+#include "userspace/migration/report_html.hh"
+#include "userspace/migration/report_html_parts.hh"
 
 namespace ferry::migration::html {
 namespace {

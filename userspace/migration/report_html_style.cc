@@ -1,5 +1,5 @@
 // The report page's style sheet, inline in the page (nothing is fetched).
-#include "migration/report_html_parts.hh"
+#include "userspace/migration/report_html_parts.hh"
 
 namespace ferry::migration::html {
 

@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "migration/report_html_parts.hh"
+#include "userspace/migration/report_html_parts.hh"
 
 namespace ferry::migration::html {
 namespace {

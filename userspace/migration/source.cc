@@ -1,7 +1,7 @@
-#include "migration/source.hh"
+#include "userspace/migration/source.hh"
 
-#include "base/thread_name.hh"
-#include "migration/digest.hh"
+#include "userspace/base/thread_name.hh"
+#include "userspace/migration/digest.hh"
 
 #include <unistd.h>
 
@@ -16,9 +16,9 @@
 #include <spdlog/spdlog.h>
 
 #include "kvm/snapshot.hh"
-#include "migration/kernel_view.hh"
-#include "migration/page_path.hh"
-#include "migration/wire.hh"
+#include "userspace/migration/kernel_view.hh"
+#include "userspace/migration/page_path.hh"
+#include "userspace/migration/wire.hh"
 
 namespace ferry::migration {
 namespace {

@@ -16,11 +16,11 @@
 #include <mutex>
 #include <thread>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 #include "kvm/machine.hh"
-#include "migration/policy.hh"
-#include "migration/status.hh"
-#include "transport/stream.hh"
+#include "userspace/migration/policy.hh"
+#include "userspace/migration/status.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::migration {
 

@@ -1,4 +1,4 @@
-#include "migration/status.hh"
+#include "userspace/migration/status.hh"
 
 #include <algorithm>
 

@@ -1,6 +1,6 @@
-#include "migration/wire.hh"
+#include "userspace/migration/wire.hh"
 
-#include "migration/crc32c.hh"
+#include "userspace/base/crc32c.hh"
 
 namespace ferry::migration {
 

@@ -9,10 +9,10 @@
 #include <span>
 #include <vector>
 
-#include "base/error.hh"
-#include "migration/payloads.hh"
-#include "migration/protocol.hh"
-#include "transport/stream.hh"
+#include "userspace/base/error.hh"
+#include "userspace/migration/payloads.hh"
+#include "userspace/migration/protocol.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::migration {
 

@@ -1,4 +1,4 @@
-#include "transport/io_uring.hh"
+#include "userspace/transport/io_uring.hh"
 
 #include <cerrno>
 

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::transport {
 

@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <thread>
 
-#include "transport/stream.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::transport {
 namespace {

@@ -7,9 +7,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "transport/io_uring.hh"
-#include "transport/socket_util.hh"
-#include "transport/stream.hh"
+#include "userspace/transport/io_uring.hh"
+#include "userspace/transport/socket_util.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::transport {
 namespace {

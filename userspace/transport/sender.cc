@@ -24,11 +24,11 @@
 
 #include <spdlog/spdlog.h>
 
-#include "base/thread_name.hh"
-#include "transport/io_uring.hh"
-#include "transport/socket_util.hh"
-#include "transport/stream.hh"
-#include "transport/uring_compat.hh"
+#include "userspace/base/thread_name.hh"
+#include "userspace/transport/io_uring.hh"
+#include "userspace/transport/socket_util.hh"
+#include "userspace/transport/stream.hh"
+#include "userspace/transport/uring_compat.hh"
 
 namespace ferry::transport {
 namespace {

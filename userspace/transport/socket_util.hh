@@ -1,7 +1,7 @@
 #pragma once
 // Socket settings shared by the TCP helpers, the Sender and the Receiver
 // (implemented in tcp.cc). Internal to ferry::transport.
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::transport {
 

@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "base/error.hh"
-#include "base/unique_fd.hh"
+#include "userspace/base/error.hh"
+#include "userspace/base/unique_fd.hh"
 
 namespace ferry::transport {
 

@@ -14,8 +14,8 @@
 #include <fstream>
 #include <memory>
 
-#include "transport/socket_util.hh"
-#include "transport/stream.hh"
+#include "userspace/transport/socket_util.hh"
+#include "userspace/transport/stream.hh"
 
 namespace ferry::transport {
 namespace {

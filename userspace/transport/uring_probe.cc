@@ -1,4 +1,4 @@
-#include "transport/uring_probe.hh"
+#include "userspace/transport/uring_probe.hh"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -14,9 +14,9 @@
 
 #include <spdlog/spdlog.h>
 
-#include "base/unique_fd.hh"
-#include "transport/io_uring.hh"
-#include "transport/uring_compat.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/transport/io_uring.hh"
+#include "userspace/transport/uring_compat.hh"
 
 namespace ferry::transport {
 namespace {

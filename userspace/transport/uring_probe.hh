@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
 namespace ferry::transport {
 

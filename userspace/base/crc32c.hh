@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <span>
 
-namespace ferry::migration {
+namespace ferry {
 
 // Incremental: update() any number of times, value() at any point.
 class Crc32c {
@@ -23,4 +23,4 @@ class Crc32c {
 
 std::uint32_t crc32c(std::span<const std::byte> bytes);
 
-}  // namespace ferry::migration
+}  // namespace ferry

@@ -1,6 +1,6 @@
-#include "kvm/state/bytes.hh"
+#include "userspace/base/bytes.hh"
 
-namespace ferry::kvm::state {
+namespace ferry {
 
 void ByteWriter::put_bytes(std::span<const std::byte> bytes) {
   out_.insert(out_.end(), bytes.begin(), bytes.end());
@@ -27,4 +27,4 @@ Status ByteReader::expect_end() const {
   return {};
 }
 
-}  // namespace ferry::kvm::state
+}  // namespace ferry

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <span>
 
-namespace ferry::kvm::state {
+namespace ferry {
 
 // Incremental so a writer or a streaming receiver can checksum piece by
 // piece: update() any number of times, value() at any point.
@@ -22,4 +22,4 @@ class Crc64 {
 
 std::uint64_t crc64(std::span<const std::byte> bytes);
 
-}  // namespace ferry::kvm::state
+}  // namespace ferry

@@ -13,9 +13,9 @@
 #include <span>
 #include <vector>
 
-#include "base/error.hh"
+#include "userspace/base/error.hh"
 
-namespace ferry::kvm::state {
+namespace ferry {
 
 // The field types the wire format knows. bool, enums and signed types are
 // excluded on purpose: callers convert explicitly and validate on decode.
@@ -95,4 +95,4 @@ class ByteReader {
   std::size_t pos_ = 0;
 };
 
-}  // namespace ferry::kvm::state
+}  // namespace ferry

@@ -1,10 +1,10 @@
-#include "migration/crc32c.hh"
+#include "userspace/base/crc32c.hh"
 
 #include <isa-l/crc.h>
 
 #include <limits>
 
-namespace ferry::migration {
+namespace ferry {
 
 // ISA-L (Debian's libisal) uses the SSE4.2 crc32 instruction with PCLMULQDQ
 // folding, chosen at run time: memory speed, several times the slicing-by-8
@@ -28,4 +28,4 @@ std::uint32_t crc32c(std::span<const std::byte> bytes) {
   return c.value();
 }
 
-}  // namespace ferry::migration
+}  // namespace ferry

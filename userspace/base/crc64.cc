@@ -1,8 +1,8 @@
-#include "kvm/state/crc64.hh"
+#include "userspace/base/crc64.hh"
 
 #include <isa-l/crc64.h>
 
-namespace ferry::kvm::state {
+namespace ferry {
 
 // ISA-L (Debian's libisal) picks a PCLMULQDQ-folding implementation at run
 // time: memory speed, where the byte-at-a-time table this replaced ran at
@@ -20,4 +20,4 @@ std::uint64_t crc64(std::span<const std::byte> bytes) {
   return c.value();
 }
 
-}  // namespace ferry::kvm::state
+}  // namespace ferry
