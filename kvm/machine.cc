@@ -11,6 +11,8 @@
 
 #include "userspace/base/bytes.hh"
 #include "kvm/state/format.hh"
+#include "kvm/devices/acpi_pm/acpi_pm.hh"
+#include "kvm/devices/reset/reset.hh"
 
 namespace ferry::kvm {
 namespace {
@@ -247,16 +249,48 @@ std::optional<std::chrono::nanoseconds> Machine::take_guest_stall() {
 
 TestGuestMonitor::Figures Machine::monitor_figures() const { return monitor_ ? monitor_->figures() : TestGuestMonitor::Figures{}; }
 
+Status Machine::create_devices(Serial::Sink console) {
+  devices_ = std::make_unique<DeviceManager>([this](std::string why) { on_vcpu_ended(why); });
+  Uart::IrqLine line;
+  if (kind_ == GuestKind::kLinux)
+    line = [vm = &*vm_](bool level) {
+      if (auto ok = vm->set_irq_line(kCom1Irq, level); !ok) spdlog::warn("{}", ok.error());
+    };
+  auto uart = devices_->add(std::make_unique<Uart>(console ? std::move(console) : [](std::string_view) {}, line));
+  if (!uart) return std::unexpected(uart.error());
+  uart_ = *uart;
+  if (kind_ != GuestKind::kLinux) return {};
+  if (auto pm = devices_->add(std::make_unique<AcpiPm>()); !pm) return std::unexpected(pm.error());
+  if (auto reset = devices_->add(std::make_unique<ResetPorts>()); !reset) return std::unexpected(reset.error());
+  return {};
+}
+
+Result<ExitAction> Machine::on_linux_exit(Vcpu& vcpu) {
+  kvm_run& run = vcpu.run();
+  switch (run.exit_reason) {
+    case KVM_EXIT_IO:
+      return devices_->on_io(vcpu);
+    case KVM_EXIT_MMIO:
+      return devices_->on_mmio(vcpu);
+    case KVM_EXIT_SHUTDOWN:
+      // A triple fault: how x86 resets when every other way failed.
+      on_vcpu_ended("the guest rebooted (triple fault)");
+      return ExitAction::kStop;
+    case KVM_EXIT_HLT:
+      return ExitAction::kContinue;  // only without an in-kernel LAPIC
+    default:
+      return fail("Linux guest: unexpected exit {} on vCPU {}", run.exit_reason, vcpu.id());
+  }
+}
+
 Status Machine::start_vcpus(bool paused) {
   ExitHandler guest_handler;
   if (kind_ == GuestKind::kLinux) {
     // No vCPU runs yet: the UART's level is the one the (restored or fresh)
     // interrupt controllers hold.
-    linux_devices_ = std::make_unique<LinuxDevices>(
-        *vm_, *serial_, [this](std::string why) { on_vcpu_ended(why); }, serial_->irq_level());
-    guest_handler = [d = linux_devices_.get()](Vcpu& v) { return d->on_exit(v); };
+    guest_handler = [this](Vcpu& v) { return on_linux_exit(v); };
   } else {
-    monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), serial_.get(),
+    monitor_ = std::make_unique<TestGuestMonitor>(*regions_.front(), &uart_->serial(),
                                                   [this] { on_vcpu_ended("the guest powered off"); });
     guest_handler = [m = monitor_.get()](Vcpu& v) { return m->on_exit(v); };
   }
@@ -324,7 +358,7 @@ Result<std::unique_ptr<Machine>> Machine::boot(const MachineConfig& config, Seri
   std::unique_ptr<Machine> m(new Machine());
   m->notify_ = std::move(stopped);
   if (auto ok = m->create_vm(mem, config.huge_pages, config.irqchip, g.vcpus); !ok) return std::unexpected(ok.error());
-  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
   auto khz = vcpu_tsc_khz(m->vcpus_[0]);
   if (!khz) return std::unexpected(khz.error());
   m->tsc_khz_ = *khz;
@@ -357,7 +391,7 @@ Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config
   m->kind_ = GuestKind::kLinux;
   m->notify_ = std::move(stopped);
   if (auto ok = m->create_vm(mem, config.huge_pages, true, lb.vcpus); !ok) return std::unexpected(ok.error());
-  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
   auto info = load_linux(*m->regions_.front(), lb);
   if (!info) return std::unexpected(info.error());
   for (auto& v : m->vcpus_)
@@ -395,7 +429,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
   }
   if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return ctx(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
-  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  if (auto ok = m->create_devices(std::move(console)); !ok) return ctx(ok.error());
   if (auto ok = m->apply_state(img, *cfg); !ok) return ctx(ok.error());
   if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
   spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,
@@ -438,11 +472,7 @@ Status Machine::apply_state(const state::StateImage& img, const VmConfigState& c
     vs.pit = *pit;
   }
   if (auto ok = restore_vm_state(*vm_, vs); !ok) return fail_with(ok.error());
-  const auto* ser = img.find(SectionType::kSerial, 0);
-  if (!ser) return fail_with(Error("no serial section"));
-  auto ss = decode_serial_state(ser->payload);
-  if (!ss) return fail_with(ss.error());
-  serial_->restore(*ss);
+  if (auto ok = devices_->restore(img); !ok) return fail_with(ok.error());
 
   auto khz = vcpu_tsc_khz(vcpus_[0]);
   if (!khz) return fail_with(khz.error());
@@ -469,7 +499,7 @@ Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Se
   }
   if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, shape.irqchip, shape.vcpus); !ok) return std::unexpected(ok.error());
-  m->serial_ = std::make_unique<Serial>(std::move(console ? console : [](std::string_view) {}));
+  if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
   return m;
 }
 
@@ -495,6 +525,7 @@ Status Machine::pause() {
     if (!runner_) return fail("the VM has not started");
   }
   if (auto ok = runner_->pause(); !ok) return ok;
+  devices_->pause();  // after the vCPUs: no access reaches a quiesced device
   std::lock_guard lock(mu_);
   paused_ = true;
   return {};
@@ -504,6 +535,7 @@ Status Machine::resume() {
   std::lock_guard lock(mu_);
   if (stopped_) return fail("the VM is stopped ({})", stop_reason_);
   if (!runner_) return fail("the VM has not started");
+  devices_->resume();  // before the vCPUs touch them again
   runner_->resume();
   paused_ = false;
   return {};
@@ -526,7 +558,7 @@ Result<Machine::CapturedState> Machine::capture_state() {
   auto vs = capture_vm_state(*vm_);
   if (!vs) return std::unexpected(vs.error());
   s.vm = std::move(*vs);
-  s.serial = serial_->save();
+  s.serial = uart_->serial().save();
   return s;
 }
 
@@ -541,7 +573,7 @@ Result<state::StateWriter> Machine::state_sections() {
   w.add(SectionType::kClock, 0, kClockStateVersion, encode_clock_state(st->vm.clock));
   if (st->vm.irqchip) w.add(SectionType::kIrqchip, 0, kIrqchipStateVersion, encode_irqchip_state(*st->vm.irqchip));
   if (st->vm.pit) w.add(SectionType::kPit, 0, kPitStateVersion, encode_pit_state(*st->vm.pit));
-  w.add(SectionType::kSerial, 0, 1, encode_serial_state(st->serial));
+  devices_->save(w);  // COM1 (kSerial), the ACPI PM block (kDeviceOther)
   return w;
 }
 
@@ -581,10 +613,7 @@ Result<SnapshotFigures> Machine::snapshot(const std::string& path) {
 }
 
 void Machine::console_input(std::string_view bytes) {
-  if (linux_devices_)
-    linux_devices_->console_input(bytes);
-  else
-    serial_->enqueue_input(bytes);  // the test guest polls, no interrupt
+  uart_->console_input(bytes);  // raises the IRQ where one is wired; the test guest polls
 }
 
 MachineStatus Machine::status() const {

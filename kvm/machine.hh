@@ -17,11 +17,11 @@
 #include <vector>
 
 #include "userspace/base/error.hh"
-#include "kvm/devices/serial.hh"
+#include "kvm/devices/manager.hh"
+#include "kvm/devices/uart/uart.hh"
 #include "kvm/dirty_tracker.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/linux/boot.hh"
-#include "kvm/linux/devices.hh"
 #include "kvm/snapshot.hh"
 #include "kvm/system.hh"
 #include "kvm/test_guest.hh"
@@ -190,7 +190,9 @@ class Machine {
   // Marks the VM as restored from `what` for status() ("migrated from ...").
   void set_origin(std::string what) { restored_from_ = std::move(what); }
 
-  Serial& serial() { return *serial_; }
+  Serial& serial() { return uart_->serial(); }
+  // The VM's devices (kind, id, configuration), in the order they were added.
+  std::vector<DeviceDescription> devices() const { return devices_->describe(); }
   const GuestRegion& ram() const { return *regions_.front(); }
 
  private:
@@ -198,6 +200,11 @@ class Machine {
   static Result<std::unique_ptr<Machine>> boot_linux(const MachineConfig& config, Serial::Sink console, Notify stopped);
   Status create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus);
   Status create_dirty_tracker();
+  // The platform's devices for this guest kind: COM1 (its IRQ wired for
+  // Linux; the test guest polls), and for Linux the ACPI PM block and the
+  // reset ports. Before any vCPU runs.
+  Status create_devices(Serial::Sink console);
+  Result<ExitAction> on_linux_exit(Vcpu& vcpu);
   Result<state::StateWriter> state_sections();
   Status apply_state(const state::StateImage& img, const VmConfigState& cfg);
   Status start_vcpus(bool paused);
@@ -208,10 +215,10 @@ class Machine {
   std::vector<std::unique_ptr<GuestRegion>> regions_;
   std::vector<Vcpu> vcpus_;
   std::vector<std::uint32_t> msr_indices_;
-  std::unique_ptr<Serial> serial_;
+  std::unique_ptr<DeviceManager> devices_;
+  Uart* uart_ = nullptr;  // owned by devices_
   GuestKind kind_ = GuestKind::kTestGuest;
   std::unique_ptr<TestGuestMonitor> monitor_;      // kTestGuest
-  std::unique_ptr<LinuxDevices> linux_devices_;    // kLinux
   std::unique_ptr<VcpuRunner> runner_;
   DirtyBackend dirty_backend_ = DirtyBackend::kBitmap;
   std::unique_ptr<DirtyTracker> tracker_;

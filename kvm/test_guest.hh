@@ -12,7 +12,7 @@
 
 #include "userspace/base/error.hh"
 #include "kvm/guest/guest_abi.h"
-#include "kvm/devices/serial.hh"
+#include "kvm/devices/uart/serial.hh"
 #include "kvm/guest_memory.hh"
 #include "kvm/vcpu.hh"
 #include "kvm/vcpu_runner.hh"

@@ -103,6 +103,14 @@ Status Vm::create_irqchip() {
   return {};
 }
 
+Status Vm::set_irq_line(std::uint32_t gsi, bool level) {
+  kvm_irq_level l{};
+  l.irq = gsi;
+  l.level = level ? 1 : 0;
+  if (::ioctl(fd_.get(), KVM_IRQ_LINE, &l) < 0) return fail_sys(fmt::format("KVM_IRQ_LINE {}", gsi));
+  return {};
+}
+
 Status Vm::create_pit() {
   if (!irqchip_) return fail("KVM_CREATE_PIT2: needs the in-kernel irqchip (create it first)");
   kvm_pit_config c{};

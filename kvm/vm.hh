@@ -46,6 +46,9 @@ class Vm {
   // KVM_CREATE_PIT2 (8254 timer at ports 0x40-0x43, IRQ 0 into the
   // irqchip, which must exist). The PC speaker port is left to userspace.
   Status create_pit();
+  // KVM_IRQ_LINE: drives an ISA/IOAPIC input (a GSI of the default
+  // routing) to `level`. Needs the irqchip.
+  Status set_irq_line(std::uint32_t gsi, bool level);
   bool has_pit() const { return pit_; }
 
   Result<Vcpu> create_vcpu(std::uint32_t id);

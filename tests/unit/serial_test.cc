@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "kvm/devices/serial.hh"
+#include "kvm/devices/uart/serial.hh"
 
 namespace ferry::kvm {
 namespace {

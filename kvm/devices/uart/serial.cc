@@ -1,4 +1,4 @@
-#include "kvm/devices/serial.hh"
+#include "kvm/devices/uart/serial.hh"
 
 #include "userspace/base/bytes.hh"
 
@@ -15,7 +15,6 @@ constexpr std::uint8_t kMcrLoop = 0x10;
 // With nothing attached, report a modem that is present and ready (DCD, DSR,
 // CTS) so drivers that check carrier keep transmitting.
 constexpr std::uint8_t kMsrReady = 0xb0;
-constexpr std::uint32_t kStateVersion = 1;
 
 }  // namespace
 
@@ -129,7 +128,7 @@ void Serial::restore(const SerialState& s) {
 
 std::vector<std::byte> encode_serial_state(const SerialState& s) {
   ByteWriter w;
-  w.put_u32(kStateVersion);
+  w.put_u32(kSerialStateVersion);
   for (std::uint8_t r : {s.ier, s.lcr, s.mcr, s.scr, s.dll, s.dlm}) w.put_u8(r);
   w.put_u8(s.thr_interrupt_pending ? 1 : 0);
   w.put_u32(static_cast<std::uint32_t>(s.rx.size()));
@@ -141,7 +140,7 @@ Result<SerialState> decode_serial_state(std::span<const std::byte> bytes) {
   ByteReader r(bytes);
   std::uint32_t version = 0;
   if (auto ok = r.get(version); !ok) return std::unexpected(std::move(ok.error()).context("serial state"));
-  if (version != kStateVersion) return fail("serial state: version {} unsupported (expected {})", version, kStateVersion);
+  if (version != kSerialStateVersion) return fail("serial state: version {} unsupported (expected {})", version, kSerialStateVersion);
   SerialState s;
   std::uint8_t thr = 0;
   std::uint32_t rx_len = 0;

@@ -20,6 +20,8 @@ namespace ferry::kvm {
 
 inline constexpr std::uint16_t kCom1Base = 0x3f8;
 inline constexpr std::uint32_t kCom1Irq = 4;
+// The kSerial section's version (also the payload's first field).
+inline constexpr std::uint32_t kSerialStateVersion = 1;
 
 struct SerialState {
   std::uint8_t ier = 0;   // interrupt enable

@@ -1,0 +1,216 @@
+// The device model without KVM: the bus registry, the device manager's
+// registration and state sections, and the platform devices' registers.
+#include <gtest/gtest.h>
+
+#include <array>
+
+#include "kvm/devices/acpi_pm/acpi_pm.hh"
+#include "kvm/devices/bus.hh"
+#include "kvm/devices/manager.hh"
+#include "kvm/devices/reset/reset.hh"
+#include "kvm/devices/uart/uart.hh"
+#include "kvm/linux/acpi.hh"
+
+namespace ferry::kvm {
+namespace {
+
+using state::SectionType;
+
+// A device that only claims ranges (bus tests).
+class RangeDevice final : public Device {
+ public:
+  RangeDevice(std::string id, std::vector<IoRange> r) : id_(std::move(id)), ranges_(std::move(r)) {}
+  DeviceDescription describe() const override { return {"test", id_, ""}; }
+  std::vector<IoRange> ranges() const override { return ranges_; }
+  IoOutcome read(const IoRange&, std::uint64_t, std::span<std::uint8_t>) override { return IoOutcome::kDone; }
+  IoOutcome write(const IoRange&, std::uint64_t, std::span<const std::uint8_t>) override { return IoOutcome::kDone; }
+
+ private:
+  std::string id_;
+  std::vector<IoRange> ranges_;
+};
+
+TEST(Bus, FindsTheDeviceAndTheOffsetInsideItsRange) {
+  RangeDevice a("a", {}), b("b", {});
+  Bus bus;
+  ASSERT_TRUE(bus.add({Space::kPio, 0x3f8, 8}, a));
+  ASSERT_TRUE(bus.add({Space::kPio, 0x400, 4}, b));
+  ASSERT_TRUE(bus.add({Space::kMmio, 0xd0000000, 0x1000}, b));
+  auto hit = bus.find(Space::kPio, 0x3fd);
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->device, &a);
+  EXPECT_EQ(hit->offset, 5u);
+  EXPECT_FALSE(bus.find(Space::kPio, 0x3f7));
+  EXPECT_FALSE(bus.find(Space::kPio, 0x400 + 4));
+  EXPECT_EQ(bus.find(Space::kPio, 0x403)->device, &b);
+  // The spaces are separate: port 0x3f8 is not MMIO address 0x3f8.
+  EXPECT_FALSE(bus.find(Space::kMmio, 0x3f8));
+  EXPECT_EQ(bus.find(Space::kMmio, 0xd0000fff)->offset, 0xfffu);
+}
+
+TEST(Bus, RefusesOverlapsFromEitherSideAndAcceptsNeighbours) {
+  RangeDevice a("a", {}), b("b", {});
+  Bus bus;
+  ASSERT_TRUE(bus.add({Space::kPio, 0x600, 4}, a));
+  auto below = bus.add({Space::kPio, 0x5fe, 4}, b);  // reaches into a
+  ASSERT_FALSE(below);
+  EXPECT_NE(below.error().message().find("overlaps a"), std::string::npos) << below.error().what();
+  EXPECT_FALSE(bus.add({Space::kPio, 0x603, 1}, b));  // starts inside a
+  EXPECT_FALSE(bus.add({Space::kPio, 0x500, 0x200}, b));  // covers a
+  EXPECT_TRUE(bus.add({Space::kPio, 0x5fc, 4}, b));   // ends where a starts
+  EXPECT_TRUE(bus.add({Space::kPio, 0x604, 2}, b));   // starts where a ends
+  EXPECT_FALSE(bus.add({Space::kPio, 0xfffe, 4}, b)); // past the 64 KiB port space
+  EXPECT_FALSE(bus.add({Space::kPio, 0x700, 0}, b));  // empty
+  EXPECT_EQ(bus.size(), 3u);
+}
+
+TEST(DeviceManager, ARefusedDeviceLeavesNothingRegistered) {
+  DeviceManager m([](std::string) {});
+  ASSERT_TRUE(m.add(std::make_unique<RangeDevice>("first", std::vector<IoRange>{{Space::kPio, 0x100, 4}})));
+  // Its first range is free, its second overlaps: neither may stay.
+  auto r = m.add(std::make_unique<RangeDevice>(
+      "second", std::vector<IoRange>{{Space::kPio, 0x200, 4}, {Space::kPio, 0x102, 1}}));
+  ASSERT_FALSE(r);
+  EXPECT_FALSE(m.bus().find(Space::kPio, 0x200));
+  EXPECT_EQ(m.describe().size(), 1u);
+  auto dup = m.add(std::make_unique<RangeDevice>("first", std::vector<IoRange>{{Space::kPio, 0x300, 1}}));
+  ASSERT_FALSE(dup);
+  EXPECT_NE(dup.error().message().find("two devices named first"), std::string::npos);
+}
+
+// The platform a Linux guest gets, as Machine builds it.
+struct Platform {
+  std::vector<bool> line;  // every level the UART drove its IRQ to
+  std::string stopped;
+  DeviceManager m{[this](std::string why) { stopped = why; }};
+  Uart* uart = nullptr;
+  AcpiPm* pm = nullptr;
+  Platform() {
+    uart = *m.add(std::make_unique<Uart>([](std::string_view) {}, [this](bool l) { line.push_back(l); }));
+    pm = *m.add(std::make_unique<AcpiPm>());
+    EXPECT_TRUE(m.add(std::make_unique<ResetPorts>()));
+  }
+  state::StateImage image() const {
+    state::StateWriter w;
+    m.save(w);
+    return *state::parse_state(w.finish());
+  }
+};
+
+std::uint8_t port_read(Device& d, const IoRange& r, std::uint64_t off) {
+  std::array<std::uint8_t, 1> b{};
+  d.read(r, off, b);
+  return b[0];
+}
+
+TEST(AcpiPm, Pm1EnableReadsBackAndTravelsInItsSection) {
+  Platform src;
+  const IoRange evt{Space::kPio, kAcpiPm1aEventPort, 4};
+  const std::array<std::uint8_t, 2> en{0x21, 0x01};
+  EXPECT_EQ(src.pm->write(evt, 2, en), IoOutcome::kDone);
+  EXPECT_EQ(src.pm->pm1_enable(), 0x0121);
+  std::array<std::uint8_t, 4> all{};
+  src.pm->read(evt, 0, all);
+  EXPECT_EQ(all, (std::array<std::uint8_t, 4>{0, 0, 0x21, 0x01}));  // PM1_STS 0, PM1_EN as written
+
+  const auto img = src.image();
+  const auto* sec = img.find(SectionType::kDeviceOther, static_cast<std::uint32_t>(OtherDevice::kAcpiPm));
+  ASSERT_NE(sec, nullptr);
+  EXPECT_EQ(sec->version, kAcpiPmStateVersion);
+  Platform dst;
+  ASSERT_TRUE(dst.m.restore(img));
+  EXPECT_EQ(dst.pm->pm1_enable(), 0x0121);
+}
+
+TEST(AcpiPm, S5PowersOffOtherSleepStatesAreIgnored) {
+  AcpiPm pm;
+  const IoRange cnt{Space::kPio, kAcpiPm1aControlPort, 2};
+  EXPECT_EQ(port_read(pm, cnt, 0), kAcpiSciEnable);
+  auto put16 = [&](std::uint16_t v) {
+    const std::array<std::uint8_t, 2> b{static_cast<std::uint8_t>(v), static_cast<std::uint8_t>(v >> 8)};
+    return pm.write(cnt, 0, b);
+  };
+  EXPECT_EQ(put16(kAcpiSleepEnable | (3 << 10)), IoOutcome::kDone);  // S3: not supported
+  EXPECT_EQ(put16(kAcpiS5SleepType << 10), IoOutcome::kDone);       // type without SLP_EN
+  EXPECT_EQ(put16(kAcpiSleepEnable | (kAcpiS5SleepType << 10)), IoOutcome::kPowerOff);
+}
+
+TEST(ResetPorts, EachResetPathRebootsAndThe8042LooksIdle) {
+  ResetPorts r;
+  const auto ranges = r.ranges();
+  ASSERT_EQ(ranges.size(), 3u);
+  const std::array<std::uint8_t, 1> fe{0xfe}, other{0x01}, pci_reset{0x06};
+  for (const auto& range : ranges) {
+    if (range.base == 0xcf9) {
+      EXPECT_EQ(r.write(range, 0, other), IoOutcome::kDone);
+      EXPECT_EQ(r.write(range, 0, pci_reset), IoOutcome::kReboot);
+    } else {
+      EXPECT_EQ(r.write(range, 0, other), IoOutcome::kDone) << range.base;
+      EXPECT_EQ(r.write(range, 0, fe), IoOutcome::kReboot) << range.base;
+    }
+  }
+  EXPECT_EQ(port_read(r, {Space::kPio, 0x64, 1}, 0), 0x00);  // input buffer empty
+}
+
+TEST(DeviceManager, RestoreRejectsUnknownVersionsMissingStateAndForeignDevices) {
+  Platform src;
+  const auto good = src.image();
+  auto rebuilt = [&](auto edit) {
+    state::StateWriter w;
+    for (auto s : good.sections) {
+      if (!edit(s)) continue;
+      w.add(s.type, s.instance, s.version, s.payload);
+    }
+    return *state::parse_state(w.finish());
+  };
+  {  // A newer ACPI PM state this build cannot read.
+    Platform dst;
+    auto r = dst.m.restore(rebuilt([](state::Section& s) {
+      if (s.type == SectionType::kDeviceOther) s.version = 2;
+      return true;
+    }));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("ACPI PM state version 2 is not supported"), std::string::npos) << r.error().what();
+  }
+  {  // COM1's state is in every image ever written: its absence is an error.
+    Platform dst;
+    auto r = dst.m.restore(rebuilt([](state::Section& s) { return s.type != SectionType::kSerial; }));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("no state for device com1"), std::string::npos) << r.error().what();
+  }
+  {  // Images from before the PM block carried PM1_EN restore as before.
+    Platform dst;
+    EXPECT_TRUE(dst.m.restore(rebuilt([](state::Section& s) { return s.type != SectionType::kDeviceOther; })));
+    EXPECT_EQ(dst.pm->pm1_enable(), 0);
+  }
+  {  // State for a device this VM was not built with.
+    Platform dst;
+    auto r = dst.m.restore(rebuilt([](state::Section& s) {
+      if (s.type == SectionType::kDeviceOther) s.instance = 77;
+      return true;
+    }));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("this VM does not have"), std::string::npos) << r.error().what();
+  }
+}
+
+TEST(Uart, EveryTransmittedByteIsAFreshEdgeOnTheIrqLine) {
+  Platform p;
+  const IoRange com1{Space::kPio, kCom1Base, 8};
+  const std::array<std::uint8_t, 1> thre_irq{0x02}, byte{'x'};
+  p.uart->write(com1, 1, thre_irq);  // IER: THRE interrupt on: the line rises
+  ASSERT_EQ(p.line, (std::vector<bool>{true}));
+  p.uart->write(com1, 0, byte);  // a byte leaves at once: low, then high again
+  EXPECT_EQ(p.line, (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(port_read(*p.uart, com1, 2) & 0x0f, 0x02);  // IIR: THRE; reading it acknowledges
+  EXPECT_EQ(p.line.back(), false);
+  // A restored UART takes the line level the restored interrupt controllers
+  // hold (captured together), so the next edge is not lost.
+  Platform dst;
+  ASSERT_TRUE(dst.m.restore(p.image()));
+  dst.uart->console_input("k");  // RX interrupt is off: no edge
+  EXPECT_TRUE(dst.line.empty());
+}
+
+}  // namespace
+}  // namespace ferry::kvm
