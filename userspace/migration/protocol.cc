@@ -106,8 +106,11 @@ std::vector<std::byte> encode_frame(FrameType type, std::uint32_t sequence,
   // A bad PAGES length makes this nullopt; encode_header reports it.
   const std::uint64_t covered = crc_covered_length(type, payload.size()).value_or(0);
   const auto header = encode_header(type, sequence, payload.size(), crc32c(payload.first(covered)));
-  std::vector<std::byte> out(header.begin(), header.end());
-  out.insert(out.end(), payload.begin(), payload.end());
+  // Sized once and copied into: g++ 12 at -O3 reports a false
+  // -Warray-bounds for insert() after a copy of the 32-byte header array.
+  std::vector<std::byte> out(header.size() + payload.size());
+  std::ranges::copy(header, out.begin());
+  std::ranges::copy(payload, out.begin() + static_cast<std::ptrdiff_t>(header.size()));
   return out;
 }
 
