@@ -186,6 +186,9 @@ Status Machine::create_dirty_tracker() {
   }
   if (!t) return std::unexpected(std::move(t.error()).context("dirty tracking"));
   tracker_ = std::move(*t);
+  std::vector<GuestRegion*> regions;
+  for (const auto& r : regions_) regions.push_back(r.get());
+  guest_access_ = std::make_unique<GuestAccess>(std::move(regions), tracker_.get());
   return {};
 }
 
@@ -539,6 +542,23 @@ Status Machine::resume() {
   runner_->resume();
   paused_ = false;
   return {};
+}
+
+Status Machine::read_guest(std::uint64_t gpa, std::span<std::byte> out) const {
+  return guest_access_->read(gpa, out);
+}
+
+Status Machine::write_guest(std::uint64_t gpa, std::span<const std::byte> bytes) {
+  // Under mu_, which pause() takes to mark the VM paused: a write either
+  // lands before a migration's final harvest (which follows the pause) or
+  // is refused, never lost in between.
+  std::lock_guard lock(mu_);
+  if (stopped_) return fail("write guest memory: the VM is stopped ({})", stop_reason_);
+  if (!runner_) return fail("write guest memory: the VM has not started");
+  if (paused_)
+    return fail("write guest memory: the VM is paused (its memory may be in a snapshot or a migration's last "
+                "round); resume it first");
+  return guest_access_->write(gpa, bytes);
 }
 
 Result<Machine::CapturedState> Machine::capture_state() {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "userspace/base/error.hh"
+#include "kvm/devices/guest_access.hh"
 #include "kvm/devices/manager.hh"
 #include "kvm/devices/uart/uart.hh"
 #include "kvm/dirty_tracker.hh"
@@ -134,6 +135,12 @@ class Machine {
   Status resume();
   // Bytes for the guest's serial console (its keyboard).
   void console_input(std::string_view bytes);
+  // The VMM's own access to guest RAM (diagnostics; what devices do by
+  // DMA). Writes are marked for dirty tracking and are refused unless the
+  // VM runs: a paused VM's memory may be in a snapshot or a migration's
+  // last round, which a later write would silently miss.
+  Status read_guest(std::uint64_t gpa, std::span<std::byte> out) const;
+  Status write_guest(std::uint64_t gpa, std::span<const std::byte> bytes);
   // Pauses if running, writes the snapshot, resumes if it was running.
   Result<SnapshotFigures> snapshot(const std::string& path);
   MachineStatus status() const;
@@ -222,6 +229,7 @@ class Machine {
   std::unique_ptr<VcpuRunner> runner_;
   DirtyBackend dirty_backend_ = DirtyBackend::kBitmap;
   std::unique_ptr<DirtyTracker> tracker_;
+  std::unique_ptr<GuestAccess> guest_access_;  // over regions_, marking tracker_
   bool tracking_ = false;
   std::mutex ring_full_mu_;
   std::unique_ptr<DirtyLog> ring_full_log_;  // harvested by vCPUs whose ring filled

@@ -3,13 +3,16 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstring>
 
 #include "kvm/devices/acpi_pm/acpi_pm.hh"
 #include "kvm/devices/bus.hh"
+#include "kvm/devices/guest_access.hh"
 #include "kvm/devices/manager.hh"
 #include "kvm/devices/reset/reset.hh"
 #include "kvm/devices/uart/uart.hh"
 #include "kvm/linux/acpi.hh"
+#include "userspace/base/hex.hh"
 
 namespace ferry::kvm {
 namespace {
@@ -210,6 +213,47 @@ TEST(Uart, EveryTransmittedByteIsAFreshEdgeOnTheIrqLine) {
   ASSERT_TRUE(dst.m.restore(p.image()));
   dst.uart->console_input("k");  // RX interrupt is off: no edge
   EXPECT_TRUE(dst.line.empty());
+}
+
+// What a device's DMA (or a guest's descriptor) may name: only whole ranges
+// inside RAM; nothing that starts outside, runs past the end or wraps.
+TEST(GuestAccess, ReachesOnlyGuestRam) {
+  auto low = GuestRegion::create(0, 0, 16 * kPageSize, "ferry-access-low");
+  auto high = GuestRegion::create(1, 1ull << 32, 4 * kPageSize, "ferry-access-high");
+  ASSERT_TRUE(low && high);
+  const GuestAccess mem({&*low, &*high}, nullptr);
+  const std::array<std::byte, 4> in{std::byte{1}, std::byte{2}, std::byte{3}, std::byte{4}};
+  ASSERT_TRUE(mem.write(3 * kPageSize - 2, in));  // across a page boundary
+  std::array<std::byte, 4> out{};
+  ASSERT_TRUE(mem.read(3 * kPageSize - 2, out));
+  EXPECT_EQ(out, in);
+  EXPECT_EQ(std::memcmp(low->host_at(3 * kPageSize - 2), in.data(), in.size()), 0);
+  ASSERT_TRUE(mem.write((1ull << 32) + 4 * kPageSize - 4, in));  // the last bytes of the high region
+
+  auto past = mem.write(16 * kPageSize - 2, in);  // runs off the end of low RAM
+  ASSERT_FALSE(past);
+  EXPECT_NE(past.error().message().find("runs past the end"), std::string::npos) << past.error().what();
+  auto hole = mem.read(16 * kPageSize, out);  // the hole between the regions
+  ASSERT_FALSE(hole);
+  EXPECT_NE(hole.error().message().find("not RAM"), std::string::npos) << hole.error().what();
+  // A length that would wrap the address space if added to the address.
+  std::vector<std::byte> big(1);
+  EXPECT_FALSE(mem.read(~0ull, big));
+  EXPECT_FALSE(mem.write(0, {}));  // empty
+}
+
+TEST(Hex, RoundTripsAndSaysWhatIsWrong) {
+  const std::array<std::byte, 3> b{std::byte{0x00}, std::byte{0xab}, std::byte{0x7f}};
+  EXPECT_EQ(to_hex(b), "00ab7f");
+  auto back = from_hex("00AB7f");
+  ASSERT_TRUE(back);
+  EXPECT_EQ(*back, std::vector<std::byte>(b.begin(), b.end()));
+  auto odd = from_hex("abc");
+  ASSERT_FALSE(odd);
+  EXPECT_NE(odd.error().message().find("even count"), std::string::npos);
+  auto bad = from_hex("00zz");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("'z' at offset 2"), std::string::npos) << bad.error().what();
 }
 
 }  // namespace

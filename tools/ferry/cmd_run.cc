@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "userspace/base/hex.hh"
 #include "userspace/base/unique_fd.hh"
 #include "userspace/control/api.hh"
 #include "tools/ferry/commands.hh"
@@ -32,6 +33,11 @@ namespace ferry::cli {
 namespace {
 
 using nlohmann::json;
+
+// memory-read/memory-write: at most this many bytes per request, so that
+// the hex text stays well inside the API's line limit.
+constexpr std::size_t kMaxMemoryAccess = 16 * 1024;
+static_assert(kMaxMemoryAccess * 2 + 256 < control::kMaxLineBytes);
 
 struct VmProcessOptions {
   std::string api;
@@ -304,6 +310,29 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
       m.console_input(input);
       return json{{"bytes", input.size()}};
     }
+    if (cmd == "memory-read" || cmd == "memory-write") {
+      // Guest physical memory, as the VMM sees it (kernel-level diagnostics).
+      // A write during pre-copy is marked for dirty tracking like a device's
+      // DMA, so a migration carries it; a paused VM refuses writes.
+      if (!req.contains("gpa") || !req["gpa"].is_number_unsigned())
+        return fail("{}: needs \"gpa\" (a guest physical address)", cmd);
+      const auto gpa = req["gpa"].get<std::uint64_t>();
+      if (cmd == "memory-read") {
+        if (!req.contains("len") || !req["len"].is_number_unsigned() || req["len"].get<std::uint64_t>() == 0 ||
+            req["len"].get<std::uint64_t>() > kMaxMemoryAccess)
+          return fail("memory-read: needs \"len\", 1 to {} bytes", kMaxMemoryAccess);
+        std::vector<std::byte> bytes(req["len"].get<std::size_t>());
+        if (auto ok = m.read_guest(gpa, bytes); !ok) return std::unexpected(ok.error());
+        return json{{"gpa", gpa}, {"len", bytes.size()}, {"hex", to_hex(bytes)}};
+      }
+      if (!req.contains("hex") || !req["hex"].is_string()) return fail("memory-write: needs \"hex\" (the bytes)");
+      auto bytes = from_hex(req["hex"].get<std::string>());
+      if (!bytes) return std::unexpected(std::move(bytes.error()).context("memory-write"));
+      if (bytes->empty() || bytes->size() > kMaxMemoryAccess)
+        return fail("memory-write: 1 to {} bytes, not {}", kMaxMemoryAccess, bytes->size());
+      if (auto ok = m.write_guest(gpa, *bytes); !ok) return std::unexpected(ok.error());
+      return json{{"gpa", gpa}, {"bytes", bytes->size()}};
+    }
     if (cmd == "quit" && (outcome_unknown() || (mig && mig->phase() == migration::Phase::kCommitting)))
       return fail("quit: the migration's outcome is unknown: this may be the only copy of the VM. "
                   "Run `ferry resolve --vm SOCKET` first");
@@ -312,7 +341,9 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
       api.stop();
       return json{{"state", "stopping"}};
     }
-    return fail("unknown command '{}' (status, pause, resume, snapshot, console, quit)", cmd);
+    return fail("unknown command '{}' (status, pause, resume, snapshot, console, memory-read, memory-write, "
+                "dirty-rate, migrate, migration, cancel, resolve, quit)",
+                cmd);
   });
   if (!served) spdlog::error("control API: {}", served.error());
   {

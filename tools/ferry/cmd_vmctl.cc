@@ -1,5 +1,6 @@
-// The control API's client side: `ferry status|pause|resume|snapshot|quit
-// --vm SOCKET`. Each is one request (docs/control-api.md).
+// The control API's client side: `ferry status|pause|resume|snapshot|quit|
+// console|dirty-rate|memory --vm SOCKET`. Each is one request
+// (docs/control-api.md).
 #include <filesystem>
 #include <memory>
 
@@ -69,6 +70,49 @@ std::string dirty_rate_text(const nlohmann::json& r) {
 
 std::string state_text(const nlohmann::json& r) { return fmt::format("VM {}\n", r["state"].get<std::string>()); }
 
+// `ferry memory read|write`: guest physical memory through the VMM.
+void add_memory(CLI::App& app, Globals& g) {
+  struct MemOptions {
+    std::string vm, hex;
+    std::uint64_t gpa = 0, len = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<MemOptions>();
+  auto* mem = app.add_subcommand("memory", "Read or write a running VM's guest physical memory (diagnostics).");
+  mem->require_subcommand(1);
+  mem->footer("A write is a VMM write, like a device's DMA: dirty tracking records it, so a live migration in\n"
+              "pre-copy carries it to the destination. A paused VM refuses writes. Up to 16 KiB per request.");
+  auto add_common = [&](CLI::App* c) {
+    c->add_option("--vm", o->vm, "the VM's control socket (printed by `ferry run`)")->required();
+    c->add_flag("--json", o->json, "print the API's answer as JSON");
+    c->add_option("GPA", o->gpa, "guest physical address (0x... for hex)")->required();
+  };
+  auto* rd = mem->add_subcommand("read", "Print LEN bytes at GPA as hex.");
+  add_common(rd);
+  rd->add_option("LEN", o->len, "bytes to read (1..16384)")->required()->check(CLI::Range(1, 16384));
+  auto* wr = mem->add_subcommand("write", "Write the bytes HEX (e.g. deadbeef) at GPA.");
+  add_common(wr);
+  wr->add_option("HEX", o->hex, "the bytes, as pairs of hex digits")->required();
+  auto run = [o, &g](nlohmann::json req) {
+    req["gpa"] = o->gpa;
+    const std::string name = req["cmd"].get<std::string>();
+    auto r = control::call(o->vm, req);
+    if (!r) {
+      fmt::print(stderr, "ferry {}: {}\n", name, r.error());
+      g.rc = 1;
+      return;
+    }
+    if (o->json)
+      fmt::print("{}\n", r->dump(2));
+    else if (r->contains("hex"))
+      fmt::print("{:#x}  {}\n", (*r)["gpa"].get<std::uint64_t>(), (*r)["hex"].get<std::string>());
+    else
+      fmt::print("wrote {} bytes at {:#x}\n", (*r)["bytes"].get<std::size_t>(), (*r)["gpa"].get<std::uint64_t>());
+  };
+  rd->callback([o, run] { run({{"cmd", "memory-read"}, {"len", o->len}}); });
+  wr->callback([o, run] { run({{"cmd", "memory-write"}, {"hex", o->hex}}); });
+}
+
 }  // namespace
 
 void add_vm_control(CLI::App& app, Globals& g) {
@@ -100,6 +144,7 @@ void add_vm_control(CLI::App& app, Globals& g) {
                        [](const nlohmann::json& r) { return fmt::format("sent {} bytes\n", r["bytes"].get<std::size_t>()); },
                        con);
   ccmd->add_option("TEXT", con->words, "the line to type (a newline is added)")->required();
+  add_memory(app, g);
 }
 
 }  // namespace ferry::cli
