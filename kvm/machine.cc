@@ -3,6 +3,7 @@
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -487,6 +488,33 @@ Status Machine::apply_state(const state::StateImage& img, const VmConfigState& c
   return {};
 }
 
+namespace {
+
+std::string one_device(const DeviceDescription& d) {
+  return fmt::format("{} ({}{}{})", d.id, d.kind, d.config.empty() ? "" : " ", d.config);
+}
+
+std::string device_list(const std::vector<DeviceDescription>& ds) {
+  std::string out;
+  for (const auto& d : ds) out += fmt::format("{}{}", out.empty() ? "" : ", ", one_device(d));
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace
+
+Status same_devices(const std::vector<DeviceDescription>& wanted, const std::vector<DeviceDescription>& built) {
+  if (wanted == built) return {};
+  for (const auto& w : wanted) {
+    auto it = std::find_if(built.begin(), built.end(), [&](const DeviceDescription& b) { return b.id == w.id; });
+    if (it == built.end())
+      return fail("the VM has device {}, which this host does not build; it builds: {}", one_device(w),
+                  device_list(built));
+    if (*it != w)
+      return fail("device {} is {} {} in the VM, {} {} here", w.id, w.kind, w.config, it->kind, it->config);
+  }
+  return fail("the VM's devices are {}; this host builds {}", device_list(wanted), device_list(built));
+}
+
 Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Serial::Sink console, Notify stopped,
                                                    HugePages huge_pages) {
   std::unique_ptr<Machine> m(new Machine());
@@ -503,6 +531,11 @@ Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Se
   if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, shape.irqchip, shape.vcpus); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
+  if (shape.devices) {
+    // The state that follows is for the source's devices: refuse now, before
+    // any memory is sent, rather than fail to load it at the switchover.
+    if (auto ok = same_devices(*shape.devices, m->devices()); !ok) return std::unexpected(ok.error());
+  }
   return m;
 }
 

@@ -96,7 +96,14 @@ struct MachineShape {
     std::uint64_t size = 0;
   };
   std::vector<Region> regions;
+  // The devices the source's VM has (Machine::devices()); nullopt when the
+  // source did not say (protocol 1.1), and then the guest kind decides.
+  std::optional<std::vector<DeviceDescription>> devices;
 };
+
+// ok when `built` is exactly `wanted` (same ids, kinds and configurations,
+// in the same order); else an error naming the first difference.
+Status same_devices(const std::vector<DeviceDescription>& wanted, const std::vector<DeviceDescription>& built);
 
 struct SnapshotFigures {
   SnapshotWriteFigures file;

@@ -106,6 +106,8 @@ in the source->destination direction. The destination sends HELLO, ABORT and
   cpuid-bit:FN:INDEX:REG:BIT  in PRECHECK, set bit BIT (0-31) of REG (eax, ebx,
                               ecx or edx) of the cpuid entry (FN, INDEX), adding
                               the entry if absent; FN and INDEX take 0x hex
+  extra-device:KIND:ID        in PRECHECK, add a device (KIND, ID, no config)
+                              to the source VM's device list
   drop-from-dest-after:TYPE   when the destination starts a TYPE frame (one
                               that it sends), forward neither it nor anything
                               after it in either direction; shut down the
@@ -166,6 +168,7 @@ enum class Kind {
   kCorruptFrame,
   kVersion,
   kCpuidBit,
+  kExtraDevice,
   kDropFromDestAfter,
 };
 
@@ -179,6 +182,7 @@ struct Fault {
   std::uint32_t function = 0, index = 0;
   std::string reg;  // eax, ebx, ecx, edx
   unsigned bit = 0;
+  std::string device_kind, device_id;  // extra-device
 
   // Whether the direction is cut into frames: only where the fault needs it.
   bool parses(bool upstream) const {
@@ -187,7 +191,8 @@ struct Fault {
       case Kind::kCutAfterBytes: return false;
       case Kind::kCorruptPage:
       case Kind::kVersion:
-      case Kind::kCpuidBit: return upstream;
+      case Kind::kCpuidBit:
+      case Kind::kExtraDevice: return upstream;
       case Kind::kCutAtFrame:
       case Kind::kCorruptFrame: return upstream != destination_only(type);
       case Kind::kDropFromDestAfter: return !upstream;
@@ -319,6 +324,11 @@ Result<Fault> parse_fault(std::string_view text) {
     f.index = static_cast<std::uint32_t>(*index);
     f.reg = reg;
     f.bit = static_cast<unsigned>(*bit);
+  } else if (name == "extra-device") {
+    if (auto s = want(2, 2, "extra-device:KIND:ID"); !s) return std::unexpected(s.error());
+    f.kind = Kind::kExtraDevice;
+    f.device_kind = parts[1];
+    f.device_id = parts[2];
   } else {
     return fail("unknown fault '{}' (see --help)", text);
   }
@@ -572,6 +582,7 @@ class FrameEditor {
         }
         break;
       case Kind::kCpuidBit:
+      case Kind::kExtraDevice:
         if (type == FrameType::kPrecheck && length_ <= mig::kMaxPayload) {
           action_ = Action::kBuffer;
           frame_.assign(h.begin(), h.end());
@@ -633,30 +644,43 @@ class FrameEditor {
     return After::kContinue;
   }
 
-  // cpuid-bit: decode, set the bit, re-encode with a new length and both
-  // CRCs, so the destination sees a well-formed PRECHECK asking for a CPU
-  // feature and the decision is its CPUID check's, not a decoder's.
+  // cpuid-bit, extra-device: decode, change, re-encode with a new length
+  // and both CRCs, so the destination sees a well-formed PRECHECK asking
+  // for a CPU feature or a device, and the decision is its own check's, not
+  // a decoder's.
   void rewrite_precheck(std::vector<std::byte>& out) {
+    const char* name = fault_.kind == Kind::kCpuidBit ? "cpuid-bit" : "extra-device";
     const auto payload = std::span<const std::byte>(frame_).subspan(kHeaderSize);
     auto precheck = mig::decode_precheck(payload);
     if (!precheck) {
-      log("cpuid-bit: cannot decode {} ({}); forwarded unchanged", where(), precheck.error());
+      log("{}: cannot decode {} ({}); forwarded unchanged", name, where(), precheck.error());
       append(out, frame_);
       return;
     }
-    auto it = std::ranges::find_if(precheck->cpuid, [&](const mig::CpuidEntry& e) {
+    auto what = fault_.kind == Kind::kCpuidBit ? set_cpuid_bit(*precheck) : add_device(*precheck);
+    if (!what) {
+      log("{}: {}; forwarded unchanged", name, what.error());
+      append(out, frame_);
+      return;
+    }
+    const std::vector<std::byte> encoded = mig::encode(*precheck);
+    const auto sequence = load_le<std::uint32_t>(std::span(frame_).first(kHeaderSize), 12);
+    append(out, mig::encode_header(FrameType::kPrecheck, sequence, encoded.size(), ferry::crc32c(encoded)));
+    append(out, encoded);
+    s_.injected = true;
+    log("injected {} in {}: {}", name, where(), *what);
+  }
+
+  Result<std::string> set_cpuid_bit(mig::Precheck& precheck) const {
+    auto it = std::ranges::find_if(precheck.cpuid, [&](const mig::CpuidEntry& e) {
       return e.function == fault_.function && e.index == fault_.index;
     });
-    const bool added = it == precheck->cpuid.end();
+    const bool added = it == precheck.cpuid.end();
     if (added) {
-      if (precheck->cpuid.size() >= mig::kMaxCpuidEntries) {
-        log("cpuid-bit: {} already has {} cpuid entries, no room to add one; forwarded unchanged", where(),
-            precheck->cpuid.size());
-        append(out, frame_);
-        return;
-      }
-      precheck->cpuid.push_back({.function = fault_.function, .index = fault_.index});
-      it = std::prev(precheck->cpuid.end());
+      if (precheck.cpuid.size() >= mig::kMaxCpuidEntries)
+        return fail("{} already has {} cpuid entries, no room to add one", where(), precheck.cpuid.size());
+      precheck.cpuid.push_back({.function = fault_.function, .index = fault_.index});
+      it = std::prev(precheck.cpuid.end());
     }
     std::uint32_t& reg = fault_.reg == "eax"   ? it->eax
                          : fault_.reg == "ebx" ? it->ebx
@@ -664,13 +688,16 @@ class FrameEditor {
                                                : it->edx;
     const std::uint32_t before = reg;
     reg |= std::uint32_t{1} << fault_.bit;
-    const std::vector<std::byte> encoded = mig::encode(*precheck);
-    const auto sequence = load_le<std::uint32_t>(std::span(frame_).first(kHeaderSize), 12);
-    append(out, mig::encode_header(FrameType::kPrecheck, sequence, encoded.size(), ferry::crc32c(encoded)));
-    append(out, encoded);
-    s_.injected = true;
-    log("injected cpuid-bit in {}: cpuid {:#x}.{:#x} {} bit {}: {:#010x} -> {:#010x}{}", where(), fault_.function,
-        fault_.index, fault_.reg, fault_.bit, before, reg, added ? " (entry added)" : "");
+    return fmt::format("cpuid {:#x}.{:#x} {} bit {}: {:#010x} -> {:#010x}{}", fault_.function, fault_.index,
+                       fault_.reg, fault_.bit, before, reg, added ? " (entry added)" : "");
+  }
+
+  Result<std::string> add_device(mig::Precheck& precheck) const {
+    if (!precheck.devices) return fail("{} has no device list (a 1.1 source)", where());
+    if (precheck.devices->size() >= mig::kMaxDevices) return fail("{} has no room for another device", where());
+    precheck.devices->push_back({fault_.device_kind, fault_.device_id, ""});
+    return fmt::format("device {} ({}) added to the {} the source has", fault_.device_id, fault_.device_kind,
+                       precheck.devices->size() - 1);
   }
 
   Shared& s_;

@@ -238,6 +238,8 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
   const std::vector<FailureCase> cases = {
       {"version mismatch", "version:2.0", "version 2.0", {}},
       {"CPU feature mismatch", "cpuid-bit:7:0:ebx:12", "CPUID 0x7.0 EBX bit 12", {}},
+      {"device the destination does not build", "extra-device:virtio-net:net0",
+       "device net0 (virtio-net), which this host does not build", {}},
       // A torn page fails the migration at the switchover, so this case must
       // reach it however fast the guest dirties here: switch over at the
       // timeout rather than cancel.

@@ -12,6 +12,7 @@
 #include "kvm/devices/reset/reset.hh"
 #include "kvm/devices/uart/uart.hh"
 #include "kvm/linux/acpi.hh"
+#include "kvm/machine.hh"
 #include "userspace/base/hex.hh"
 
 namespace ferry::kvm {
@@ -240,6 +241,32 @@ TEST(GuestAccess, ReachesOnlyGuestRam) {
   std::vector<std::byte> big(1);
   EXPECT_FALSE(mem.read(~0ull, big));
   EXPECT_FALSE(mem.write(0, {}));  // empty
+}
+
+// What a migration destination checks before it accepts a VM: the devices
+// it would build are the source's, or the refusal names the difference.
+TEST(SameDevices, AcceptsOnlyTheSameSetAndNamesTheFirstDifference) {
+  const std::vector<DeviceDescription> here{{"uart-16550a", "com1", "port=0x3f8 irq=4"}, {"acpi-pm", "pm", "port=0x600"}};
+  EXPECT_TRUE(same_devices(here, here));
+  auto extra = here;
+  extra.push_back({"virtio-net", "net0", "mmio=0xd0000000 irq=5"});
+  auto r = same_devices(extra, here);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("device net0 (virtio-net mmio=0xd0000000 irq=5), which this host does not build"),
+            std::string::npos)
+      << r.error().what();
+  auto moved = here;
+  moved[0].config = "port=0x2f8 irq=3";
+  r = same_devices(moved, here);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("device com1 is uart-16550a port=0x2f8 irq=3 in the VM, uart-16550a port=0x3f8 irq=4 here"),
+            std::string::npos)
+      << r.error().what();
+  r = same_devices({here[0]}, here);  // the host would build one more
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("this host builds com1 (uart-16550a port=0x3f8 irq=4), pm (acpi-pm port=0x600)"),
+            std::string::npos)
+      << r.error().what();
 }
 
 TEST(Hex, RoundTripsAndSaysWhatIsWrong) {

@@ -144,7 +144,7 @@ TEST(MigrationFrame, HeaderBytesAreTheDocumentedLayout) {
   const Bytes f = encode_frame(FrameType::kAbort, 0x01020304, payload);
   ASSERT_EQ(f.size(), kHeaderSize + 3);
   const std::uint32_t pcrc = reference_crc32c(payload);
-  Bytes expect = bytes_of({'F', 'M', 'I', 'G', 1, 0, 1, 0, 11, 0, 0, 0, 4, 3, 2, 1,  //
+  Bytes expect = bytes_of({'F', 'M', 'I', 'G', 1, 0, 2, 0, 11, 0, 0, 0, 4, 3, 2, 1,  //
                            3, 0, 0, 0, 0, 0, 0, 0});
   for (int i = 0; i < 4; ++i) expect.push_back(static_cast<std::byte>(pcrc >> (8 * i)));
   const std::uint32_t hcrc = reference_crc32c(expect);
@@ -197,8 +197,13 @@ Precheck sample_precheck() {
           {{0, 0, 0xd, 0x756e6547, 0x6c65746e, 0x49656e69},
            {1, 0, 0x000906ea, 0x00010800, 0xfffa3203, 0x178bfbff},
            {7, 0, 0, 0x029c6fbf, 0x40000000, 0xbc000400}},
-          2918400};
+          2918400,
+          true,
+          std::vector<Precheck::Device>{{"uart-16550a", "com1", "port=0x3f8 irq=4"}}};
 }
+
+// decode_precheck at this build's minor version (it takes the frame's).
+Result<Precheck> decode_precheck_12(std::span<const std::byte> b) { return decode_precheck(b); }
 
 PrecheckResult sample_precheck_result() { return {false, "destination KVM lacks CPUID.7.0:EBX bit 5 (AVX2)"}; }
 
@@ -237,7 +242,7 @@ void expect_round_trip(const T& value, Decode decode) {
 
 TEST(MigrationPayload, EveryTypeRoundTripsWithNonTrivialValues) {
   expect_round_trip(sample_hello(), decode_hello);
-  expect_round_trip(sample_precheck(), decode_precheck);
+  expect_round_trip(sample_precheck(), decode_precheck_12);
   expect_round_trip(sample_precheck_result(), decode_precheck_result);
   expect_round_trip(PrecheckResult{true, ""}, decode_precheck_result);
   expect_round_trip(sample_zero_pages(), decode_zero_pages);
@@ -316,7 +321,7 @@ std::function<std::string(std::span<const std::byte>)> error_of(Decode decode) {
 std::vector<Case> all_cases() {
   return {
       {"hello", encode(sample_hello()), error_of(decode_hello)},
-      {"precheck", encode(sample_precheck()), error_of(decode_precheck)},
+      {"precheck", encode(sample_precheck()), error_of(decode_precheck_12)},
       {"precheck result", encode(sample_precheck_result()), error_of(decode_precheck_result)},
       {"pages", sample_pages().payload, error_of(decode_pages)},
       {"zero pages", encode(sample_zero_pages()), error_of(decode_zero_pages)},
@@ -386,9 +391,9 @@ TEST(MigrationPayload, OversizedCountsAreRejectedBeforeAllocation) {
               fmt::format("precheck result: reason: {} bytes exceed the limit of 4096", over(4096)));
     EXPECT_EQ(error_of(decode_abort)(with_count({}, over(4096))),
               fmt::format("abort: reason: {} bytes exceed the limit of 4096", over(4096)));
-    EXPECT_EQ(error_of(decode_precheck)(with_count(vcpus, over(64))),
+    EXPECT_EQ(error_of(decode_precheck_12)(with_count(vcpus, over(64))),
               fmt::format("precheck: regions: {} entries exceed the limit of 64", over(64)));
-    EXPECT_EQ(error_of(decode_precheck)(with_count(up_to_cpuid, over(256))),
+    EXPECT_EQ(error_of(decode_precheck_12)(with_count(up_to_cpuid, over(256))),
               fmt::format("precheck: cpuid: {} entries exceed the limit of 256", over(256)));
     EXPECT_EQ(error_of(decode_pages)(with_count(slot_round, over(4096))),
               fmt::format("pages: descriptors: {} entries exceed the limit of 4096", over(4096)));
@@ -397,9 +402,9 @@ TEST(MigrationPayload, OversizedCountsAreRejectedBeforeAllocation) {
   }
   // Within the limit but not in the input: refused as a whole, before the
   // first item is read or any room is made for them.
-  EXPECT_EQ(error_of(decode_precheck)(with_count(up_to_cpuid, 256)),
+  EXPECT_EQ(error_of(decode_precheck_12)(with_count(up_to_cpuid, 256)),
             "precheck: cpuid: truncated at offset 16: 256 entries need 6144 bytes, 0 left");
-  EXPECT_EQ(error_of(decode_precheck)(with_count(vcpus, 64)),
+  EXPECT_EQ(error_of(decode_precheck_12)(with_count(vcpus, 64)),
             "precheck: regions: truncated at offset 8: 64 entries need 1280 bytes, 0 left");
   EXPECT_EQ(error_of(decode_pages)(with_count(slot_round, 4096)),
             "pages: descriptors: truncated at offset 12: 4096 entries need 65536 bytes, 0 left");
@@ -413,11 +418,58 @@ TEST(MigrationPayload, OversizedCountsAreRejectedBeforeAllocation) {
             "state: truncated at offset 8: the image needs 18446744073709551615 bytes, 0 left");
 }
 
+// Protocol 1.2: the device list after irqchip; a 1.1 precheck has none and
+// still decodes (nullopt: the destination derives devices from the kind).
+TEST(MigrationPayload, PrecheckCarriesTheDevicesAndReadsA11PrecheckWithout) {
+  Precheck old = sample_precheck();
+  old.devices.reset();
+  Precheck with = sample_precheck();
+  with.devices->push_back({"acpi-pm", "pm", "port=0x600"});
+  auto back = decode_precheck(encode(with));
+  ASSERT_TRUE(back) << back.error().what();
+  EXPECT_EQ(*back, with);
+  Precheck none = sample_precheck();
+  none.devices = std::vector<Precheck::Device>{};  // described, and empty
+  back = decode_precheck(encode(none));
+  ASSERT_TRUE(back) << back.error().what();
+  ASSERT_TRUE(back->devices.has_value());
+  EXPECT_TRUE(back->devices->empty());
+  // A 1.2 precheck without the list is cut short; a 1.1 one with a list
+  // has trailing bytes.
+  EXPECT_EQ(error_of([](std::span<const std::byte> b) { return decode_precheck(b, 2); })(encode(old)),
+            "precheck: devices: truncated at offset 153: need 4 bytes, 0 left");
+  EXPECT_EQ(error_of([](std::span<const std::byte> b) { return decode_precheck(b, 1); })(encode(none)),
+            "precheck: 4 unexpected trailing bytes at offset 153");
+  back = decode_precheck(encode(old), 1);  // 1.1: ends at irqchip
+  ASSERT_TRUE(back) << back.error().what();
+  EXPECT_FALSE(back->devices.has_value());
+  // Layout: u32 count, then kind, id, config as u32-length strings.
+  Precheck one{1, {{2, 0x1000, 0x2000}}, 3, {}, 10};
+  one.devices = {{{"k", "i", ""}}};
+  const auto enc = encode(one);
+  const Bytes tail(enc.end() - 19, enc.end());
+  EXPECT_EQ(tail, bytes_of({1, 1, 0, 0, 0, 1, 0, 0, 0, 'k', 1, 0, 0, 0, 'i', 0, 0, 0, 0}));  // irqchip, then the list
+
+  auto device_error = [](std::vector<Precheck::Device> d) {
+    Precheck p = sample_precheck();
+    p.devices = std::move(d);
+    return error_of(decode_precheck_12)(encode(p));
+  };
+  EXPECT_EQ(device_error({{"uart", "com1", ""}, {"uart", "com1", ""}}), "precheck: device 1: duplicate id 'com1'");
+  EXPECT_EQ(device_error({{"", "com1", ""}}), "precheck: device 0: empty kind or id");
+  // A count the payload cannot hold is refused before anything is allocated.
+  auto bytes = encode(old);
+  for (std::uint8_t b : {0xff, 0xff, 0xff, 0x7f}) bytes.push_back(std::byte{b});
+  EXPECT_NE(error_of(decode_precheck_12)(bytes).find("devices: 2147483647 entries exceed the limit of 64"),
+            std::string::npos)
+      << error_of(decode_precheck_12)(bytes);
+}
+
 TEST(MigrationPayload, FieldValuesNoSenderProducesAreRejected) {
   auto precheck_error = [](auto change) {
     Precheck p = sample_precheck();
     change(p);
-    return error_of(decode_precheck)(encode(p));
+    return error_of(decode_precheck_12)(encode(p));
   };
   EXPECT_EQ(precheck_error([](Precheck& p) { p.vcpus = 0; }), "precheck: vcpus is 0");
   EXPECT_EQ(precheck_error([](Precheck& p) { p.guest_kind = 0; }), "precheck: guest_kind is 0");
@@ -601,18 +653,21 @@ TEST(MigrationFrameReader, RejectsBadMagic) {
 
 TEST(MigrationFrameReader, RejectsAnotherMajorOrANewerMinorNamingBothVersions) {
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 2, .minor = 0, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.1");
+            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.2");
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 0, .minor = 9, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 0.9 is not supported: this reader speaks 1.x up to 1.1");
-  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 2, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 1.2 is newer than this reader's 1.1");
+            std::string(kFrame1) + "protocol version 0.9 is not supported: this reader speaks 1.x up to 1.2");
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 3, .sequence = 1})),
+            std::string(kFrame1) + "protocol version 1.3 is newer than this reader's 1.2");
+  // 1.1 (a precheck without the device list) is still read.
+  EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 1, .sequence = 1}, encode(sample_hello()))),
+            "(1 frames)");
   // 1.0 checksummed pages with CRC-64: refused, not misread page by page.
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 1, .minor = 0, .sequence = 1})),
-            std::string(kFrame1) + "protocol version 1.0 is older than this reader accepts (1.1 to 1.1)");
+            std::string(kFrame1) + "protocol version 1.0 is older than this reader accepts (1.1 to 1.2)");
   // The version is judged before the CRC: a peer of another major may
   // protect its header differently.
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.major = 2, .minor = 0, .sequence = 1, .header_crc = 0})),
-            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.1");
+            std::string(kFrame1) + "protocol version 2.0 is not supported: this reader speaks 1.x up to 1.2");
 }
 
 TEST(MigrationFrameReader, RejectsAHeaderCrcMismatch) {

@@ -221,7 +221,7 @@ Status Session::do_precheck(kvm::Serial::Sink console, kvm::Machine::Notify stop
   if (!f) return std::unexpected(f.error());
   if (!*f) return fail("the source closed the connection before PRECHECK");
   if ((*f)->type != FrameType::kPrecheck) return fail("expected PRECHECK, got {}", frame_type_name((*f)->type));
-  auto p = decode_precheck((*f)->payload);
+  auto p = decode_precheck((*f)->payload, (*f)->minor);
   if (!p) {
     (void)rep_.send(FrameType::kAbort, Abort{p.error().what().substr(0, kMaxReason)});
     return std::unexpected(p.error());
@@ -235,6 +235,10 @@ Status Session::do_precheck(kvm::Serial::Sink console, kvm::Machine::Notify stop
     shape.vcpus = p->vcpus;
     shape.irqchip = p->irqchip;
     for (const auto& g : p->regions) shape.regions.push_back({g.slot, g.gpa, g.size});
+    if (p->devices) {
+      shape.devices.emplace();
+      for (const auto& d : *p->devices) shape.devices->push_back({d.kind, d.id, d.config});
+    }
     auto m = kvm::Machine::incoming(shape, std::move(console), std::move(stopped), o_.huge_pages);
     if (!m) {
       r.ok = false;
@@ -347,7 +351,7 @@ void Session::stream_main(std::size_t i) {
       cv_.notify_all();
     } else if (i == 0) {
       std::lock_guard lock(mu_);
-      control_.push_back(Frame{t, (*h)->sequence, std::move(*payload)});
+      control_.push_back(Frame{t, (*h)->sequence, std::move(*payload), (*h)->minor});
       cv_.notify_all();
     } else {
       return fail_here(Error(fmt::format("unexpected {} frame on a data stream", frame_type_name(t))));

@@ -101,7 +101,7 @@ Status read_region(ByteReader& r, MemoryRegion& m, std::unordered_set<std::uint3
   return {};
 }
 
-Status read_precheck(ByteReader& r, Precheck& m) {
+Status read_precheck(ByteReader& r, Precheck& m, bool with_devices) {
   if (auto s = r.get(m.vcpus); !s) return s;
   if (m.vcpus == 0) return fail("vcpus is 0");
   auto regions = get_count(r, "regions", kMaxRegions, kRegionSize);
@@ -126,6 +126,22 @@ Status read_precheck(ByteReader& r, Precheck& m) {
   if (auto s = r.get(irqchip); !s) return s;
   if (irqchip > 1) return fail("irqchip is {}, not 0 or 1", irqchip);
   m.irqchip = irqchip == 1;
+  if (!with_devices) return {};  // a 1.1 source: no device list
+  // Each device is at least three empty strings (u32 lengths).
+  auto devices = get_count(r, "devices", kMaxDevices, 12);
+  if (!devices) return std::unexpected(devices.error());
+  m.devices.emplace(*devices);
+  std::unordered_set<std::string> ids;
+  for (std::uint32_t i = 0; i < *devices; ++i) {
+    auto& d = (*m.devices)[i];
+    for (auto [field, name] : {std::pair{&d.kind, "kind"}, std::pair{&d.id, "id"}, std::pair{&d.config, "config"}}) {
+      auto v = get_string(r, name, kMaxDeviceField);
+      if (!v) return wrap(v.error(), fmt::format("device {}", i));
+      *field = std::move(*v);
+    }
+    if (d.kind.empty() || d.id.empty()) return fail("device {}: empty kind or id", i);
+    if (!ids.insert(d.id).second) return fail("device {}: duplicate id '{}'", i, d.id);
+  }
   return {};
 }
 
@@ -194,11 +210,17 @@ std::vector<std::byte> encode(const Precheck& m) {
   }
   w.put_u32(m.tsc_khz);
   w.put_u8(m.irqchip ? 1 : 0);
+  if (m.devices) {
+    put_count(w, m.devices->size(), kMaxDevices, "precheck: devices");
+    for (const auto& d : *m.devices)
+      for (const std::string* f : {&d.kind, &d.id, &d.config}) put_string(w, *f, kMaxDeviceField, "precheck: device");
+  }
   return std::move(w).take();
 }
 
-Result<Precheck> decode_precheck(std::span<const std::byte> payload) {
-  return decode_as<Precheck>(payload, "precheck", read_precheck);
+Result<Precheck> decode_precheck(std::span<const std::byte> payload, std::uint16_t minor) {
+  return decode_as<Precheck>(payload, "precheck",
+                             [minor](ByteReader& r, Precheck& m) { return read_precheck(r, m, minor >= 2); });
 }
 
 std::vector<std::byte> encode(const PrecheckResult& m) {

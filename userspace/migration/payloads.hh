@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ inline constexpr std::size_t kMaxHostName = 255;
 inline constexpr std::size_t kMaxReason = 4096;
 inline constexpr std::size_t kMaxRegions = 64;
 inline constexpr std::size_t kMaxCpuidEntries = 256;
+inline constexpr std::size_t kMaxDevices = 64;
+inline constexpr std::size_t kMaxDeviceField = 255;  // a device's kind, id or config
 inline constexpr std::size_t kMaxZeroPagesPerFrame = 65536;
 
 // HELLO, both directions, first. The header's version says how to parse
@@ -70,6 +73,14 @@ struct Precheck {
   std::vector<CpuidEntry> cpuid;        // what the guest was given, at most kMaxCpuidEntries
   std::uint32_t tsc_khz = 0;            // non-zero
   bool irqchip = true;                  // in-kernel PIC/IOAPIC/LAPICs and PIT
+  // The VM's devices (protocol 1.2), which the destination builds before
+  // any state arrives and refuses to accept when it would build others.
+  // nullopt: a 1.1 source, whose devices follow from guest_kind.
+  struct Device {
+    std::string kind, id, config;  // kvm::DeviceDescription
+    bool operator==(const Device&) const = default;
+  };
+  std::optional<std::vector<Device>> devices = std::nullopt;
   bool operator==(const Precheck&) const = default;
 };
 
@@ -217,7 +228,9 @@ std::vector<std::byte> encode(const QueryResult& m);
 
 // Errors are prefixed with the frame type: "precheck: region 2: ...".
 Result<Hello> decode_hello(std::span<const std::byte> payload);
-Result<Precheck> decode_precheck(std::span<const std::byte> payload);
+// `minor`: the frame's protocol minor version; from 1.2 on the device list
+// is part of the layout (a 1.2 precheck cut before it is refused).
+Result<Precheck> decode_precheck(std::span<const std::byte> payload, std::uint16_t minor = kVersionMinor);
 Result<PrecheckResult> decode_precheck_result(std::span<const std::byte> payload);
 // Checks the data is exactly count * kPageSize bytes; does not verify the
 // page checksums (that is the receiver's PageLedger decision).

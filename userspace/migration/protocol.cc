@@ -163,14 +163,14 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header
                 h.payload_length, kPagesFixedSize, kBytesPerPage, kMaxPagesPerFrame);
   }
   if (h.sequence != expected) return fail("sequence {}, expected {}", h.sequence, expected);
-  return FrameHeader{type, h.sequence, h.payload_length, h.payload_crc};
+  return FrameHeader{type, h.sequence, h.payload_length, h.payload_crc, h.minor};
 }
 
 Result<FrameReader::Pending> FrameReader::parse_header() const {
   // Unsigned arithmetic wraps, so sequence 0 follows 0xffffffff.
   auto h = decode_header(header_, static_cast<std::uint32_t>(count_));
   if (!h) return std::unexpected(h.error());
-  return Pending{h->type, h->sequence, h->payload_length, h->payload_crc32c};
+  return Pending{h->type, h->sequence, h->payload_length, h->payload_crc32c, h->minor};
 }
 
 Result<Frame> FrameReader::complete_frame() {
@@ -181,7 +181,7 @@ Result<Frame> FrameReader::complete_frame() {
     return fail("{} payload CRC mismatch (stored {:#010x}, computed {:#010x})", frame_type_name(p.type),
                 p.crc, crc);
   }
-  Frame f{p.type, p.sequence, std::move(payload_)};
+  Frame f{p.type, p.sequence, std::move(payload_), p.minor};
   payload_ = {};
   pending_.reset();
   header_fill_ = 0;

@@ -41,8 +41,10 @@ namespace ferry::migration {
 
 inline constexpr std::uint32_t kMagic = 0x47494d46;  // 'F','M','I','G' in wire order
 inline constexpr std::uint16_t kVersionMajor = 1;
-inline constexpr std::uint16_t kVersionMinor = 1;
-// The oldest minor version this reader accepts. 1.1 changed what a PAGES
+inline constexpr std::uint16_t kVersionMinor = 2;
+// The oldest minor version this reader accepts. 1.2 added the device list
+// to PRECHECK (a 1.1 source's precheck, without it, is still accepted).
+// 1.1 changed what a PAGES
 // descriptor's checksum is (XXH64, no longer CRC-64): a 1.0 peer would have
 // every page rejected as torn, so it is refused at its first frame instead.
 inline constexpr std::uint16_t kVersionMinorOldest = 1;
@@ -86,6 +88,7 @@ struct Frame {
   FrameType type = FrameType::kInvalid;
   std::uint32_t sequence = 0;
   std::vector<std::byte> payload;
+  std::uint16_t minor = kVersionMinor;  // the sender's; a payload's layout may depend on it
 };
 
 // How many leading payload bytes payload_crc32c covers: all of them except
@@ -111,6 +114,7 @@ struct FrameHeader {
   std::uint32_t sequence = 0;
   std::uint64_t payload_length = 0;
   std::uint32_t payload_crc32c = 0;
+  std::uint16_t minor = kVersionMinor;
 };
 Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header, std::uint32_t expected_sequence);
 
@@ -141,6 +145,7 @@ class FrameReader {
     std::uint32_t sequence;
     std::uint64_t length;
     std::uint32_t crc;
+    std::uint16_t minor;
   };
 
   std::unexpected<Error> stop(Error e);

@@ -280,6 +280,8 @@ Status SourceMigration::Impl::precheck() {
   if (p.cpuid.size() > kMaxCpuidEntries) p.cpuid.resize(kMaxCpuidEntries);
   p.tsc_khz = m.tsc_khz();
   p.irqchip = m.has_irqchip();
+  p.devices.emplace();
+  for (const auto& d : m.devices()) p.devices->push_back({d.kind, d.id, d.config});
   if (auto ok = framers[0]->send(FrameType::kPrecheck, p); !ok) return ok;
   auto f = wait_reply(FrameType::kPrecheckResult, o.reply_timeout);
   if (!f) return std::unexpected(f.error());

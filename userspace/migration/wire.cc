@@ -77,7 +77,7 @@ Result<std::optional<Frame>> FrameSource::next_frame() {
   if (!*h) return std::optional<Frame>{};
   auto p = payload(**h);
   if (!p) return std::unexpected(p.error());
-  return std::optional<Frame>(Frame{(*h)->type, (*h)->sequence, std::move(*p)});
+  return std::optional<Frame>(Frame{(*h)->type, (*h)->sequence, std::move(*p), (*h)->minor});
 }
 
 }  // namespace ferry::migration
