@@ -190,7 +190,10 @@ TEST(Migration, AVmmWriteDuringPreCopyReachesTheDestination) {
                          "--downtime-limit", "0.001", "--timeout", "30", "--on-timeout", "switchover"});
   // Round 0 sent every page; the write lands in a later round of pre-copy.
   auto during = wait_status(api, [](const json& j) {
-    return j.contains("migration") && (j["migration"]["phase"] != "precopy" || j["migration"]["round"] >= 2);
+    if (!j.contains("migration")) return false;
+    const auto phase = j["migration"]["phase"].get<std::string>();
+    if (phase == "connecting" || phase == "precheck") return false;
+    return phase != "precopy" || j["migration"]["round"] >= 2;
   }, 600s);
   ASSERT_EQ(during["migration"]["phase"], "precopy") << "pre-copy ended before the test could write\n" << during.dump(2);
   auto wrote = ctl({"memory", "write", "--vm", api, gpa_text, hex});

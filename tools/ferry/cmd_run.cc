@@ -17,15 +17,14 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "userspace/base/hex.hh"
 #include "userspace/base/unique_fd.hh"
 #include "userspace/control/api.hh"
+#include "userspace/control/vm_service.hh"
 #include "tools/ferry/commands.hh"
 #include "tools/ferry/sandbox_exec.hh"
 #include "tools/ferry/vm_report.hh"
 #include "kvm/machine.hh"
 #include "userspace/migration/destination.hh"
-#include "userspace/migration/dirty_rate.hh"
 #include "userspace/migration/source.hh"
 #include "userspace/transport/stream.hh"
 
@@ -34,10 +33,6 @@ namespace {
 
 using nlohmann::json;
 
-// memory-read/memory-write: at most this many bytes per request, so that
-// the hex text stays well inside the API's line limit.
-constexpr std::size_t kMaxMemoryAccess = 16 * 1024;
-static_assert(kMaxMemoryAccess * 2 + 256 < control::kMaxLineBytes);
 
 struct VmProcessOptions {
   std::string api;
@@ -110,265 +105,26 @@ class ConsoleSink {
   std::FILE* log_ = nullptr;
 };
 
-// Serves the API for `m` until it stops or is told to quit; returns the
-// process exit status (0: quit or powered off cleanly; 1: the guest or a
-// vCPU failed).
-// `migrate` request fields -> options; unknown values are errors.
-Result<migration::MigrateOptions> migrate_options(const json& req) {
-  migration::MigrateOptions mo;
-  if (!req.contains("to") || !req["to"].is_string()) return fail("migrate: needs \"to\" (HOST:PORT)");
-  auto to = transport::parse_endpoint(req["to"].get<std::string>());
-  if (!to) return std::unexpected(to.error());
-  if (to->port == 0) return fail("migrate: \"to\" needs a port");
-  mo.to = *to;
-  try {
-    if (req.contains("downtime_limit_ms")) mo.downtime_limit = migration::Millis(req["downtime_limit_ms"].get<double>());
-    if (req.contains("max_bandwidth_bytes_per_s")) mo.max_bandwidth = req["max_bandwidth_bytes_per_s"].get<double>();
-    if (req.contains("streams")) mo.streams = req["streams"].get<std::uint32_t>();
-    if (req.contains("timeout_s")) mo.timeout = std::chrono::seconds(req["timeout_s"].get<std::uint32_t>());
-    if (req.contains("on_timeout")) {
-      const auto a = req["on_timeout"].get<std::string>();
-      if (a != "cancel" && a != "switchover") return fail("migrate: on_timeout is \"cancel\" or \"switchover\"");
-      mo.on_timeout = a == "cancel" ? migration::TimeoutAction::kCancel : migration::TimeoutAction::kForceSwitchover;
-    }
-    if (req.contains("verify")) mo.verify = req["verify"].get<bool>();
-    if (req.contains("policy")) {
-      const auto pol = req["policy"].get<std::string>();
-      if (pol != "adaptive" && pol != "fixed") return fail("migrate: policy is \"adaptive\" or \"fixed\"");
-      mo.policy = pol == "adaptive" ? migration::PolicyKind::kAdaptive : migration::PolicyKind::kFixedThreshold;
-    }
-    if (req.contains("ebpf")) mo.use_ebpf = req["ebpf"].get<bool>();
-    if (req.contains("zero_copy")) mo.zero_copy = req["zero_copy"].get<bool>() ? transport::ZeroCopy::kAuto : transport::ZeroCopy::kOff;
-  } catch (const json::exception& e) {
-    return fail("migrate: bad field: {}", e.what());
-  }
-  if (mo.streams < 1 || mo.streams > migration::kMaxStreams) return fail("migrate: streams must be 1..{}", migration::kMaxStreams);
-  if (mo.downtime_limit.count() <= 0) return fail("migrate: downtime_limit_ms must be positive");
-  if (mo.max_bandwidth < 0) return fail("migrate: max_bandwidth_bytes_per_s must not be negative");
-  return mo;
-}
-
+// Serves the API for `m` (control::VmService) until it stops, is told to
+// quit or migrated away, then prints the outcome; returns the process exit
+// status (0: quit, powered off cleanly or migrated; 1: the guest or a vCPU
+// failed).
 int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, UniqueFd& signal_fd,
              const VmProcessOptions& o) {
-  std::string quit_reason;
-  std::unique_ptr<migration::SourceMigration> mig;
-  bool migrated = false;
-  // When a migration reaches its end: a migrated VM's process ends once a
-  // client has fetched the final report (or after 10 s).
-  UniqueFd mig_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  std::mutex exit_mu;
-  std::condition_variable exit_cv;
-  bool exit_now = false;
-  std::thread exit_timer;
-  api.watch(mig_fd.get(), [&] {
-    std::uint64_t v;
-    [[maybe_unused]] const ssize_t n = ::read(mig_fd.get(), &v, sizeof v);
-    if (mig && mig->phase() == migration::Phase::kMigrated && !migrated) {
-      migrated = true;
-      quit_reason = fmt::format("migrated to {}", mig->status().to);
-      exit_timer = std::thread([&] {
-        std::unique_lock lock(exit_mu);
-        if (!exit_cv.wait_for(lock, std::chrono::seconds(10), [&] { return exit_now; })) api.stop();
-      });
-    }
-  });
-  auto migration_active = [&] {
-    return mig && !migration::phase_final(mig->phase());
-  };
-  auto outcome_unknown = [&] { return mig && mig->phase() == migration::Phase::kOutcomeUnknown; };
-  api.watch(stopped_fd.get(), [&] {
-    std::uint64_t v;
-    [[maybe_unused]] const ssize_t n = ::read(stopped_fd.get(), &v, sizeof v);
-    api.stop();
-  });
-  api.watch(signal_fd.get(), [&] {
-    signalfd_siginfo si{};
-    [[maybe_unused]] const ssize_t n = ::read(signal_fd.get(), &si, sizeof si);
-    if (outcome_unknown() || (mig && mig->phase() == migration::Phase::kCommitting)) {
-      // Ending now could drop the only copy of the VM (a destination that
-      // never got COMMIT can only discard its own).
-      spdlog::warn("ignoring signal {}: a migration's outcome is unknown; run `ferry resolve` (SIGKILL still works)",
-                   ::strsignal(static_cast<int>(si.ssi_signo)));
-      return;
-    }
-    quit_reason = fmt::format("signal {}", ::strsignal(static_cast<int>(si.ssi_signo)));
-    api.stop();
-  });
-  auto served = api.serve([&](const std::string& cmd, const json& req) -> Result<json> {
-    if (cmd == "status") {
-      auto j = status_json(m.status());
-      // The summary only: rounds are paged through the `migration` command.
-      if (mig) {
-        const auto st = mig->status();
-        j["migration"] = migration::to_json(st, st.rounds.size(), 0);
-      }
-      return j;
-    }
-    if (cmd == "migrate") {
-      if (migration_active()) return fail("migrate: a migration is already running");
-      if (outcome_unknown()) return fail("migrate: the last migration's outcome is unknown; run `ferry resolve` first");
-      if (m.status().state != kvm::RunState::kRunning) return fail("migrate: the VM must be running");
-      auto mo = migrate_options(req);
-      if (!mo) return std::unexpected(mo.error());
-      mig.reset();
-      const int efd = mig_fd.get();
-      mig = migration::SourceMigration::start(m, *mo, [efd](migration::Phase) {
-        const std::uint64_t one = 1;
-        [[maybe_unused]] const ssize_t n = ::write(efd, &one, sizeof one);
-      });
-      return json{{"migration", "started"}, {"to", mo->to.str()}};
-    }
-    if (cmd == "dirty-rate") {
-      if (migration_active() || outcome_unknown()) return fail("dirty-rate: a migration owns dirty logging now");
-      migration::DirtyRateOptions dro;
-      try {
-        if (req.contains("seconds")) {
-          const double secs = req["seconds"].get<double>();
-          if (!(secs > 0 && secs <= 60)) return fail("dirty-rate: seconds must be in (0, 60]");
-          dro.duration = std::chrono::milliseconds(static_cast<long>(secs * 1000));
-        }
-        if (req.contains("harvest_ms")) dro.harvest = std::chrono::milliseconds(req["harvest_ms"].get<std::uint32_t>());
-      } catch (const json::exception& e) {
-        return fail("dirty-rate: bad field: {}", e.what());
-      }
-      // The API answers one request at a time: keep a measurement short
-      // enough that status callers are not starved for long.
-      if (dro.duration > std::chrono::seconds(60) || dro.duration.count() <= 0)
-        return fail("dirty-rate: seconds must be in (0, 60]");
-      if (dro.harvest < std::chrono::milliseconds(10) || dro.harvest > dro.duration)
-        return fail("dirty-rate: harvest_ms must be at least 10 and at most the duration");
-      auto r = migration::measure_dirty_rate(m, dro);
-      if (!r) return std::unexpected(r.error());
-      return json{{"seconds", r->seconds},         {"harvests", r->harvests},
-                  {"harvest_ms", dro.harvest.count()}, {"backend", r->backend},
-                  {"harvested_pages", r->harvested_pages}, {"pages_per_s", r->pages_per_s()},
-                  {"working_set_pages", r->distinct_pages}, {"per_vcpu", r->per_vcpu}};
-    }
-    if (cmd == "migration") {
-      if (!mig) return fail("migration: no migration has been started");
-      auto st = mig->status();
-      std::size_t from = 0;
-      if (req.contains("since_round")) {
-        if (!req["since_round"].is_number_unsigned()) return fail("migration: since_round must be a round count");
-        from = req["since_round"].get<std::size_t>();
-      }
-      if (st.phase == migration::Phase::kMigrated && from + migration::kRoundsPerAnswer >= st.rounds.size()) {
-        // The final report's last rounds have been fetched: this process can end.
-        std::lock_guard lock(exit_mu);
-        exit_now = true;
-        exit_cv.notify_all();
-        migrated = true;
-        quit_reason = fmt::format("migrated to {}", st.to);
-        api.stop();
-      }
-      return migration::to_json(st, from, migration::kRoundsPerAnswer);
-    }
-    if (cmd == "cancel") {
-      if (!migration_active()) return fail("cancel: no migration is running");
-      const auto phase = mig->phase();
-      if (phase == migration::Phase::kCommitting)
-        return fail("cancel: COMMIT was already sent; the migration can no longer be cancelled");
-      mig->cancel(req.contains("reason") && req["reason"].is_string() ? req["reason"].get<std::string>()
-                                                                       : "cancelled through the API");
-      return json{{"migration", "cancelling"}};
-    }
-    if (cmd == "resolve") {
-      if (!outcome_unknown()) return fail("resolve: no migration is waiting for a resolution");
-      if (!req.contains("migrated") || !req["migrated"].is_boolean())
-        return fail("resolve: needs \"migrated\": true (the destination runs the VM) or false (resume here)");
-      const bool there = req["migrated"].get<bool>();
-      if (auto ok = mig->resolve(there); !ok) return std::unexpected(ok.error());
-      return json{{"resolved", there ? "migrated" : "resumed"}};
-    }
-    // While a migration runs or waits for a resolution, the VM belongs to it.
-    if ((cmd == "pause" || cmd == "resume" || cmd == "snapshot") && (migration_active() || outcome_unknown()))
-      return fail("{}: {}", cmd,
-                  outcome_unknown() ? "the migration's outcome is unknown: resuming could run the VM twice. "
-                                      "Run `ferry resolve --vm SOCKET`"
-                                    : "a migration is running (cancel it first)");
-    if (cmd == "pause") {
-      if (auto ok = m.pause(); !ok) return std::unexpected(ok.error());
-      return json{{"state", "paused"}};
-    }
-    if (cmd == "resume") {
-      if (auto ok = m.resume(); !ok) return std::unexpected(ok.error());
-      return json{{"state", "running"}};
-    }
-    if (cmd == "snapshot") {
-      if (!req.contains("path") || !req["path"].is_string() || req["path"].get<std::string>().empty())
-        return fail("snapshot: needs \"path\" (a file name)");
-      const auto path = std::filesystem::absolute(req["path"].get<std::string>()).string();
-      auto f = m.snapshot(path);
-      if (!f) return std::unexpected(f.error());
-      spdlog::info("snapshot written to {} ({} MiB, vCPUs paused {:.1f} ms)", path, f->file.file_bytes >> 20,
-                   std::chrono::duration<double, std::milli>(f->paused_for).count());
-      return snapshot_json(*f, path);
-    }
-    if (cmd == "console") {
-      if (!req.contains("input") || !req["input"].is_string()) return fail("console: needs \"input\" (a string)");
-      const auto input = req["input"].get<std::string>();
-      m.console_input(input);
-      return json{{"bytes", input.size()}};
-    }
-    if (cmd == "memory-read" || cmd == "memory-write") {
-      // Guest physical memory, as the VMM sees it (kernel-level diagnostics).
-      // A write during pre-copy is marked for dirty tracking like a device's
-      // DMA, so a migration carries it; a paused VM refuses writes.
-      if (!req.contains("gpa") || !req["gpa"].is_number_unsigned())
-        return fail("{}: needs \"gpa\" (a guest physical address)", cmd);
-      const auto gpa = req["gpa"].get<std::uint64_t>();
-      if (cmd == "memory-read") {
-        if (!req.contains("len") || !req["len"].is_number_unsigned() || req["len"].get<std::uint64_t>() == 0 ||
-            req["len"].get<std::uint64_t>() > kMaxMemoryAccess)
-          return fail("memory-read: needs \"len\", 1 to {} bytes", kMaxMemoryAccess);
-        std::vector<std::byte> bytes(req["len"].get<std::size_t>());
-        if (auto ok = m.read_guest(gpa, bytes); !ok) return std::unexpected(ok.error());
-        return json{{"gpa", gpa}, {"len", bytes.size()}, {"hex", to_hex(bytes)}};
-      }
-      if (!req.contains("hex") || !req["hex"].is_string()) return fail("memory-write: needs \"hex\" (the bytes)");
-      auto bytes = from_hex(req["hex"].get<std::string>());
-      if (!bytes) return std::unexpected(std::move(bytes.error()).context("memory-write"));
-      if (bytes->empty() || bytes->size() > kMaxMemoryAccess)
-        return fail("memory-write: 1 to {} bytes, not {}", kMaxMemoryAccess, bytes->size());
-      if (auto ok = m.write_guest(gpa, *bytes); !ok) return std::unexpected(ok.error());
-      return json{{"gpa", gpa}, {"bytes", bytes->size()}};
-    }
-    if (cmd == "quit" && (outcome_unknown() || (mig && mig->phase() == migration::Phase::kCommitting)))
-      return fail("quit: the migration's outcome is unknown: this may be the only copy of the VM. "
-                  "Run `ferry resolve --vm SOCKET` first");
-    if (cmd == "quit") {
-      quit_reason = "quit through the API";
-      api.stop();
-      return json{{"state", "stopping"}};
-    }
-    return fail("unknown command '{}' (status, pause, resume, snapshot, console, memory-read, memory-write, "
-                "dirty-rate, migrate, migration, cancel, resolve, quit)",
-                cmd);
-  });
-  if (!served) spdlog::error("control API: {}", served.error());
+  control::VmService::Outcome end;
   {
-    std::lock_guard lock(exit_mu);
-    exit_now = true;
-    exit_cv.notify_all();
+    control::VmService service(m, api, stopped_fd.get(), signal_fd.get());
+    end = service.serve();
   }
-  if (exit_timer.joinable()) exit_timer.join();
-  if (migration_active()) mig->cancel("the VM process is ending");
-  std::optional<migration::MigrationStatus> mig_final;
-  if (mig) {
-    if (migration_active() || !migration::phase_final(mig->phase())) mig->cancel("the VM process is ending");
-    mig_final = mig->status();
-  }
-  if (migrated) {
-    mig.reset();
+  const auto& served = end.served;
+  const auto& quit_reason = end.quit_reason;
+  if (end.migrated) {
     if (o.json)
-      fmt::print("{}\n", json{{"event", "migrated"}, {"ok", true}, {"migration", migration::to_json(*mig_final)}}.dump());
+      fmt::print("{}\n", json{{"event", "migrated"}, {"ok", true}, {"migration", migration::to_json(*end.migrated)}}.dump());
     else
-      fmt::print(stderr, "ferry: VM migrated to {}\n{}", mig_final->to, migration::report_text(*mig_final));
+      fmt::print(stderr, "ferry: VM migrated to {}\n{}", end.migrated->to, migration::report_text(*end.migrated));
     return 0;
   }
-  if (mig && mig->phase() == migration::Phase::kOutcomeUnknown)
-    spdlog::warn("ending while a migration's outcome is unknown: the VM here is dropped (the destination may run it)");
-  mig.reset();
   const auto before = m.status();
   const bool self_stopped = before.state == kvm::RunState::kStopped;
   auto result = m.stop(quit_reason.empty() ? "stopped" : quit_reason);
@@ -410,18 +166,15 @@ int run_vm_process(const VmProcessOptions& o,
     fmt::print(stderr, "ferry {}: {}\n", verb, api.error());
     return 1;
   }
-  // A console piped into `head` must not kill the VM: EPIPE instead.
-  ::signal(SIGPIPE, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  UniqueFd signal_fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  auto signals = control::take_signals();
+  if (!signals) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, signals.error());
+    return 1;
+  }
+  UniqueFd signal_fd = std::move(*signals);
   UniqueFd stopped_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!signal_fd || !stopped_fd) {
-    fmt::print(stderr, "ferry {}: {}\n", verb, sys_error("signalfd/eventfd"));
+  if (!stopped_fd) {
+    fmt::print(stderr, "ferry {}: {}\n", verb, sys_error("eventfd"));
     return 1;
   }
   auto console = ConsoleSink::open(o);

@@ -1,16 +1,18 @@
 #pragma once
-// How a VM's status and snapshot figures look to users: JSON for scripts
-// (the control API's answers), and readable text for the terminal.
+// How a VM's status and snapshot figures look on a terminal: readable text
+// rendered from the control API's JSON answers.
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "kvm/machine.hh"
+#include "userspace/control/replies.hh"
 
 namespace ferry::cli {
 
-nlohmann::json status_json(const kvm::MachineStatus& s);
-nlohmann::json snapshot_json(const kvm::SnapshotFigures& f, const std::string& path);
+// The JSON forms are the control API's answers (userspace/control).
+using control::snapshot_json;
+using control::status_json;
 
 // Both render the JSON form, so the text and --json never disagree.
 std::string status_text(const nlohmann::json& status);
