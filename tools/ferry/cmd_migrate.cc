@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "userspace/control/api.hh"
+#include "userspace/control/resolve.hh"
 #include "tools/ferry/commands.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/control/migration_follower.hh"
@@ -141,48 +142,19 @@ struct ResolveCli {
   bool destination_gone = false, json = false;
 };
 
-// Asks the destination, then tells the source: exactly one side runs.
+// Asks the destination, then tells the source (control::resolve_migration):
+// exactly one side runs.
 int run_resolve(const ResolveCli& o) {
-  auto st = control::call(o.vm, json{{"cmd", "migration"}});
-  if (!st) {
-    fmt::print(stderr, "ferry resolve: {}\n", st.error());
-    return 1;
-  }
-  if (migration::parse_phase(st->value("phase", std::string())) != migration::Phase::kOutcomeUnknown) {
-    fmt::print(stderr, "ferry resolve: nothing to resolve: the migration is {}\n", st->value("phase", "?"));
-    return 1;
-  }
-  // The address the migration used, unless the destination is reached
-  // another way (the migration went through a relay or NAT).
-  const std::string to = o.to.empty() ? st->value("to", "") : o.to;
-  const std::uint64_t session = std::stoull(st->value("session", "0"), nullptr, 16);
-  auto q = migration::query_destination(to, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
-  bool migrated = false;
-  std::string why;
-  if (q) {
-    migrated = q->outcome == migration::SessionOutcome::kRunning;
-    why = fmt::format("the destination {} says: {}", to, migration::session_outcome_name(q->outcome));
-  } else if (o.destination_gone) {
-    why = fmt::format("the destination {} is unreachable ({}) and --destination-gone says it is gone", to,
-                      q.error().what());
-  } else {
-    fmt::print(stderr,
-               "ferry resolve: cannot ask the destination {}: {}\n"
-               "  Nothing was changed: the VM stays paused here. If you are sure the destination process is gone\n"
-               "  (it cannot be running the VM), run again with --destination-gone to resume it here.\n",
-               to, q.error());
-    return 1;
-  }
-  auto r = control::call(o.vm, json{{"cmd", "resolve"}, {"migrated", migrated}});
+  auto r = control::resolve_migration(o.vm, o.to, o.destination_gone);
   if (!r) {
-    fmt::print(stderr, "ferry resolve: {}: telling the source failed: {}\n", why, r.error());
+    fmt::print(stderr, "ferry resolve: {}\n", r.error());
     return 1;
   }
   if (o.json)
-    fmt::print("{}\n", json{{"resolved", migrated ? "migrated" : "resumed"}, {"why", why}}.dump());
+    fmt::print("{}\n", json{{"resolved", r->migrated ? "migrated" : "resumed"}, {"why", r->why}}.dump());
   else
-    fmt::print("{}: {}\n", why,
-               migrated ? "the VM runs there; the source VM is stopped" : "the VM was resumed on the source");
+    fmt::print("{}: {}\n", r->why,
+               r->migrated ? "the VM runs there; the source VM is stopped" : "the VM was resumed on the source");
   return 0;
 }
 
