@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "userspace/base/io.hh"
 #include "tests/temp_dir.hh"
 #include "kvm/machine.hh"
 #include "tests/kvm/running_clocks.hh"
@@ -306,7 +307,7 @@ class HugePageReservation {
  public:
   explicit HugePageReservation(long pages) {
     old_total_ = read_long("/proc/sys/vm/nr_hugepages");
-    const long free_now = meminfo("HugePages_Free:");
+    const long free_now = meminfo("HugePages_Free");
     if (old_total_ < 0 || free_now < 0) {
       error_ = "cannot read /proc/sys/vm/nr_hugepages or HugePages_Free";
       return;
@@ -317,8 +318,8 @@ class HugePageReservation {
       return;
     }
     changed_ = true;
-    if (meminfo("HugePages_Free:") < pages)
-      error_ = fmt::format("asked for {} free huge pages, the kernel found only {}", pages, meminfo("HugePages_Free:"));
+    if (meminfo("HugePages_Free") < pages)
+      error_ = fmt::format("asked for {} free huge pages, the kernel found only {}", pages, meminfo("HugePages_Free"));
   }
   ~HugePageReservation() {
     if (changed_) write_long("/proc/sys/vm/nr_hugepages", old_total_);
@@ -340,15 +341,9 @@ class HugePageReservation {
     const bool ok = std::fprintf(f, "%ld\n", v) > 0;
     return std::fclose(f) == 0 && ok;
   }
-  static long meminfo(const char* key) {
-    long v = -1;
-    if (FILE* f = std::fopen("/proc/meminfo", "r")) {
-      char line[256];
-      while (std::fgets(line, sizeof line, f))
-        if (std::strncmp(line, key, std::strlen(key)) == 0) v = std::strtol(line + std::strlen(key), nullptr, 10);
-      std::fclose(f);
-    }
-    return v;
+  static long meminfo(std::string_view field) {
+    const auto v = ferry::meminfo(field);
+    return v ? static_cast<long>(*v) : -1;
   }
   long old_total_ = -1;
   bool changed_ = false;

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "userspace/base/io.hh"
 #include "userspace/base/unique_fd.hh"
 #include "tools/doctor/checks.hh"
 #include "kvm/guest_memory.hh"
@@ -63,14 +64,9 @@ Check check_memlock() {
 }
 
 Check check_hugepages() {
-  const std::string meminfo = read_file("/proc/meminfo");
-  long total = 0, free_pages = 0, size_kb = 0;
-  std::istringstream in(meminfo);
-  for (std::string line; std::getline(in, line);) {
-    std::sscanf(line.c_str(), "HugePages_Total: %ld", &total);
-    std::sscanf(line.c_str(), "HugePages_Free: %ld", &free_pages);
-    std::sscanf(line.c_str(), "Hugepagesize: %ld kB", &size_kb);
-  }
+  const auto total = static_cast<long>(meminfo("HugePages_Total").value_or(0));
+  const auto free_pages = static_cast<long>(meminfo("HugePages_Free").value_or(0));
+  const auto size_kb = static_cast<long>(meminfo("Hugepagesize").value_or(0));
   std::string thp = read_file("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
   if (!thp.empty() && thp.back() == '\n') thp.pop_back();
   nlohmann::json v{{"total", total}, {"free", free_pages}, {"size_kb", size_kb}, {"shmem_thp", thp}};

@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "userspace/base/io.hh"
 #include "tools/ferry/commands.hh"
 #include "tools/ferry/demo.hh"
 #include "tools/ferry/sandbox_exec.hh"
@@ -72,32 +73,7 @@ struct RawFigures {
   double mib_s() const { return seconds > 0 ? static_cast<double>(bytes) / kMiB / seconds : 0; }
 };
 
-Status send_all(int fd, const std::byte* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return fail_sys("send");
-    }
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return {};
-}
 
-Status recv_all(int fd, std::byte* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t k = ::recv(fd, p, n, MSG_WAITALL);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return fail_sys("recv");
-    }
-    if (k == 0) return fail("recv: the connection closed early");
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return {};
-}
 
 // `total` bytes over `streams` loopback connections made like the
 // migration's (transport::connect_tcp/accept_tcp: TCP_NODELAY, large
@@ -140,7 +116,7 @@ Result<RawFigures> raw_transfer(std::uint64_t total, std::uint32_t streams, bool
           }
       } else {
         for (std::uint64_t left = per_stream; left > 0; left -= kChunk)
-          if (auto ok = recv_all(rx[i].get(), buf.data(), kChunk); !ok) {
+          if (auto ok = recv_all(rx[i].get(), std::span(buf.data(), kChunk)); !ok) {
             rx[i] = UniqueFd();  // unread data: a reset, which fails the sender
             return failed(ok.error());
           }
@@ -159,7 +135,7 @@ Result<RawFigures> raw_transfer(std::uint64_t total, std::uint32_t streams, bool
         if (auto ok = (*s)->flush(); !ok) return failed(ok.error());
       } else {
         for (std::uint64_t left = per_stream; left > 0; left -= kChunk)
-          if (auto ok = send_all(tx[i].get(), buf.data(), kChunk); !ok) {
+          if (auto ok = send_all(tx[i].get(), std::span<const std::byte>(buf.data(), kChunk)); !ok) {
             ::shutdown(tx[i].get(), SHUT_RDWR);  // wakes the receiver
             return failed(ok.error());
           }

@@ -1,3 +1,4 @@
+#include "userspace/base/io.hh"
 #include "tools/ferry/transport_bench.hh"
 
 #include <fcntl.h>
@@ -140,28 +141,7 @@ std::string find_ip() {
   return {};
 }
 
-Status send_all(int fd, const std::byte* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) return fail_sys("send");
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return {};
-}
 
-Status recv_all(int fd, std::byte* p, std::size_t n) {
-  while (n > 0) {
-    const ssize_t k = ::recv(fd, p, n, MSG_WAITALL);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) return fail_sys("recv");
-    if (k == 0) return fail("recv: the connection closed early");
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return {};
-}
 
 }  // namespace
 
@@ -395,12 +375,12 @@ Result<RawFigures> run_raw(std::vector<SocketPair> pairs, const kvm::GuestRegion
     const std::uint64_t step = hot_chunk ? 0 : kChunk;
     threads.emplace_back([&, i, base, step] {
       for (std::uint64_t k = 0; k < chunks && ok[i]; ++k)
-        ok[i] = recv_all(pairs[i].rx.get(), to.host() + (base + k * step) % size, kChunk);
+        ok[i] = recv_all(pairs[i].rx.get(), {to.host() + (base + k * step) % size, kChunk});
       if (!ok[i]) ::shutdown(pairs[i].rx.get(), SHUT_RDWR);
     });
     threads.emplace_back([&, i, base, step] {
       for (std::uint64_t k = 0; k < chunks && ok[n + i]; ++k)
-        ok[n + i] = send_all(pairs[i].tx.get(), from.host() + (base + k * step) % size, kChunk);
+        ok[n + i] = send_all(pairs[i].tx.get(), {from.host() + (base + k * step) % size, kChunk});
       if (!ok[n + i]) ::shutdown(pairs[i].tx.get(), SHUT_RDWR);
     });
   }

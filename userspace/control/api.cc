@@ -1,3 +1,4 @@
+#include "userspace/base/io.hh"
 #include "userspace/control/api.hh"
 
 #include <poll.h>
@@ -37,17 +38,6 @@ Result<UniqueFd> connect_unix(const std::string& path) {
   return fd;
 }
 
-// Blocking full write; MSG_NOSIGNAL so a client that went away is an
-// error, not a SIGPIPE that kills the VM.
-Status send_all(int fd, std::string_view s) {
-  while (!s.empty()) {
-    const ssize_t n = ::send(fd, s.data(), s.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail_sys("send");
-    s.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return {};
-}
 
 json response(const json& request, Result<json> r) {
   json out = json::object();

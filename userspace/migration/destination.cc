@@ -1,3 +1,4 @@
+#include "userspace/base/io.hh"
 #include "userspace/migration/destination.hh"
 
 #include <sys/socket.h>
@@ -29,21 +30,11 @@ using Clock = std::chrono::steady_clock;
 
 
 
-std::uint64_t mem_available() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  std::uint64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return 0;
-}
-
 Result<HostResources> host_resources() {
   auto kvm = kvm::Kvm::open();
   if (!kvm) return std::unexpected(kvm.error());
   HostResources h;
-  h.mem_available = mem_available();
+  h.mem_available = meminfo("MemAvailable").value_or(0) * 1024;
   const int mv = kvm->check_extension(KVM_CAP_MAX_VCPUS);
   h.max_vcpus = mv > 0 ? static_cast<std::uint32_t>(mv) : 0;
   auto cpuid = kvm->supported_cpuid();
