@@ -1,10 +1,13 @@
 #pragma once
-// Runs a real child process for end-to-end tests: argv in, exit status,
-// stdout and stderr out, with a hard timeout so a hung child fails the test
-// instead of hanging the suite.
+// Runs a real child process for end-to-end tests (tools/harness, as the
+// demos do): argv in, exit status, stdout and stderr out, with a hard
+// timeout so a hung child fails the test instead of hanging the suite.
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "tools/harness/child.hh"
 
 namespace ferry::test {
 
@@ -28,16 +31,14 @@ class BackgroundProcess {
   BackgroundProcess(const BackgroundProcess&) = delete;
   BackgroundProcess& operator=(const BackgroundProcess&) = delete;
 
-  bool started() const { return pid_ > 0; }
+  bool started() const { return child_.has_value(); }
   bool running();  // not yet exited (reaps it if it has)
   // Waits for exit (SIGKILL after `timeout`) and returns status and output.
   ProcessResult wait(std::chrono::seconds timeout);
   std::string output() const;  // stdout + stderr so far, for messages
 
  private:
-  int pid_ = -1;
-  int status_ = -1;
-  bool reaped_ = false;
+  std::optional<harness::Child> child_;
   std::string out_path_, err_path_;
 };
 

@@ -215,8 +215,14 @@ TEST(Trace, ShowsRttAndCwndForTheRegisteredPortOnly) {
   ASSERT_NE(other->port, 0);
   const std::uint16_t port_w = watched->port, port_o = other->port;
   BackgroundProcess trace({FERRY_BIN, "trace", "--all", "--port", std::to_string(watched->port), "--interval", "1000",
-                           "--duration", "4", "--json"});
-  std::this_thread::sleep_for(1500ms);
+                           "--duration", "6", "--json"});
+  // Connect only once the tracer runs (its first frame is out), however
+  // long loading the eBPF programs takes on this machine.
+  const auto attach_by = std::chrono::steady_clock::now() + 60s;
+  while (trace.running() && trace.output().find("\n{\"") == std::string::npos &&
+         std::chrono::steady_clock::now() < attach_by)
+    std::this_thread::sleep_for(50ms);
+  ASSERT_NE(trace.output().find("\n{\""), std::string::npos) << "the tracer printed no frame\n" << trace.output();
   watched->start();
   other->start();
   auto tr = trace.wait(60s);

@@ -612,13 +612,7 @@ void add_bench_trace(CLI::App& app, Globals& g) {
   cmd->add_flag("--sandbox", o->force_sandbox, "run inside tools/kvm-sandbox even when /dev/kvm exists");
   cmd->add_flag("--in-sandbox", o->in_sandbox, "(internal) we already are inside the sandbox")->group("");
   cmd->callback([o, &g] {
-    const auto native = o->in_sandbox || o->force_sandbox ? Status{} : native_kvm_usable();
-    if (!o->in_sandbox && (o->force_sandbox || !native)) {
-      const std::string why =
-          o->force_sandbox ? "--sandbox given" : fmt::format("No usable /dev/kvm ({})", native.error());
-      if (!o->json)
-        fmt::print(stderr, "{}; running the benchmark inside tools/kvm-sandbox (QEMU emulation: ratios only)...\n",
-                   why);
+    {
       std::vector<std::string> args{"bench-trace",    "--in-sandbox",
                                     "--seconds",      fmt::format("{}", o->seconds),
                                     "--repeats",      std::to_string(o->repeats),
@@ -626,10 +620,12 @@ void add_bench_trace(CLI::App& app, Globals& g) {
                                     "--warmup-limit", std::to_string(o->warmup_limit_s)};
       if (o->working_set_given) args.insert(args.end(), {"--working-set", std::to_string(o->working_set_mib)});
       if (o->json) args.push_back("--json");
-      const auto err = exec_in_sandbox(args);
-      fmt::print(stderr, "ferry bench-trace: cannot start the sandbox: {}\n", err);
-      g.rc = 1;
-      return;
+      if (!run_here_or_in_sandbox({"bench-trace", o->in_sandbox, o->force_sandbox, o->json,
+                                   "running the benchmark inside tools/kvm-sandbox (QEMU emulation: ratios only)",
+                                   std::move(args)})) {
+        g.rc = 1;
+        return;
+      }
     }
     o->in_sandbox = inside_kvm_sandbox(o->in_sandbox);
     g.rc = Bench(*o).run();

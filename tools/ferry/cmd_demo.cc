@@ -47,15 +47,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-Result<UniqueFd> open_output(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd) {
-    const int e = errno;
-    return std::unexpected(sys_error(fmt::format("open {}", path), e));
-  }
-  return fd;
-}
-
 std::string read_text(const std::string& path) {
   std::ifstream f(path);
   std::stringstream ss;
@@ -94,83 +85,18 @@ Result<std::unique_ptr<FerryChild>> FerryChild::start(const std::vector<std::str
                                                       const std::string& err_path) {
   std::vector<std::string> argv{"ferry"};
   argv.insert(argv.end(), args.begin(), args.end());
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  UniqueFd in(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (!in) return fail_sys("open /dev/null");
-  UniqueFd out, err;
-  if (!out_path.empty()) {
-    auto f = open_output(out_path);
-    if (!f) return std::unexpected(f.error());
-    out = std::move(*f);
-  }
-  if (!err_path.empty()) {
-    auto f = open_output(err_path);
-    if (!f) return std::unexpected(f.error());
-    err = std::move(*f);
-  }
-  // What we printed must come before what the child prints on shared fds.
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) return fail_sys("fork");
-  if (pid == 0) {
-    // Only async-signal-safe calls from here to exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != parent) ::_exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::dup2(in.get(), 0);
-    if (out) ::dup2(out.get(), 1);
-    if (err) ::dup2(err.get(), 2);
-    // The running binary itself, even when a rebuild has replaced the file
-    // since (the path then reads "... (deleted)").
-    ::execv("/proc/self/exe", cargv.data());
-    ::_exit(127);
-  }
-  std::unique_ptr<FerryChild> c(new FerryChild);
-  c->pid_ = pid;
-  c->name_ = "ferry " + (args.empty() ? std::string() : args.front());
-  return c;
-}
-
-bool FerryChild::running() {
-  if (reaped_) return false;
-  int st = 0;
-  const pid_t r = ::waitpid(pid_, &st, WNOHANG);
-  if (r == pid_ || (r < 0 && errno == ECHILD)) {
-    status_ = r == pid_ ? (WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1) : -1;
-    reaped_ = true;
-    return false;
-  }
-  return true;
-}
-
-Result<int> FerryChild::wait(std::chrono::milliseconds limit) {
-  const auto end = Clock::now() + limit;
-  while (running()) {
-    if (Clock::now() >= end) {
-      ::kill(pid_, SIGKILL);
-      while (running()) std::this_thread::sleep_for(10ms);
-      return fail("{} (pid {}) did not end within {} s", name_, pid_, limit.count() / 1000);
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  return status_;
-}
-
-FerryChild::~FerryChild() {
-  if (pid_ <= 0 || !running()) return;
-  ::kill(pid_, SIGTERM);
-  const auto end = Clock::now() + 5s;
-  while (running() && Clock::now() < end) std::this_thread::sleep_for(20ms);
-  if (running()) {
-    ::kill(pid_, SIGKILL);
-    while (running()) std::this_thread::sleep_for(10ms);
-  }
+  harness::ChildOptions o;
+  o.stdout_path = out_path;
+  o.stderr_path = err_path;
+  // The running binary itself, even when a rebuild has replaced the file
+  // since (the path then reads "... (deleted)").
+  o.program = "/proc/self/exe";
+  o.name = "ferry " + (args.empty() ? std::string() : args.front());
+  o.die_with_parent = true;
+  o.grace = 5s;
+  auto c = harness::Child::spawn(argv, o);
+  if (!c) return std::unexpected(c.error());
+  return std::unique_ptr<FerryChild>(new FerryChild(std::move(*c)));
 }
 
 // ---------------------------------------------------------------------------
@@ -545,21 +471,17 @@ void add_demo(CLI::App& app, Globals& g) {
       ->check(CLI::Range(1, 200));
   cmd->add_flag("--in-sandbox", opts->in_sandbox, "(internal) we already are inside the sandbox")->group("");
   cmd->callback([opts, &g] {
-    const auto native = opts->in_sandbox || opts->force_sandbox ? Status{} : native_kvm_usable();
-    if (!opts->in_sandbox && (opts->force_sandbox || !native)) {
-      // Say why, so that a permission problem on a real KVM host is not
-      // silently papered over by the (much slower) sandbox.
-      const std::string why = opts->force_sandbox ? "--sandbox given" : fmt::format("No usable /dev/kvm ({})", native.error());
-      if (!opts->json)
-        fmt::print(stderr, "{}; running the demo inside tools/kvm-sandbox (boots a nested KVM under QEMU, a few seconds)...\n",
-                   why);
+    {
       std::vector<std::string> args{"demo", "--in-sandbox", "--guest", opts->guest};
       if (opts->working_set_mib) args.insert(args.end(), {"--working-set", std::to_string(opts->working_set_mib)});
       if (opts->json) args.push_back("--json");
-      const auto err = exec_in_sandbox(args);
-      fmt::print(stderr, "ferry demo: cannot start the sandbox: {}\n", err);
-      g.rc = 1;
-      return;
+      if (!run_here_or_in_sandbox({"demo", opts->in_sandbox, opts->force_sandbox, opts->json,
+                                   "running the demo inside tools/kvm-sandbox (boots a nested KVM under QEMU, a few "
+                                   "seconds)",
+                                   std::move(args)})) {
+        g.rc = 1;
+        return;
+      }
     }
     if (opts->guest == "linux") {
       g.rc = run_linux_demo(opts->json, opts->in_sandbox);

@@ -3,7 +3,6 @@
 // on the spot) boots, proves its memory stays intact while it dirties it,
 // answers on its console, is snapshotted and restored into a new VM, and
 // keeps going there.
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,7 +21,6 @@
 #include "tools/ferry/demo.hh"
 #include "kvm/machine.hh"
 
-extern char** environ;
 
 namespace ferry::cli {
 namespace {
@@ -87,16 +85,13 @@ class Console {
 };
 
 Status build_initramfs(const std::string& out) {
-  std::vector<std::string> argv{"/bin/sh", FERRY_GUEST_MKINITRAMFS, out, FERRY_GUEST_WORKLOAD};
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  pid_t pid;
-  if (const int rc = ::posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ); rc != 0)
-    return std::unexpected(sys_error("spawn tools/linux-guest/mkinitramfs", rc));
-  int st = 0;
-  if (::waitpid(pid, &st, 0) != pid) return fail_sys("waitpid tools/linux-guest/mkinitramfs");
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return fail("tools/linux-guest/mkinitramfs failed (status {})", st);
+  harness::ChildOptions o;
+  o.name = "tools/linux-guest/mkinitramfs";
+  auto c = harness::Child::spawn({"/bin/sh", FERRY_GUEST_MKINITRAMFS, out, FERRY_GUEST_WORKLOAD}, o);
+  if (!c) return std::unexpected(std::move(c.error()).context("spawn tools/linux-guest/mkinitramfs"));
+  auto st = c->wait(std::chrono::minutes(5));
+  if (!st) return std::unexpected(st.error());
+  if (*st != 0) return fail("tools/linux-guest/mkinitramfs failed (status {})", *st);
   return {};
 }
 

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tools/harness/child.hh"
 #include "userspace/base/error.hh"
 
 namespace ferry::cli {
@@ -28,23 +29,17 @@ class FerryChild {
  public:
   static Result<std::unique_ptr<FerryChild>> start(const std::vector<std::string>& args, const std::string& out_path,
                                                    const std::string& err_path);
-  ~FerryChild();
-  FerryChild(const FerryChild&) = delete;
-  FerryChild& operator=(const FerryChild&) = delete;
 
-  bool running();  // reaps it when it has exited
+  bool running() { return child_.running(); }  // reaps it when it has exited
   // Waits for the exit; its status (128+N for signal N), or an error after
   // `limit` (the child is then killed).
-  Result<int> wait(std::chrono::milliseconds limit);
-  pid_t pid() const { return pid_; }
-  const std::string& name() const { return name_; }  // "ferry run", ...
+  Result<int> wait(std::chrono::milliseconds limit) { return child_.wait(limit); }
+  pid_t pid() const { return child_.pid(); }
+  const std::string& name() const { return child_.name(); }  // "ferry run", ...
 
  private:
-  FerryChild() = default;
-  pid_t pid_ = -1;
-  int status_ = -1;
-  bool reaped_ = false;
-  std::string name_;
+  explicit FerryChild(harness::Child c) : child_(std::move(c)) {}
+  harness::Child child_;
 };
 
 // The guest that is migrated: `ferry run` with the built-in guest.

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "kvm/system.hh"
 
 namespace ferry::cli {
@@ -40,6 +42,18 @@ Error exec_in_sandbox(const std::vector<std::string>& ferry_args) {
   ::execv(sandbox.c_str(), cargv.data());
   const int e = errno;
   return sys_error(fmt::format("exec {}", sandbox), e);
+}
+
+bool run_here_or_in_sandbox(const SandboxRerun& r) {
+  const auto native = r.in_sandbox || r.force_sandbox ? Status{} : native_kvm_usable();
+  if (r.in_sandbox || (!r.force_sandbox && native)) return true;
+  // Say why, so that a permission problem on a real KVM host is not
+  // silently papered over by the (much slower) sandbox.
+  const std::string why = r.force_sandbox ? "--sandbox given" : fmt::format("No usable /dev/kvm ({})", native.error());
+  if (!r.quiet) fmt::print(stderr, "{}; {}...\n", why, r.doing);
+  const auto err = exec_in_sandbox(r.args);
+  fmt::print(stderr, "ferry {}: cannot start the sandbox: {}\n", r.command, err);
+  return false;
 }
 
 }  // namespace ferry::cli
