@@ -172,7 +172,7 @@ json machine_facts(bool in_sandbox) {
                                         : "hardware-virtualized KVM";
   return {{"cpus", std::thread::hardware_concurrency()},
           {"cpu_model", first_line_with("/proc/cpuinfo", "model name")},
-          {"memory", first_line_with("/proc/meminfo", "MemTotal")},
+          {"memory", meminfo("MemTotal") ? fmt::format("{} kB", *meminfo("MemTotal")) : std::string()},
           {"kernel", u.release},
           {"kvm", kvm},
           {"network", "loopback (127.0.0.1)"}};
