@@ -8,7 +8,9 @@
 #include <thread>
 
 #include "userspace/migration/page_path.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
+#include "userspace/transport/sender.hh"
+#include "userspace/transport/tcp.hh"
 
 namespace ferry::migration {
 namespace {

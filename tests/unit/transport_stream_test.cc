@@ -1,4 +1,4 @@
-// The migration data path (userspace/transport/stream.hh) against the real
+// The migration data path (userspace/transport/sender.hh, receiver.hh, tcp.hh) against the real
 // kernel: loopback TCP sockets and real io_uring rings, nothing mocked but
 // the rate limiter's clock.
 #include <netinet/in.h>
@@ -16,7 +16,9 @@
 
 #include <gtest/gtest.h>
 
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
+#include "userspace/transport/sender.hh"
+#include "userspace/transport/tcp.hh"
 #include "userspace/transport/uring_probe.hh"
 
 namespace ferry::transport {

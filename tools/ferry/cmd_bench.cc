@@ -36,7 +36,9 @@
 #include "tools/ferry/sandbox_exec.hh"
 #include "tools/ferry/vm_report.hh"
 #include "kvm/quirks.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
+#include "userspace/transport/sender.hh"
+#include "userspace/transport/tcp.hh"
 
 namespace ferry::cli {
 namespace {

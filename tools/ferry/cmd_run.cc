@@ -26,7 +26,7 @@
 #include "kvm/machine.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/source.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/connection.hh"
 
 namespace ferry::cli {
 namespace {
@@ -338,14 +338,13 @@ void add_receive(CLI::App& app, Globals& g) {
       g.rc = 2;
       return;
     }
-    auto lfd = transport::listen_tcp(*ep);
-    if (!lfd) {
-      fmt::print(stderr, "ferry receive: {}\n", lfd.error());
+    auto listener = transport::listen(*ep);
+    if (!listener) {
+      fmt::print(stderr, "ferry receive: {}\n", listener.error());
       g.rc = 1;
       return;
     }
-    auto port = transport::listening_port(lfd->get());
-    const std::string where = transport::Endpoint{ep->host, port ? *port : ep->port}.str();
+    const std::string where = (*listener)->address();
     if (opts->json)
       fmt::print("{}\n", json{{"event", "listening"}, {"listen", where}, {"pid", ::getpid()}}.dump());
     else
@@ -362,10 +361,10 @@ void add_receive(CLI::App& app, Globals& g) {
           ro.progress = [json_out](const std::string& line) {
             if (!json_out) fmt::print(stderr, "ferry: {}\n", line);
           };
-          auto r = migration::receive_vm(lfd->get(), ro, console, n);
+          auto r = migration::receive_vm(**listener, ro, console, n);
           if (!r) return std::unexpected(std::move(r.error()).context("migration"));
           figs = r->figures;
-          responder = std::make_unique<migration::ResolveResponder>(lfd->get(), figs.session);
+          responder = std::make_unique<migration::ResolveResponder>(**listener, figs.session);
           if (json_out)
             fmt::print("{}\n", json{{"event", "received"},
                                     {"session", fmt::format("{:#018x}", figs.session)},

@@ -22,7 +22,9 @@
 #include "userspace/migration/digest.hh"
 #include "userspace/migration/page_ledger.hh"
 #include "userspace/migration/page_path.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
+#include "userspace/transport/sender.hh"
+#include "userspace/transport/tcp.hh"
 
 extern char** environ;
 

@@ -7,7 +7,7 @@
 
 #include "userspace/base/hex.hh"
 #include "userspace/migration/payloads.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/endpoint.hh"
 
 namespace ferry::control {
 namespace {

@@ -18,6 +18,8 @@
 #include "userspace/base/error.hh"
 #include "kvm/machine.hh"
 #include "userspace/migration/payloads.hh"
+#include "userspace/migration/vm.hh"
+#include "userspace/transport/connection.hh"
 
 namespace ferry::migration {
 
@@ -50,21 +52,31 @@ struct Received {
 // Blocks until a migration has been received and committed (the VM runs),
 // or fails: refused by the prechecks, aborted by the source, a bad stream,
 // discarded by a resolver. A failure before READY leaves nothing behind.
-Result<Received> receive_vm(int listen_fd, const ReceiveOptions& options, kvm::Serial::Sink console,
+// Every connection comes from `listener`.
+Result<Received> receive_vm(transport::Listener& listener, const ReceiveOptions& options, kvm::Serial::Sink console,
                             kvm::Machine::Notify stopped);
+
+// The same session against any host (vm.hh): receive_vm is this with this
+// host's KVM; the sessions' unit tests use a fake one.
+struct IncomingSession {
+  std::unique_ptr<IncomingVm> vm;  // running
+  ReceivedFigures figures;
+};
+Result<IncomingSession> receive_migration(transport::Listener& listener, const ReceiveOptions& options,
+                                          IncomingHost& host);
 
 // After a successful receive: answers resolvers on the listening socket
 // ("running" for our session, "unknown" for any other) and refuses new
 // migrations, until destroyed.
 class ResolveResponder {
  public:
-  ResolveResponder(int listen_fd, std::uint64_t session);
+  ResolveResponder(transport::Listener& listener, std::uint64_t session);
   ~ResolveResponder();
   ResolveResponder(const ResolveResponder&) = delete;
   ResolveResponder& operator=(const ResolveResponder&) = delete;
 
  private:
-  int fd_;
+  transport::Listener& listener_;
   std::uint64_t session_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
@@ -75,5 +87,7 @@ class ResolveResponder {
 // VM paused drops it (and answers kDiscarded).
 Result<QueryResult> query_destination(const std::string& to, std::uint64_t session, bool discard_if_holding,
                                       std::chrono::milliseconds timeout);
+Result<QueryResult> query_destination(transport::Dialer& dialer, const transport::Endpoint& to, std::uint64_t session,
+                                      bool discard_if_holding, std::chrono::milliseconds timeout);
 
 }  // namespace ferry::migration

@@ -20,7 +20,9 @@
 #include "kvm/machine.hh"
 #include "userspace/migration/policy.hh"
 #include "userspace/migration/status.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/connection.hh"
+#include "userspace/transport/endpoint.hh"
+#include "userspace/transport/sender.hh"
 
 namespace ferry::migration {
 
@@ -41,13 +43,20 @@ struct MigrateOptions {
   // it uses the engine's own counters, as when eBPF is unavailable).
   PolicyKind policy = PolicyKind::kAdaptive;
   bool use_ebpf = true;
+  // How to reach `to`; null: the transport its scheme names. Borrowed: it
+  // must outlive the migration (the sessions' tests pass an in-process link).
+  transport::Dialer* dialer = nullptr;
 };
+
+class SourceVm;  // vm.hh: what the engine needs from the VM
 
 class SourceMigration {
  public:
   // Starts the migration thread. `on_end` runs on it when the migration
   // reaches a final phase (migrated, failed, cancelled, outcome unknown).
   static std::unique_ptr<SourceMigration> start(kvm::Machine& machine, MigrateOptions options,
+                                                std::function<void(Phase)> on_end);
+  static std::unique_ptr<SourceMigration> start(std::unique_ptr<SourceVm> vm, MigrateOptions options,
                                                 std::function<void(Phase)> on_end);
   ~SourceMigration();  // cancels if still running, joins
 

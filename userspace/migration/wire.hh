@@ -12,7 +12,8 @@
 #include "userspace/base/error.hh"
 #include "userspace/migration/payloads.hh"
 #include "userspace/migration/protocol.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
+#include "userspace/transport/sender.hh"
 
 namespace ferry::migration {
 

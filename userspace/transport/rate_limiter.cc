@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <thread>
 
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/rate_limiter.hh"
 
 namespace ferry::transport {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "userspace/transport/io_uring.hh"
 #include "userspace/transport/socket_util.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/receiver.hh"
 
 namespace ferry::transport {
 namespace {

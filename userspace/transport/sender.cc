@@ -27,7 +27,7 @@
 #include "userspace/base/thread_name.hh"
 #include "userspace/transport/io_uring.hh"
 #include "userspace/transport/socket_util.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/sender.hh"
 #include "userspace/transport/uring_compat.hh"
 
 namespace ferry::transport {

@@ -1,5 +1,5 @@
-// TCP endpoints for the migration: parsing "HOST:PORT", listening,
-// connecting with a timeout, accepting with a timeout.
+// TCP for the migration (tcp.hh): listening, connecting with a timeout,
+// accepting with a timeout, and the Listener/Dialer built on them.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -9,13 +9,12 @@
 #include <sys/socket.h>
 
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <fstream>
 #include <memory>
 
 #include "userspace/transport/socket_util.hh"
-#include "userspace/transport/stream.hh"
+#include "userspace/transport/tcp.hh"
 
 namespace ferry::transport {
 namespace {
@@ -138,37 +137,6 @@ Status tune_tcp_socket(int fd) {
   return {};
 }
 
-std::string Endpoint::str() const {
-  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
-  return fmt::format("{}:{}", host, port);
-}
-
-Result<Endpoint> parse_endpoint(std::string_view text) {
-  auto expected = [&](std::string_view hint = {}) { return fail("'{}': expected HOST:PORT{}", text, hint); };
-  std::string_view host, port;
-  if (text.starts_with('[')) {
-    const auto close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return expected(" (IPv6 as [ADDRESS]:PORT)");
-    }
-    host = text.substr(1, close - 1);
-    port = text.substr(close + 2);
-  } else {
-    const auto colon = text.rfind(':');
-    if (colon == std::string_view::npos) return expected();
-    host = text.substr(0, colon);
-    port = text.substr(colon + 1);
-    if (host.find(':') != std::string_view::npos) return expected(" (IPv6 as [ADDRESS]:PORT)");
-  }
-  if (host.empty()) return expected();
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    return fail("'{}': port '{}' is not a number from 0 to 65535", text, port);
-  }
-  return Endpoint{.host = std::string(host), .port = static_cast<std::uint16_t>(value)};
-}
-
 Result<UniqueFd> listen_tcp(const Endpoint& where, int backlog) {
   auto list = resolve(where, /*passive=*/true);
   if (!list) return std::unexpected(std::move(list.error()).context(fmt::format("listen on {}", where.str())));
@@ -245,6 +213,41 @@ Result<UniqueFd> accept_tcp(int listen_fd, std::chrono::milliseconds timeout) {
     if (auto s = tune_tcp_socket(fd.get()); !s) return std::unexpected(std::move(s.error()).context("accept"));
     return fd;
   }
+}
+
+Result<std::unique_ptr<TcpListener>> TcpListener::open(const Endpoint& where, int backlog) {
+  auto fd = listen_tcp(where, backlog);
+  if (!fd) return std::unexpected(std::move(fd.error()));
+  auto port = listening_port(fd->get());
+  if (!port) return std::unexpected(std::move(port.error()).context(fmt::format("listen on {}", where.str())));
+  Endpoint bound = where;
+  bound.port = *port;
+  return std::unique_ptr<TcpListener>(new TcpListener(std::move(*fd), bound.str(), *port));
+}
+
+Result<Connection> TcpListener::accept(std::chrono::milliseconds timeout) {
+  auto fd = accept_tcp(fd_.get(), timeout);
+  if (!fd) return std::unexpected(std::move(fd.error()));
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  std::string peer = "?";
+  char host[INET6_ADDRSTRLEN] = {};
+  if (::getpeername(fd->get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    if (addr.ss_family == AF_INET) {
+      const auto& a = reinterpret_cast<const sockaddr_in&>(addr);
+      if (::inet_ntop(AF_INET, &a.sin_addr, host, sizeof host)) peer = Endpoint{host, ntohs(a.sin_port)}.str();
+    } else if (addr.ss_family == AF_INET6) {
+      const auto& a = reinterpret_cast<const sockaddr_in6&>(addr);
+      if (::inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host)) peer = Endpoint{host, ntohs(a.sin6_port)}.str();
+    }
+  }
+  return Connection(std::move(*fd), std::move(peer));
+}
+
+Result<Connection> TcpDialer::dial(const Endpoint& to, std::chrono::milliseconds timeout) {
+  auto fd = connect_tcp(to, timeout);
+  if (!fd) return std::unexpected(std::move(fd.error()));
+  return Connection(std::move(*fd), to.str());
 }
 
 }  // namespace ferry::transport

@@ -16,46 +16,17 @@
 // sends (stats say why).
 #include <sys/uio.h>
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
-#include <mutex>
-#include <span>
 #include <string>
 #include <vector>
 
 #include "userspace/base/error.hh"
 #include "userspace/base/unique_fd.hh"
+#include "userspace/transport/rate_limiter.hh"
 
 namespace ferry::transport {
-
-// A token bucket shared by every stream of a migration: the bandwidth cap.
-// Thread-safe. A rate of 0 means unlimited. The bucket holds at most
-// `burst` bytes (default: 50 ms worth of the rate, at least 256 KiB) so an
-// idle stream cannot save up a large burst.
-class RateLimiter {
- public:
-  using Clock = std::function<std::chrono::steady_clock::time_point()>;
-  using Sleep = std::function<void(std::chrono::nanoseconds)>;
-  // clock/sleep are injectable for unit tests; defaults are steady_clock and
-  // std::this_thread::sleep_for.
-  explicit RateLimiter(double bytes_per_second, Clock clock = {}, Sleep sleep = {});
-  // Blocks until `bytes` may go out (a request larger than the burst is
-  // allowed and leaves the bucket in debt). Returns at once when unlimited.
-  void acquire(std::uint64_t bytes);
-  void set_rate(double bytes_per_second);
-  double rate() const;
-
- private:
-  mutable std::mutex mu_;
-  double rate_ = 0;
-  double tokens_ = 0;
-  std::chrono::steady_clock::time_point last_{};
-  Clock clock_;
-  Sleep sleep_;
-};
 
 enum class ZeroCopy {
   kAuto,  // SENDMSG_ZC with usage reporting; plain sends once the kernel says it copied
@@ -124,50 +95,5 @@ class Sender {
   explicit Sender(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Exact reads from a stream socket through io_uring (IORING_OP_RECVMSG with
-// MSG_WAITALL, resubmitting the rest after a short read), into any memory:
-// the destination reads page data straight into guest RAM.
-class Receiver {
- public:
-  // Borrows `fd`, which must outlive the Receiver.
-  static Result<Receiver> create(int fd, std::string name = "stream", unsigned entries = 8);
-  Receiver(Receiver&&) noexcept;
-  Receiver& operator=(Receiver&&) noexcept;
-  ~Receiver();
-
-  // Fills the ranges completely, in order. Returns the byte count (their
-  // total), or 0 when the peer closed the connection cleanly before the
-  // first byte. Fails on a close part way ("stream 0: connection closed
-  // after 100 of 4096 bytes"), a socket error, or when nothing arrives for
-  // `idle_timeout` (0: wait forever); the timed-out request is cancelled.
-  Result<std::size_t> read_exact(std::span<const iovec> ranges,
-                                 std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0));
-  Result<std::size_t> read_exact(std::span<std::byte> into,
-                                 std::chrono::milliseconds idle_timeout = std::chrono::milliseconds(0));
-
-  std::uint64_t bytes() const;  // total received
-
- private:
-  struct Impl;
-  explicit Receiver(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
-};
-
-// TCP helpers for the migration: "HOST:PORT" parsing (IPv4, IPv6 in
-// brackets, or a name), listening and connecting with TCP_NODELAY and
-// generous socket buffers.
-struct Endpoint {
-  std::string host;
-  std::uint16_t port = 0;
-  std::string str() const;  // "host:port" ("[::1]:port" for IPv6)
-};
-Result<Endpoint> parse_endpoint(std::string_view text);  // port 0 allowed only when listening
-// Binds and listens; port 0 picks a free port (listening_port() tells which).
-Result<UniqueFd> listen_tcp(const Endpoint& where, int backlog = 16);
-Result<std::uint16_t> listening_port(int fd);
-Result<UniqueFd> connect_tcp(const Endpoint& to, std::chrono::milliseconds timeout);
-// accept() with a timeout (0: forever); the accepted socket gets the same options.
-Result<UniqueFd> accept_tcp(int listen_fd, std::chrono::milliseconds timeout);
 
 }  // namespace ferry::transport

@@ -1,0 +1,40 @@
+#pragma once
+// Pieces the destination session and the resolver side share: a new
+// connection opened and its HELLO read, one resolver served, and the
+// destination's phases. Internal to the destination.
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "userspace/base/error.hh"
+#include "userspace/migration/migration_stream.hh"
+#include "userspace/migration/payloads.hh"
+#include "userspace/transport/connection.hh"
+
+namespace ferry::migration {
+
+// A connection with its stream opened; `hello` is its HELLO or why there
+// is none (a peer speaking another version, or garbage), so the caller can
+// still answer it with ABORT on the stream.
+struct Incoming {
+  std::unique_ptr<MigrationStream> stream;
+  Result<Hello> hello;
+};
+// Fails only when the stream itself cannot be set up.
+Result<Incoming> open_incoming(transport::Connection c, std::string name, std::chrono::milliseconds read_timeout);
+
+// Serves one resolver whose HELLO was read: QUERY, then maybe ABORT.
+// `outcome` says what this process knows; `discard` is called on an ABORT
+// while holding and returns whether the VM was dropped.
+void serve_resolver(MigrationStream& s, std::uint64_t session, const std::function<SessionOutcome()>& outcome,
+                    const std::function<bool()>& discard);
+
+// The destination's phases. The VM runs here only in kRunning, which only
+// COMMIT reaches; from kReady a lost source leads to kHolding, which only a
+// resolver leaves (discard).
+enum class IncomingPhase { kListening, kPrecheck, kReceiving, kReady, kRunning, kHolding, kFailed, kDiscarded };
+std::string_view incoming_phase_name(IncomingPhase p);
+bool incoming_transition_allowed(IncomingPhase from, IncomingPhase to);
+
+}  // namespace ferry::migration

@@ -1,0 +1,149 @@
+// The destination's side of resolving, and the resolver's: opening an
+// incoming connection, serving QUERY/ABORT, the ResolveResponder that keeps
+// answering after a successful receive, and query_destination (`ferry
+// resolve`). Also the destination's phase table (incoming.hh).
+#include <spdlog/spdlog.h>
+
+#include "userspace/base/thread_name.hh"
+#include "userspace/migration/destination.hh"
+#include "userspace/migration/incoming.hh"
+
+namespace ferry::migration {
+
+std::string_view incoming_phase_name(IncomingPhase p) {
+  switch (p) {
+    case IncomingPhase::kListening: return "listening";
+    case IncomingPhase::kPrecheck: return "precheck";
+    case IncomingPhase::kReceiving: return "receiving";
+    case IncomingPhase::kReady: return "ready";
+    case IncomingPhase::kRunning: return "running";
+    case IncomingPhase::kHolding: return "holding";
+    case IncomingPhase::kFailed: return "failed";
+    case IncomingPhase::kDiscarded: return "discarded";
+  }
+  return "?";
+}
+
+bool incoming_transition_allowed(IncomingPhase from, IncomingPhase to) {
+  using enum IncomingPhase;
+  switch (from) {
+    case kListening: return to == kPrecheck || to == kFailed;
+    case kPrecheck: return to == kReceiving || to == kFailed;
+    case kReceiving: return to == kReady || to == kFailed;
+    // After READY the source decides: COMMIT runs the VM here, ABORT drops
+    // it; silence (or anything else) holds it for a resolver.
+    case kReady: return to == kRunning || to == kHolding || to == kFailed;
+    case kHolding: return to == kDiscarded;
+    case kRunning:
+    case kFailed:
+    case kDiscarded: return false;
+  }
+  return false;
+}
+
+Result<Incoming> open_incoming(transport::Connection c, std::string name, std::chrono::milliseconds read_timeout) {
+  MigrationStream::Options so;
+  so.name = std::move(name);
+  so.read_timeout = read_timeout;
+  auto s = MigrationStream::open(std::move(c), so);
+  if (!s) return std::unexpected(s.error());
+  Incoming in{std::move(*s), fail("no HELLO")};
+  in.hello = [&]() -> Result<Hello> {
+    auto f = in.stream->in().next_frame();
+    if (!f) return std::unexpected(f.error());
+    if (!*f) return fail("the peer closed the connection before HELLO");
+    if ((*f)->type != FrameType::kHello) return fail("expected HELLO, got {}", frame_type_name((*f)->type));
+    return decode_hello((*f)->payload);
+  }();
+  return in;
+}
+
+void serve_resolver(MigrationStream& s, std::uint64_t session, const std::function<SessionOutcome()>& outcome,
+                    const std::function<bool()>& discard) {
+  for (;;) {
+    auto f = s.in().next_frame();
+    if (!f || !*f) return;
+    if ((*f)->type == FrameType::kQuery) {
+      auto q = decode_query((*f)->payload);
+      if (!q) return;
+      const SessionOutcome o = q->token == session ? outcome() : SessionOutcome::kUnknown;
+      (void)s.send_now(FrameType::kQueryResult, QueryResult{q->token, o, std::string(session_outcome_name(o))});
+    } else if ((*f)->type == FrameType::kAbort) {
+      const bool dropped = outcome() == SessionOutcome::kHolding && discard && discard();
+      const SessionOutcome o = dropped ? SessionOutcome::kDiscarded : outcome();
+      (void)s.send_now(FrameType::kQueryResult, QueryResult{session, o, std::string(session_outcome_name(o))});
+      return;
+    } else {
+      return;
+    }
+  }
+}
+
+ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t session)
+    : listener_(listener), session_(session) {
+  thread_ = std::thread([this] {
+    name_this_thread("mig-resolve");
+    while (!stop_.load()) {
+      auto c = listener_.accept(std::chrono::milliseconds(200));
+      if (!c) continue;
+      auto in = open_incoming(std::move(*c), "resolver", std::chrono::seconds(10));
+      if (!in || !in->hello) continue;
+      if (in->hello->purpose == HelloPurpose::kMigrate) {
+        (void)in->stream->send_now(FrameType::kAbort, Abort{"this destination already received its VM"});
+        continue;
+      }
+      serve_resolver(*in->stream, session_, [] { return SessionOutcome::kRunning; }, {});
+    }
+  });
+}
+
+ResolveResponder::~ResolveResponder() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<QueryResult> query_destination(const std::string& to, std::uint64_t session, bool discard_if_holding,
+                                      std::chrono::milliseconds timeout) {
+  auto ep = transport::parse_endpoint(to);
+  if (!ep) return std::unexpected(ep.error());
+  auto dialer = transport::dialer_for(*ep);
+  if (!dialer) return std::unexpected(dialer.error());
+  return query_destination(**dialer, *ep, session, discard_if_holding, timeout);
+}
+
+Result<QueryResult> query_destination(transport::Dialer& dialer, const transport::Endpoint& to, std::uint64_t session,
+                                      bool discard_if_holding, std::chrono::milliseconds timeout) {
+  auto c = dialer.dial(to, timeout);
+  if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("connect to {}", to.str())));
+  MigrationStream::Options so;
+  so.name = "resolver";
+  so.read_timeout = timeout;
+  auto s = MigrationStream::open(std::move(*c), so);
+  if (!s) return std::unexpected(s.error());
+  auto& stream = **s;
+  Hello h;
+  h.host = "resolver";
+  h.purpose = HelloPurpose::kResolve;
+  h.session = session;
+  h.stream_count = 0;
+  if (auto ok = stream.send_now(FrameType::kHello, h); !ok) return std::unexpected(ok.error());
+  if (auto ok = stream.send_now(FrameType::kQuery, Query{session}); !ok) return std::unexpected(ok.error());
+  auto read_result = [&]() -> Result<QueryResult> {
+    auto f = stream.in().next_frame();
+    if (!f) return std::unexpected(f.error());
+    if (!*f) return fail("the destination closed the connection without answering");
+    if ((*f)->type == FrameType::kAbort) {
+      auto a = decode_abort((*f)->payload);
+      return fail("the destination refused: {}", a ? a->reason : a.error().what());
+    }
+    if ((*f)->type != FrameType::kQueryResult) return fail("expected QUERY_RESULT, got {}", frame_type_name((*f)->type));
+    return decode_query_result((*f)->payload);
+  };
+  auto q = read_result();
+  if (!q || !discard_if_holding || q->outcome != SessionOutcome::kHolding) return q;
+  if (auto ok = stream.send_now(FrameType::kAbort, Abort{"resolver: the source keeps the VM"}); !ok)
+    return std::unexpected(ok.error());
+  return read_result();
+}
+
+}  // namespace ferry::migration
