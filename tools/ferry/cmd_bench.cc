@@ -78,22 +78,21 @@ struct RawFigures {
 
 
 // `total` bytes over `streams` loopback connections made like the
-// migration's (transport::connect_tcp/accept_tcp: TCP_NODELAY, large
+// migration's (transport::TcpDialer/TcpListener: TCP_NODELAY, large
 // buffers), in 1 MiB sends; timed from the first send to the last byte read.
 Result<RawFigures> raw_transfer(std::uint64_t total, std::uint32_t streams, bool io_uring) {
-  auto lfd = transport::listen_tcp({"127.0.0.1", 0});
-  if (!lfd) return std::unexpected(lfd.error());
-  auto port = transport::listening_port(lfd->get());
-  if (!port) return std::unexpected(port.error());
-  const transport::Endpoint to{"127.0.0.1", *port};
+  auto listener = transport::TcpListener::open({"127.0.0.1", 0});
+  if (!listener) return std::unexpected(listener.error());
+  const transport::Endpoint to{"127.0.0.1", (*listener)->port()};
+  transport::TcpDialer dialer;
   std::vector<UniqueFd> tx, rx;
   for (std::uint32_t i = 0; i < streams; ++i) {
-    auto c = transport::connect_tcp(to, 10s);
+    auto c = dialer.dial(to, 10s);
     if (!c) return std::unexpected(c.error());
-    auto a = transport::accept_tcp(lfd->get(), 10s);
+    auto a = (*listener)->accept(10s);
     if (!a) return std::unexpected(a.error());
-    tx.push_back(std::move(*c));
-    rx.push_back(std::move(*a));
+    tx.push_back(c->release());
+    rx.push_back(a->release());
   }
   const std::uint64_t per_stream = std::max<std::uint64_t>(kChunk, total / streams / kChunk * kChunk);
   std::mutex mu;

@@ -64,9 +64,10 @@ std::uint64_t splitmix64(std::uint64_t& s) {
 // Runs fn on a thread that joined the network namespace `ns` (`ip netns`
 // name; empty: here). A socket stays in the namespace it was made in, so
 // what fn returns works from any thread afterwards.
-Result<UniqueFd> in_netns(const std::string& ns, const std::function<Result<UniqueFd>()>& fn) {
+template <class F>
+auto in_netns(const std::string& ns, F&& fn) -> decltype(fn()) {
   if (ns.empty()) return fn();
-  std::optional<Result<UniqueFd>> out;
+  std::optional<decltype(fn())> out;
   std::thread([&] {
     const std::string path = "/var/run/netns/" + ns;
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -207,18 +208,17 @@ Timing time_memcpy(const kvm::GuestRegion& from, const kvm::GuestRegion& to) {
 Path loopback_path() { return {"loopback", "127.0.0.1", {}, {}}; }
 
 Result<std::vector<SocketPair>> connect_pairs(const Path& p, std::uint32_t n) {
-  auto lfd = in_netns(p.rx_netns, [&] { return transport::listen_tcp({p.address, 0}); });
-  if (!lfd) return std::unexpected(std::move(lfd.error()).context(fmt::format("{}: listen", p.name)));
-  auto port = transport::listening_port(lfd->get());
-  if (!port) return std::unexpected(port.error());
-  const transport::Endpoint to{p.address, *port};
+  auto listener = in_netns(p.rx_netns, [&] { return transport::TcpListener::open({p.address, 0}); });
+  if (!listener) return std::unexpected(std::move(listener.error()).context(fmt::format("{}: listen", p.name)));
+  const transport::Endpoint to{p.address, (*listener)->port()};
+  transport::TcpDialer dialer;
   std::vector<SocketPair> out;
   for (std::uint32_t i = 0; i < n; ++i) {
-    auto c = in_netns(p.tx_netns, [&] { return transport::connect_tcp(to, 10s); });
+    auto c = in_netns(p.tx_netns, [&] { return dialer.dial(to, 10s); });
     if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("{}: connect to {}", p.name, to.str())));
-    auto a = in_netns(p.rx_netns, [&] { return transport::accept_tcp(lfd->get(), 10s); });
+    auto a = in_netns(p.rx_netns, [&] { return (*listener)->accept(10s); });
     if (!a) return std::unexpected(std::move(a.error()).context(fmt::format("{}: accept", p.name)));
-    out.push_back({std::move(*c), std::move(*a)});
+    out.push_back(SocketPair{c->release(), a->release()});
   }
   return out;
 }

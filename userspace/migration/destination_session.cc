@@ -45,7 +45,11 @@ class Session {
   void stream_main(std::size_t i);
   Status receive_pages(std::size_t stream, const FrameHeader& h);
   Status receive_zero(std::size_t stream, const std::vector<std::byte>& payload);
-  Result<Frame> next_control(std::chrono::milliseconds timeout);
+  // The next frame on stream 0. Before READY any stream's failure or end
+  // ends the session; after it (`after_ready`) only stream 0 speaks: the
+  // data streams' ends race the source's COMMIT or ABORT and must not be
+  // mistaken for a source gone silent.
+  Result<Frame> next_control(std::chrono::milliseconds timeout, bool after_ready = false);
   Status finish_and_ready(const State& state, std::optional<VerifyDigest> digest);
   Result<IncomingSession> wait_commit(std::uint64_t last_heartbeat);
   Result<IncomingSession> hold();
@@ -82,6 +86,7 @@ class Session {
   std::deque<Frame> control_;  // non-page frames from stream 0
   std::optional<Error> failed_;
   std::size_t ended_ = 0;
+  std::optional<Error> control_end_;  // why stream 0's reader stopped
 };
 
 Status Session::enter(IncomingPhase to) {
@@ -244,13 +249,21 @@ Status Session::receive_zero(std::size_t stream, const std::vector<std::byte>& p
 void Session::stream_main(std::size_t i) {
   name_this_thread(fmt::format("mig-recv{}", i));
   Stream& s = streams_[i];
-  auto fail_here = [&](Error e) { fail_stream(std::move(e).context(fmt::format("stream {}", i))); };
+  auto fail_here = [&](Error e) {
+    Error why = std::move(e).context(fmt::format("stream {}", i));
+    if (i == 0) {
+      std::lock_guard lock(mu_);
+      control_end_ = why;
+    }
+    fail_stream(std::move(why));
+  };
   for (;;) {
     auto h = s.io->in().next_header();
     if (!h) return fail_here(std::move(h.error()));
     if (!*h) {
       std::lock_guard lock(mu_);
       ++ended_;
+      if (i == 0) control_end_ = Error("the source closed the connection");
       cv_.notify_all();
       return;
     }
@@ -280,13 +293,19 @@ void Session::stream_main(std::size_t i) {
   }
 }
 
-Result<Frame> Session::next_control(std::chrono::milliseconds timeout) {
+Result<Frame> Session::next_control(std::chrono::milliseconds timeout, bool after_ready) {
   std::unique_lock lock(mu_);
-  const bool got = cv_.wait_for(lock, timeout, [&] { return !control_.empty() || failed_ || ended_ > 0; });
+  const bool got = cv_.wait_for(lock, timeout, [&] {
+    return !control_.empty() || control_end_ || (!after_ready && (failed_ || ended_ > 0));
+  });
   if (!control_.empty()) {
     Frame f = std::move(control_.front());
     control_.pop_front();
     return f;
+  }
+  if (after_ready) {
+    if (control_end_) return std::unexpected(*control_end_);
+    return fail("no frame from the source within {} ms", timeout.count());
   }
   if (failed_) return std::unexpected(*failed_);
   if (ended_ > 0) return fail("the source closed the connection");
@@ -334,7 +353,7 @@ Status Session::finish_and_ready(const State& state, std::optional<VerifyDigest>
 }
 
 Result<IncomingSession> Session::wait_commit(std::uint64_t last_heartbeat) {
-  auto f = next_control(o_.idle_timeout);
+  auto f = next_control(o_.idle_timeout, /*after_ready=*/true);
   if (!f) {
     spdlog::error("receive: READY sent, then: {}. Holding the VM paused until `ferry resolve` decides", f.error());
     return hold();

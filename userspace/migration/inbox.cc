@@ -45,11 +45,33 @@ Result<Frame> Inbox::wait(std::chrono::milliseconds timeout, const std::atomic<b
 
 std::optional<Error> Inbox::problem() {
   std::lock_guard lock(mu_);
+  return problem_locked();
+}
+
+std::optional<Error> Inbox::problem_within(std::chrono::milliseconds within) {
+  std::unique_lock lock(mu_);
+  std::optional<Error> p;
+  cv_.wait_for(lock, within, [&] { return (p = problem_locked()).has_value(); });
+  return p;
+}
+
+std::optional<Error> Inbox::abort_within(std::chrono::milliseconds within) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, within, [&] { return closed_ || abort_locked(); });
+  return abort_locked();
+}
+
+std::optional<Error> Inbox::abort_locked() const {
   for (const auto& f : frames_)
     if (f.type == FrameType::kAbort) {
       auto a = decode_abort(f.payload);
       return Error(fmt::format("the destination aborted: {}", a ? a->reason : a.error().what()));
     }
+  return std::nullopt;
+}
+
+std::optional<Error> Inbox::problem_locked() const {
+  if (auto a = abort_locked()) return a;
   if (closed_) return closed_;
   return std::nullopt;
 }

@@ -155,7 +155,13 @@ void SourceMigration::Impl::run() {
     // A cancel may surface as whatever it broke (a cut connection): report
     // the cancel, which is what happened.
     Error why = ok.error();
-    if (ctx.cancelled()) why = Error(ctx.cancel_reason());
+    if (ctx.cancelled()) {
+      why = Error(ctx.cancel_reason());
+    } else if (auto a = inbox.abort_within(std::chrono::milliseconds(500))) {
+      // A send that failed because the destination gave up says less than
+      // the ABORT it sent first, which the reader may still be taking in.
+      why = *a;
+    }
     roll_back(why, ctx.cancelled());
   }
   collect_transport_figures();

@@ -30,8 +30,10 @@ Result<RoundFigures> SourceMigration::Impl::send_round(std::uint32_t round, cons
   for (auto& w : workers) w.join();
   for (auto& r : results)
     if (!r) {
-      // A dead peer fails every stream; say why it died if the reader knows.
-      if (auto p = inbox.problem()) return std::unexpected(*p);
+      // A dead peer fails every stream; say why it died if the reader
+      // knows (its ABORT may arrive just after the send failed).
+      if (auto p = ctx.cancelled() ? inbox.problem() : inbox.problem_within(std::chrono::milliseconds(500)))
+        return std::unexpected(*p);
       return std::unexpected(r.error());
     }
   RoundFigures total;

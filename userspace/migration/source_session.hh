@@ -67,8 +67,6 @@ class SourceContext {
   std::string cancel_reason_;
 };
 
-bool phase_transition_allowed(Phase from, Phase to);
-
 struct SourceMigration::Impl {
   Impl(std::unique_ptr<SourceVm> vm, MigrateOptions options);
 

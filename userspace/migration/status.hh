@@ -23,6 +23,9 @@ enum class Phase {
 };
 std::string_view phase_name(Phase p);
 bool phase_final(Phase p);
+// The commit rule as a table (source.cc): whether a session may go from
+// one phase to the other.
+bool phase_transition_allowed(Phase from, Phase to);
 
 struct RoundFigures {
   std::uint32_t round = 0;

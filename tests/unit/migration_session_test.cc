@@ -1,0 +1,261 @@
+// The migration sessions in one process: a source (SourceMigration) and a
+// destination (receive_migration) over an in-process socketpair transport
+// (transport::LocalLink), against fake VMs whose memory is a real memfd
+// region and whose "guest" is a thread rewriting pages while the VM runs.
+// A relay between the two ends of each connection (relay.hh) injects one
+// fault where the engine surely gets to it: a cut, a corrupt frame, a
+// cancel while READY is held back, a lost COMMIT, a lost CONFIRMED. Each
+// test asserts the commit rule: exactly one side runs the VM, and a side
+// that ran it has the source's memory and state.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <unistd.h>
+
+#include <future>
+
+#include "tests/unit/migration_session_fakes.hh"
+#include "userspace/migration/destination.hh"
+#include "userspace/migration/incoming.hh"
+#include "userspace/migration/source.hh"
+#include "userspace/transport/local.hh"
+
+namespace ferry::migration {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::FakeHost;
+using testing::FakeSourceVm;
+using testing::Fault;
+using testing::Relay;
+
+constexpr std::uint32_t kStreams = 2;
+
+struct Sessions {
+  explicit Sessions(Fault fault) : relay(fault) {}
+  // A test that failed half way must not hang here: a held destination
+  // ends when the listener closes, a held frame when the relay lets go.
+  ~Sessions() {
+    link.close();
+    relay.release();
+    source.reset();
+    if (destination.valid()) (void)destination.wait_for(30s);
+  }
+  Relay relay;
+  transport::LocalLink link{[this](transport::Connection& dialer, transport::Connection& listener) {
+    relay.interpose(dialer, listener);
+  }};
+  FakeHost host;
+  FakeSourceVm* source_vm = nullptr;
+  std::unique_ptr<SourceMigration> source;
+  std::future<Result<IncomingSession>> destination;
+  std::promise<Phase> ended;  // the first final phase (resolve() reports again)
+  std::atomic<bool> ended_once{false};
+
+  void start(std::chrono::milliseconds idle_timeout = 5s, bool verify = true) {
+    ReceiveOptions ro;
+    ro.idle_timeout = idle_timeout;
+    ro.stream_accept_timeout = 5s;
+    destination = std::async(std::launch::async, [this, ro] { return receive_migration(link, ro, host); });
+    auto vm = std::make_unique<FakeSourceVm>();
+    source_vm = vm.get();
+    MigrateOptions mo;
+    mo.to = {.host = "local", .port = 1};
+    mo.dialer = &link;
+    mo.streams = kStreams;
+    mo.verify = verify;
+    mo.policy = PolicyKind::kFixedThreshold;
+    mo.downtime_limit = Millis(50);
+    mo.timeout = 5s;  // the guest writes forever: switch over at the latest then
+    mo.on_timeout = TimeoutAction::kForceSwitchover;
+    mo.reply_timeout = 5s;
+    mo.confirm_timeout = 300ms;
+    mo.zero_copy = transport::ZeroCopy::kOff;
+    source = SourceMigration::start(std::move(vm), mo, [this](Phase p) {
+      if (!ended_once.exchange(true)) ended.set_value(p);
+    });
+  }
+  Phase source_end() {
+    auto f = ended.get_future();
+    EXPECT_EQ(f.wait_for(30s), std::future_status::ready) << "the source session never ended";
+    return f.get();
+  }
+  Result<IncomingSession> destination_end() {
+    EXPECT_EQ(destination.wait_for(30s), std::future_status::ready) << "the destination session never ended";
+    return destination.get();
+  }
+  Result<QueryResult> ask(bool discard) {
+    return query_destination(link, {.host = "local", .port = 1}, source->status().session, discard, 5s);
+  }
+};
+
+TEST(MigrationSessions, TheVmMovesWithItsMemoryAndStateAndRunsOnlyAtTheDestination) {
+  Sessions r(Fault{});
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kMigrated) << r.source->status().error;
+  auto got = r.destination_end();
+  ASSERT_TRUE(got) << got.error().what();
+  auto& dst = r.host.last();
+  EXPECT_TRUE(dst.resumed);
+  EXPECT_FALSE(dst.stopped);
+  EXPECT_TRUE(r.source_vm->stopped());
+  EXPECT_FALSE(r.source_vm->running());
+  // The guest wrote during pre-copy; what the destination holds is the
+  // memory and state at the pause.
+  const auto st = r.source->status();
+  EXPECT_GE(st.rounds.size(), 2u);
+  EXPECT_GT(r.source_vm->writes_during_migration(), 0u);
+  EXPECT_EQ(dst.state, r.source_vm->last_state());
+  EXPECT_EQ(std::memcmp(dst.ram->host(), r.source_vm->ram().host(), r.source_vm->ram().size()), 0);
+  EXPECT_TRUE(got->figures.verified);
+  EXPECT_EQ(got->figures.session, st.session);
+  // Holes were never sent; zero pages went as markers.
+  EXPECT_EQ(st.unallocated_pages, r.source_vm->ram().pages() - FakeSourceVm::kAllocatedPages);
+  EXPECT_GE(st.zero_pages, FakeSourceVm::kZeroPages);
+  EXPECT_EQ(r.relay.fired(), false);
+}
+
+void expect_source_runs_destination_does_not(Sessions& r, Result<IncomingSession>& got) {
+  EXPECT_FALSE(got);
+  EXPECT_TRUE(r.source_vm->running()) << "the source must resume its VM before COMMIT";
+  EXPECT_FALSE(r.source_vm->stopped());
+  EXPECT_FALSE(r.source_vm->tracking());
+  if (r.host.built()) {
+    EXPECT_FALSE(r.host.last().resumed) << "the destination ran the VM without COMMIT";
+  }
+}
+
+TEST(MigrationSessions, ACutConnectionRollsBackAndTheSourceKeepsRunning) {
+  Sessions r(Fault{.kind = Fault::kCut, .type = FrameType::kPages, .nth = 2});
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kFailed);
+  auto got = r.destination_end();
+  EXPECT_TRUE(r.relay.fired());
+  expect_source_runs_destination_does_not(r, got);
+  EXPECT_FALSE(r.source->status().error.empty());
+}
+
+TEST(MigrationSessions, ACorruptFrameIsRefusedAndTheSourceKeepsRunning) {
+  Sessions r(Fault{.kind = Fault::kCorrupt, .type = FrameType::kPages, .nth = 1});
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kFailed);
+  auto got = r.destination_end();
+  EXPECT_TRUE(r.relay.fired());
+  expect_source_runs_destination_does_not(r, got);
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.error().what().find("CRC"), std::string::npos) << "[" << got.error().what() << "]";
+  // The destination told the source why.
+  EXPECT_NE(r.source->status().error.find("CRC"), std::string::npos) << r.source->status().error;
+}
+
+TEST(MigrationSessions, AnAbortAfterReadyDropsTheDestinationsCopy) {
+  Sessions r(Fault{.kind = Fault::kHold, .type = FrameType::kReady, .nth = 1});
+  r.start();
+  // READY was sent and is held back: the destination has loaded the VM.
+  ASSERT_TRUE(r.relay.wait_fired(20s));
+  r.source->cancel("operator cancel while READY is on its way");
+  EXPECT_EQ(r.source_end(), Phase::kCancelled);
+  auto got = r.destination_end();
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.error().what().find("aborted after READY"), std::string::npos) << got.error().what();
+  expect_source_runs_destination_does_not(r, got);
+  ASSERT_TRUE(r.host.built());
+  EXPECT_TRUE(r.host.last().loaded);
+  EXPECT_TRUE(r.host.last().stopped);
+  r.relay.release();
+}
+
+TEST(MigrationSessions, ALostCommitLeavesBothPausedUntilResolveResumesTheSource) {
+  Sessions r(Fault{.kind = Fault::kDrop, .type = FrameType::kCommit, .nth = 1});
+  r.start(/*idle_timeout=*/1s);
+  EXPECT_EQ(r.source_end(), Phase::kOutcomeUnknown);
+  EXPECT_TRUE(r.relay.fired());
+  // Neither side runs: the source waits for an operator, the destination
+  // holds the VM paused for a resolver.
+  EXPECT_FALSE(r.source_vm->running());
+  EXPECT_FALSE(r.source_vm->stopped());
+  auto q = r.ask(/*discard=*/false);
+  ASSERT_TRUE(q) << q.error().what();
+  EXPECT_EQ(q->outcome, SessionOutcome::kHolding);
+  EXPECT_FALSE(r.host.last().resumed);
+  // `ferry resolve`: the destination never ran it, so it is dropped there
+  // and the source resumes.
+  auto d = r.ask(/*discard=*/true);
+  ASSERT_TRUE(d) << d.error().what();
+  EXPECT_EQ(d->outcome, SessionOutcome::kDiscarded);
+  ASSERT_TRUE(r.source->resolve(false));
+  EXPECT_EQ(r.source->phase(), Phase::kFailed);
+  auto got = r.destination_end();
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.error().what().find("discarded"), std::string::npos) << got.error().what();
+  EXPECT_TRUE(r.host.last().stopped);
+  EXPECT_FALSE(r.host.last().resumed);
+  EXPECT_TRUE(r.source_vm->running());
+}
+
+TEST(MigrationSessions, ALostConfirmationIsResolvedByAskingTheDestination) {
+  Sessions r(Fault{.kind = Fault::kDrop, .type = FrameType::kConfirmed, .nth = 1});
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kOutcomeUnknown);
+  auto got = r.destination_end();
+  ASSERT_TRUE(got) << got.error().what();
+  EXPECT_TRUE(r.relay.fired());
+  // The destination runs it; the source, never having been told, waits paused.
+  EXPECT_TRUE(r.host.last().resumed);
+  EXPECT_FALSE(r.source_vm->running());
+  EXPECT_FALSE(r.source_vm->stopped());
+  // A resolve after a successful receive asks the responder, which says "running".
+  ResolveResponder responder(r.link, got->figures.session);
+  auto q = r.ask(/*discard=*/true);
+  ASSERT_TRUE(q) << q.error().what();
+  EXPECT_EQ(q->outcome, SessionOutcome::kRunning);
+  ASSERT_TRUE(r.source->resolve(true));
+  EXPECT_EQ(r.source->phase(), Phase::kMigrated);
+  EXPECT_TRUE(r.source_vm->stopped());
+  EXPECT_FALSE(r.host.last().stopped);
+  EXPECT_EQ(std::memcmp(r.host.last().ram->host(), r.source_vm->ram().host(), r.source_vm->ram().size()), 0);
+}
+
+TEST(MigrationSessions, APeerThatIsNotASourceIsRefusedBeforeAnythingIsBuilt) {
+  transport::LocalLink link;
+  FakeHost host;
+  ReceiveOptions ro;
+  ro.idle_timeout = 2s;
+  auto dst = std::async(std::launch::async, [&] { return receive_migration(link, ro, host); });
+  auto c = link.dial({.host = "local", .port = 1}, 1s);
+  ASSERT_TRUE(c);
+  const std::string garbage = "GET / HTTP/1.1\r\nHost: ferry\r\n\r\n and some more bytes to fill a header";
+  ASSERT_EQ(::write(c->fd(), garbage.data(), garbage.size()), static_cast<ssize_t>(garbage.size()));
+  ASSERT_EQ(dst.wait_for(10s), std::future_status::ready);
+  auto got = dst.get();
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.error().what().find("refused an incoming migration"), std::string::npos) << got.error().what();
+  EXPECT_FALSE(host.built());
+}
+
+// The phase tables are the commit rule: nothing leaves COMMIT except the
+// destination's answer, nothing but a resolver ends a held VM.
+TEST(MigrationSessions, PhaseTablesFollowTheCommitRule) {
+  using enum Phase;
+  for (Phase p : {kConnecting, kPrecheck, kPrecopy, kSwitchover}) {
+    EXPECT_TRUE(phase_transition_allowed(p, kFailed));
+    EXPECT_TRUE(phase_transition_allowed(p, kCancelled));
+  }
+  EXPECT_FALSE(phase_transition_allowed(kCommitting, kFailed));
+  EXPECT_FALSE(phase_transition_allowed(kCommitting, kCancelled));
+  EXPECT_TRUE(phase_transition_allowed(kCommitting, kOutcomeUnknown));
+  EXPECT_TRUE(phase_transition_allowed(kOutcomeUnknown, kFailed));
+  EXPECT_FALSE(phase_transition_allowed(kPrecopy, kCommitting));
+  EXPECT_FALSE(phase_transition_allowed(kMigrated, kFailed));
+  EXPECT_FALSE(phase_transition_allowed(kCancelled, kPrecopy));
+  using I = IncomingPhase;
+  EXPECT_FALSE(incoming_transition_allowed(I::kReceiving, I::kRunning));
+  EXPECT_FALSE(incoming_transition_allowed(I::kHolding, I::kRunning));
+  EXPECT_FALSE(incoming_transition_allowed(I::kHolding, I::kFailed));
+  EXPECT_TRUE(incoming_transition_allowed(I::kReady, I::kRunning));
+  EXPECT_TRUE(incoming_transition_allowed(I::kHolding, I::kDiscarded));
+  EXPECT_FALSE(incoming_transition_allowed(I::kRunning, I::kFailed));
+}
+
+}  // namespace
+}  // namespace ferry::migration
