@@ -80,6 +80,75 @@ bool SourceMigration::Impl::adopt_kernel_view() {
   return true;
 }
 
+// What the policy is told about a round that just ended: the engine's
+// figures, the planner's view of the harvest, the kernel's (eBPF), the
+// switch costs (measured now by a calibration pause when they are wanted)
+// and what each vCPU dirtied.
+Result<RoundSample> SourceMigration::Impl::sample_round(std::uint32_t round, const RoundFigures& fig,
+                                                        const RoundPlanner::Harvest& harvest,
+                                                        const Decision& last_decision) {
+  RoundSample sample;
+  sample.round = round;
+  sample.duration = Millis(fig.ms);
+  sample.bytes_sent = fig.bytes;
+  sample.dirty_pages = harvest.dirty_pages;
+  sample.elapsed = Millis(ms_since(ctx.t0()));
+  sample.hot_pages = harvest.held_only;
+  sample.hot_set_pages = harvest.hot_set_pages;
+  if (kernel) {
+    sample.kernel = kernel->round_end();
+    // vCPUs that never dirtied a page have no counter yet: rate 0.
+    if (sample.kernel && !sample.kernel->dirty_pages_per_s.empty())
+      sample.kernel->dirty_pages_per_s.resize(
+          std::max<std::size_t>(sample.kernel->dirty_pages_per_s.size(), vm->vcpu_count()), 0.0);
+  }
+  // A calibration pause after round 0, and again while the switch costs
+  // alone keep the prediction over the limit (SwitchCostEstimate).
+  if (o.policy == PolicyKind::kAdaptive && switch_costs.wants_sample(last_decision, o.downtime_limit)) {
+    if (auto ok = calibrate(sample); !ok) return std::unexpected(ok.error());
+  } else {
+    sample.state_bytes = calibrated_state_bytes;
+    sample.switch_costs = Millis(std::max(0.0, switch_costs.ms()));
+  }
+  const auto per_vcpu = vm->dirtied_per_vcpu();
+  if (per_vcpu.empty()) {
+    // The bitmap cannot say which vCPU wrote: one figure for the VM,
+    // and a throttle decision then applies to every vCPU.
+    sample.dirtied_per_vcpu = {sample.dirty_pages};
+  } else {
+    for (std::size_t i = 0; i < per_vcpu.size(); ++i)
+      sample.dirtied_per_vcpu.push_back(per_vcpu[i] - (i < vcpu_dirty_last.size() ? vcpu_dirty_last[i] : 0));
+    vcpu_dirty_last = per_vcpu;
+  }
+  return sample;
+}
+
+// The round's line in the report: what the policy was given and decided,
+// so a report replays as a policy trace (tools/report-to-policy-trace).
+void SourceMigration::Impl::record_decision(RoundFigures& fig, const RoundSample& sample, const Decision& d,
+                                            const std::vector<double>& throttle, std::uint64_t withheld) {
+  fig.dirty_after = sample.dirty_pages;
+  fig.dirty_rate = d.dirty_bytes_per_s;
+  fig.bandwidth = d.bandwidth_bytes_per_s;
+  fig.expected_downtime_ms = d.expected_downtime.count();
+  fig.decision = std::string(action_name(d.action));
+  fig.reason = d.reason;
+  fig.throttle = throttle;
+  fig.dirtied_per_vcpu = sample.dirtied_per_vcpu;
+  fig.capacity = d.capacity_bytes_per_s;
+  fig.held_back = withheld;
+  fig.elapsed_ms = sample.elapsed.count();
+  fig.hot_pages = sample.hot_pages;
+  fig.hot_set_pages = sample.hot_set_pages;
+  fig.state_bytes = sample.state_bytes;
+  fig.switch_costs_ms = sample.switch_costs.count();
+  if (sample.kernel) {
+    fig.link_capacity = sample.kernel->link_capacity_bytes_per_s;
+    fig.rtt_ms = sample.kernel->rtt.count();
+    fig.kernel_dirty_rate = sample.kernel->dirty_pages_per_s;
+  }
+}
+
 Result<SourceMigration::Impl::Precopy> SourceMigration::Impl::precopy(double connect_ms, double precheck_ms) {
   auto step = Clock::now();
   auto lap = [&] {  // ms since the previous lap
@@ -146,66 +215,17 @@ Result<SourceMigration::Impl::Precopy> SourceMigration::Impl::precopy(double con
     // only after this harvest.
     if (auto ok = vm->harvest_dirty(planner.harvest_log()); !ok) return std::unexpected(ok.error());
     const auto harvest = planner.observe();
-    RoundSample sample;
-    sample.round = round;
-    sample.duration = Millis(fig->ms);
-    sample.bytes_sent = fig->bytes;
-    sample.dirty_pages = harvest.dirty_pages;
-    sample.elapsed = Millis(ms_since(ctx.t0()));
-    sample.hot_pages = harvest.held_only;
-    sample.hot_set_pages = harvest.hot_set_pages;
-    if (kernel) {
-      sample.kernel = kernel->round_end();
-      // vCPUs that never dirtied a page have no counter yet: rate 0.
-      if (sample.kernel && !sample.kernel->dirty_pages_per_s.empty())
-        sample.kernel->dirty_pages_per_s.resize(
-            std::max<std::size_t>(sample.kernel->dirty_pages_per_s.size(), vm->vcpu_count()), 0.0);
-    }
-    // A calibration pause after round 0, and again while the switch costs
-    // alone keep the prediction over the limit (SwitchCostEstimate).
-    if (o.policy == PolicyKind::kAdaptive && switch_costs.wants_sample(pre.last_decision, o.downtime_limit)) {
-      if (auto ok = calibrate(sample); !ok) return std::unexpected(ok.error());
-    } else {
-      sample.state_bytes = calibrated_state_bytes;
-      sample.switch_costs = Millis(std::max(0.0, switch_costs.ms()));
-    }
-    const auto per_vcpu = vm->dirtied_per_vcpu();
-    if (per_vcpu.empty()) {
-      // The bitmap cannot say which vCPU wrote: one figure for the VM,
-      // and a throttle decision then applies to every vCPU.
-      sample.dirtied_per_vcpu = {sample.dirty_pages};
-    } else {
-      for (std::size_t i = 0; i < per_vcpu.size(); ++i)
-        sample.dirtied_per_vcpu.push_back(per_vcpu[i] - (i < vcpu_dirty_last.size() ? vcpu_dirty_last[i] : 0));
-      vcpu_dirty_last = per_vcpu;
-    }
+    auto sampled = sample_round(round, *fig, harvest, pre.last_decision);
+    if (!sampled) return std::unexpected(sampled.error());
+    const RoundSample& sample = *sampled;
     const Decision d = policy.after_round(sample);
     std::vector<double> throttle = d.throttle;
     // One share for the whole VM (bitmap, no per-vCPU view) applies to all.
     if (throttle.size() == 1 && vm->vcpu_count() > 1) throttle.assign(vm->vcpu_count(), throttle[0]);
     vm->set_throttle(throttle);
-    fig->dirty_after = sample.dirty_pages;
-    fig->dirty_rate = d.dirty_bytes_per_s;
-    fig->bandwidth = d.bandwidth_bytes_per_s;
-    fig->expected_downtime_ms = d.expected_downtime.count();
-    fig->decision = std::string(action_name(d.action));
-    fig->reason = d.reason;
-    fig->throttle = throttle;
-    fig->dirtied_per_vcpu = sample.dirtied_per_vcpu;
-    fig->capacity = d.capacity_bytes_per_s;
-    fig->held_back = withheld;
-    fig->elapsed_ms = sample.elapsed.count();
-    fig->hot_pages = sample.hot_pages;
-    fig->hot_set_pages = sample.hot_set_pages;
-    fig->state_bytes = sample.state_bytes;
-    fig->switch_costs_ms = sample.switch_costs.count();
+    record_decision(*fig, sample, d, throttle, withheld);
     // After the decision, so a calibration pause counts in round 0's stall.
     if (auto gap = vm->take_guest_stall()) fig->guest_stall_ms = std::chrono::duration<double, std::milli>(*gap).count();
-    if (sample.kernel) {
-      fig->link_capacity = sample.kernel->link_capacity_bytes_per_s;
-      fig->rtt_ms = sample.kernel->rtt.count();
-      fig->kernel_dirty_rate = sample.kernel->dirty_pages_per_s;
-    }
     pre.last_decision = d;
     spdlog::info("migration: round {}: {} pages + {} zero in {:.1f} ms; {} dirty; {}: {}", round, fig->pages,
                  fig->zero_pages, fig->ms, sample.dirty_pages, fig->decision, d.reason);

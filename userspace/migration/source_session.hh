@@ -108,6 +108,10 @@ struct SourceMigration::Impl {
   bool adopt_kernel_view();
   Result<RoundFigures> send_round(std::uint32_t round, const RoundPlanner::PerStream& per_stream,
                                   RoundPlanner& planner);
+  Result<RoundSample> sample_round(std::uint32_t round, const RoundFigures& fig, const RoundPlanner::Harvest& harvest,
+                                   const Decision& last_decision);
+  static void record_decision(RoundFigures& fig, const RoundSample& sample, const Decision& d,
+                              const std::vector<double>& throttle, std::uint64_t withheld);
   Status calibrate(RoundSample& sample);
   void collect_transport_figures();
   // source_commit.cc
