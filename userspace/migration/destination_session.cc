@@ -54,7 +54,6 @@ class Session {
   Result<IncomingSession> wait_commit(std::uint64_t last_heartbeat);
   Result<IncomingSession> hold();
   Result<IncomingSession> abort_with(Error e);
-  void fail_stream(Error e);
   void stop_streams();
   template <class T>
   Status reply(FrameType t, const T& m) {
@@ -99,17 +98,12 @@ Status Session::enter(IncomingPhase to) {
   return {};
 }
 
-void Session::fail_stream(Error e) {
-  std::lock_guard lock(mu_);
-  if (!failed_) failed_ = std::move(e);
-  cv_.notify_all();
-}
-
 Status Session::accept_control() {
   for (;;) {
     auto c = listener_.accept(std::chrono::milliseconds(0));
     if (!c) return std::unexpected(c.error());
-    auto in = open_incoming(std::move(*c), "incoming", o_.idle_timeout);
+    // Replies on this connection, if it is a source's control stream, are stream 0's.
+    auto in = open_incoming(std::move(*c), "stream 0", o_.idle_timeout);
     if (!in) return std::unexpected(std::move(in.error()).context("refused an incoming migration"));
     if (!in->hello) {
       // A peer speaking another version (or garbage) learns why, and this
@@ -192,7 +186,7 @@ Status Session::accept_streams() {
   for (std::size_t got = 1; got < streams_.size();) {
     auto c = listener_.accept(o_.stream_accept_timeout);
     if (!c) return std::unexpected(std::move(c.error()).context("waiting for the data streams"));
-    auto in = open_incoming(std::move(*c), fmt::format("stream {}", got), o_.idle_timeout);
+    auto in = open_incoming(std::move(*c), "incoming", o_.idle_timeout);
     if (!in) return std::unexpected(std::move(in.error()).context("data stream"));
     if (!in->hello) return std::unexpected(std::move(in->hello.error()).context("data stream"));
     const Hello& h = *in->hello;
@@ -250,12 +244,13 @@ void Session::stream_main(std::size_t i) {
   name_this_thread(fmt::format("mig-recv{}", i));
   Stream& s = streams_[i];
   auto fail_here = [&](Error e) {
+    // Both in one step: a waiter woken in between must not find stream 0
+    // ended and no reason.
+    std::lock_guard lock(mu_);
     Error why = std::move(e).context(fmt::format("stream {}", i));
-    if (i == 0) {
-      std::lock_guard lock(mu_);
-      control_end_ = why;
-    }
-    fail_stream(std::move(why));
+    if (i == 0) control_end_ = why;
+    if (!failed_) failed_ = std::move(why);
+    cv_.notify_all();
   };
   for (;;) {
     auto h = s.io->in().next_header();

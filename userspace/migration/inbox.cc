@@ -48,16 +48,9 @@ std::optional<Error> Inbox::problem() {
   return problem_locked();
 }
 
-std::optional<Error> Inbox::problem_within(std::chrono::milliseconds within) {
+std::optional<Error> Inbox::abort_within(std::chrono::milliseconds within, const std::atomic<bool>& cancelled) {
   std::unique_lock lock(mu_);
-  std::optional<Error> p;
-  cv_.wait_for(lock, within, [&] { return (p = problem_locked()).has_value(); });
-  return p;
-}
-
-std::optional<Error> Inbox::abort_within(std::chrono::milliseconds within) {
-  std::unique_lock lock(mu_);
-  cv_.wait_for(lock, within, [&] { return closed_ || abort_locked(); });
+  cv_.wait_for(lock, within, [&] { return closed_ || cancelled.load() || abort_locked(); });
   return abort_locked();
 }
 

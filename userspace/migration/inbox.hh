@@ -26,13 +26,10 @@ class Inbox {
   Result<Frame> wait(std::chrono::milliseconds timeout, const std::atomic<bool>& cancelled);
   // A problem reported so far without waiting: an ABORT or a closed stream.
   std::optional<Error> problem();
-  // The same, waiting up to `within` for the reader to learn it: when a
-  // send fails because the peer went away, its ABORT (why) may still be on
-  // its way through the reader.
-  std::optional<Error> problem_within(std::chrono::milliseconds within);
   // Only the destination's ABORT ("the destination aborted: why"), waiting
-  // up to `within` for it or for the stream's end, whichever comes first.
-  std::optional<Error> abort_within(std::chrono::milliseconds within);
+  // up to `within` for it, the stream's end or `cancelled`, whichever
+  // comes first.
+  std::optional<Error> abort_within(std::chrono::milliseconds within, const std::atomic<bool>& cancelled);
   void notify() { cv_.notify_all(); }
 
  private:

@@ -21,8 +21,10 @@ struct Incoming {
   std::unique_ptr<MigrationStream> stream;
   Result<Hello> hello;
 };
-// Fails only when the stream itself cannot be set up.
-Result<Incoming> open_incoming(transport::Connection c, std::string name, std::chrono::milliseconds read_timeout);
+// Fails only when the stream itself cannot be set up. Reads are named
+// "incoming" in errors until the HELLO says what the peer is; its replies
+// go out as `sender_name`.
+Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout);
 
 // Serves one resolver whose HELLO was read: QUERY, then maybe ABORT.
 // `outcome` says what this process knows; `discard` is called on an ABORT

@@ -14,7 +14,7 @@ Result<std::unique_ptr<MigrationStream>> MigrationStream::open(transport::Connec
   if (!sender) return std::unexpected(std::move(sender.error()));
   s->sender_ = std::move(*sender);
   s->out_ = std::make_unique<FrameSender>(*s->sender_);
-  auto r = transport::Receiver::create(s->sender_->fd(), o.name);
+  auto r = transport::Receiver::create(s->sender_->fd(), o.receiver_name.empty() ? o.name : o.receiver_name);
   if (!r) return std::unexpected(std::move(r.error()));
   s->in_ = std::make_unique<FrameSource>(std::move(*r), o.read_timeout);
   return s;

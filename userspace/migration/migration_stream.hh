@@ -19,6 +19,7 @@ class MigrationStream {
  public:
   struct Options {
     std::string name = "stream";  // prefixes errors: "stream 1: send: ..."
+    std::string receiver_name;    // the reading side's, when it differs (empty: name)
     transport::ZeroCopy zero_copy = transport::ZeroCopy::kOff;  // replies are small frames
     transport::RateLimiter* limiter = nullptr;
     // Reading: no byte for this long is an error (0: wait forever).

@@ -41,9 +41,10 @@ bool incoming_transition_allowed(IncomingPhase from, IncomingPhase to) {
   return false;
 }
 
-Result<Incoming> open_incoming(transport::Connection c, std::string name, std::chrono::milliseconds read_timeout) {
+Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout) {
   MigrationStream::Options so;
-  so.name = std::move(name);
+  so.name = std::move(sender_name);
+  so.receiver_name = "incoming";
   so.read_timeout = read_timeout;
   auto s = MigrationStream::open(std::move(c), so);
   if (!s) return std::unexpected(s.error());

@@ -126,10 +126,16 @@ Status SourceMigration::Impl::migrate() {
   return switchover_and_commit(*pre);
 }
 
-void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
+void SourceMigration::Impl::roll_back(const Error& failure) {
   // After COMMIT nothing rolls back: the destination may be running the VM.
+  // No path gets here with COMMIT sent; should one ever, the operator can
+  // still settle it with `ferry resolve`.
   if (const Phase p = ctx.phase(); p == Phase::kCommitting || p == Phase::kOutcomeUnknown || p == Phase::kMigrated) {
-    spdlog::error("migration: {} after COMMIT; the VM stays as it is ({})", why.what(), phase_name(p));
+    spdlog::error("migration: {} after COMMIT; the VM stays as it is ({})", failure.what(), phase_name(p));
+    if (p == Phase::kCommitting)
+      (void)ctx.enter(Phase::kOutcomeUnknown, [&](MigrationStatus& s) {
+        s.error = fmt::format("COMMIT sent, then: {}", failure.what());
+      });
     return;
   }
   // The guest first: no COMMIT was sent, so it is ours, and a stalled
@@ -140,6 +146,17 @@ void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
   if (paused_by_us)
     if (auto ok = vm->resume(); !ok) spdlog::error("migration: resuming the VM after a failed migration: {}", ok.error());
   paused_by_us = false;
+  // Then why, with the guest running again. A cancel may surface as
+  // whatever it broke (a cut connection): report the cancel, which is what
+  // happened. A send that failed because the destination gave up says
+  // less than the ABORT it sent first, which the reader may still be
+  // taking in: wait for it briefly (the stream's end or a cancel ends the
+  // wait at once).
+  Error why = failure;
+  if (!ctx.cancelled() && reader.joinable())
+    if (auto a = inbox.abort_within(std::chrono::milliseconds(500), ctx.cancel_flag())) why = *a;
+  const bool cancelled_now = ctx.cancelled();
+  if (cancelled_now) why = Error(ctx.cancel_reason());
   (void)ctx.enter(cancelled_now ? Phase::kCancelled : Phase::kFailed,
                   [&](MigrationStatus& s) { s.error = why.what(); });
   // Then tell the destination, best effort (it drops what it received;
@@ -150,20 +167,7 @@ void SourceMigration::Impl::roll_back(const Error& why, bool cancelled_now) {
 }
 
 void SourceMigration::Impl::run() {
-  auto ok = migrate();
-  if (!ok) {
-    // A cancel may surface as whatever it broke (a cut connection): report
-    // the cancel, which is what happened.
-    Error why = ok.error();
-    if (ctx.cancelled()) {
-      why = Error(ctx.cancel_reason());
-    } else if (auto a = inbox.abort_within(std::chrono::milliseconds(500))) {
-      // A send that failed because the destination gave up says less than
-      // the ABORT it sent first, which the reader may still be taking in.
-      why = *a;
-    }
-    roll_back(why, ctx.cancelled());
-  }
+  if (auto ok = migrate(); !ok) roll_back(ok.error());
   collect_transport_figures();
   // Detach the eBPF programs now: a VM that stays here must not go on
   // paying for tracepoints (and locked map memory) nobody reads.

@@ -31,9 +31,9 @@ Result<RoundFigures> SourceMigration::Impl::send_round(std::uint32_t round, cons
   for (auto& r : results)
     if (!r) {
       // A dead peer fails every stream; say why it died if the reader
-      // knows (its ABORT may arrive just after the send failed).
-      if (auto p = ctx.cancelled() ? inbox.problem() : inbox.problem_within(std::chrono::milliseconds(500)))
-        return std::unexpected(*p);
+      // knows already (roll_back waits briefly for it, with the guest
+      // running again).
+      if (auto p = inbox.problem()) return std::unexpected(*p);
       return std::unexpected(r.error());
     }
   RoundFigures total;

@@ -83,6 +83,7 @@ struct SourceMigration::Impl {
   std::vector<std::unique_ptr<MigrationStream>> streams;
   Inbox inbox;
   bool paused_by_us = false;
+  std::uint64_t session = 0;  // the token connect() picked
   std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
   // Loading and verifying the eBPF programs takes ~1 s under emulation:
   // it runs while the streams connect and the destination prechecks.
@@ -116,7 +117,7 @@ struct SourceMigration::Impl {
   void collect_transport_figures();
   // source_commit.cc
   Status switchover_and_commit(Precopy& pre);
-  void roll_back(const Error& why, bool cancelled_now);
+  void roll_back(const Error& failure);
 
   SwitchCostEstimate switch_costs;  // the migration thread's
   double calibration_pauses_ms = 0;  // every calibration pause: the guest saw them all
