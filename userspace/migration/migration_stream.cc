@@ -5,7 +5,6 @@ namespace ferry::migration {
 
 Result<std::unique_ptr<MigrationStream>> MigrationStream::open(transport::Connection c, Options o) {
   std::unique_ptr<MigrationStream> s(new MigrationStream());
-  s->peer_ = c.peer();
   transport::SenderOptions so;
   so.zero_copy = o.zero_copy;
   so.limiter = o.limiter;

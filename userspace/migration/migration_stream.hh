@@ -33,7 +33,6 @@ class MigrationStream {
   FrameSource& in() { return *in_; }
   transport::Sender& sender() { return *sender_; }
   int fd() const { return sender_->fd(); }
-  const std::string& peer() const { return peer_; }
 
   // One frame, sent and flushed: for replies and control frames.
   template <class T>
@@ -47,7 +46,6 @@ class MigrationStream {
 
  private:
   MigrationStream() = default;
-  std::string peer_;
   // Destroyed in reverse: the reader and framer before the Sender that owns the socket.
   std::unique_ptr<transport::Sender> sender_;
   std::unique_ptr<FrameSender> out_;

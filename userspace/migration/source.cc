@@ -52,6 +52,16 @@ bool phase_transition_allowed(Phase from, Phase to) {
 
 Status SourceContext::enter(Phase to, const std::function<void(MigrationStatus&)>& also) {
   std::lock_guard lock(mu_);
+  return enter_locked(to, also);
+}
+
+Status SourceContext::enter_committing() {
+  std::lock_guard lock(mu_);
+  if (cancelled_.load()) return fail("{}", cancel_reason_);
+  return enter_locked(Phase::kCommitting, {});
+}
+
+Status SourceContext::enter_locked(Phase to, const std::function<void(MigrationStatus&)>& also) {
   if (!phase_transition_allowed(st_.phase, to)) {
     spdlog::error("migration: refused phase change {} -> {}", phase_name(st_.phase), phase_name(to));
     return fail("migration: the phase cannot go from {} to {}", phase_name(st_.phase), phase_name(to));
@@ -62,13 +72,9 @@ Status SourceContext::enter(Phase to, const std::function<void(MigrationStatus&)
   return {};
 }
 
-Status SourceContext::enter_committing() {
+std::uint64_t SourceContext::session() const {
   std::lock_guard lock(mu_);
-  if (cancelled_.load()) return fail("{}", cancel_reason_);
-  if (!phase_transition_allowed(st_.phase, Phase::kCommitting))
-    return fail("migration: the phase cannot go from {} to committing", phase_name(st_.phase));
-  st_.phase = Phase::kCommitting;
-  return {};
+  return st_.session;
 }
 
 Phase SourceContext::phase() const {

@@ -57,6 +57,7 @@ Status SourceMigration::Impl::switchover_and_commit(Precopy& pre) {
   if (!ready) return std::unexpected(ready.error());
   auto rd = decode_ready(ready->payload);
   if (!rd) return std::unexpected(rd.error());
+  const std::uint64_t session = ctx.session();
   if (rd->token != session) return fail("READY for session {:#x}, not ours ({:#x})", rd->token, session);
   const double ready_ms = ms_since(t_ready);
   fin->dirty_after = 0;

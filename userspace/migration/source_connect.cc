@@ -44,7 +44,7 @@ Status SourceMigration::Impl::connect() {
       return KernelView::open(use);
     });
   std::random_device rd;
-  session = (std::uint64_t{rd()} << 32) ^ rd() ^ static_cast<std::uint64_t>(::getpid());
+  const std::uint64_t session = (std::uint64_t{rd()} << 32) ^ rd() ^ static_cast<std::uint64_t>(::getpid());
   ctx.update([&](MigrationStatus& s) { s.session = session; });
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);

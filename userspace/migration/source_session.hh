@@ -44,6 +44,7 @@ class SourceContext {
   // arrives with READY wins: nothing was committed yet).
   Status enter_committing();
   Phase phase() const;
+  std::uint64_t session() const;  // the token connect() picked (0 before)
   template <class F>
   void update(F&& f) {
     std::lock_guard lock(mu_);
@@ -65,6 +66,7 @@ class SourceContext {
   const Clock::time_point t0_ = Clock::now();
   std::atomic<bool> cancelled_{false};
   std::string cancel_reason_;
+  Status enter_locked(Phase to, const std::function<void(MigrationStatus&)>& also);
 };
 
 struct SourceMigration::Impl {
@@ -83,7 +85,6 @@ struct SourceMigration::Impl {
   std::vector<std::unique_ptr<MigrationStream>> streams;
   Inbox inbox;
   bool paused_by_us = false;
-  std::uint64_t session = 0;  // the token connect() picked
   std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
   // Loading and verifying the eBPF programs takes ~1 s under emulation:
   // it runs while the streams connect and the destination prechecks.
