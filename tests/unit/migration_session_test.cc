@@ -12,6 +12,7 @@
 #include <cstring>
 #include <unistd.h>
 
+#include <functional>
 #include <future>
 
 #include "tests/unit/migration_session_fakes.hh"
@@ -51,6 +52,7 @@ struct Sessions {
   std::future<Result<IncomingSession>> destination;
   std::promise<Phase> ended;  // the first final phase (resolve() reports again)
   std::atomic<bool> ended_once{false};
+  std::function<void(MigrateOptions&)> adjust;  // before start()
 
   void start(std::chrono::milliseconds idle_timeout = 5s, bool verify = true) {
     ReceiveOptions ro;
@@ -71,6 +73,7 @@ struct Sessions {
     mo.reply_timeout = 5s;
     mo.confirm_timeout = 300ms;
     mo.zero_copy = transport::ZeroCopy::kOff;
+    if (adjust) adjust(mo);
     source = SourceMigration::start(std::move(vm), mo, [this](Phase p) {
       if (!ended_once.exchange(true)) ended.set_value(p);
     });
@@ -146,6 +149,32 @@ TEST(MigrationSessions, ACorruptFrameIsRefusedAndTheSourceKeepsRunning) {
   EXPECT_NE(got.error().what().find("CRC"), std::string::npos) << "[" << got.error().what() << "]";
   // The destination told the source why.
   EXPECT_NE(r.source->status().error.find("CRC"), std::string::npos) << r.source->status().error;
+}
+
+// A destination that keeps its connection open but stops reading: the
+// source's round never ends, so the policy never sees the timeout. The
+// session's own deadline cancels it, and the guest runs on at the source.
+TEST(MigrationSessions, APeerThatStopsReadingIsCancelledAtTheTimeout) {
+  Sessions r(Fault{.kind = Fault::kHold, .type = FrameType::kPages, .nth = 1});
+  r.adjust = [](MigrateOptions& mo) {
+    mo.timeout = 1s;
+    mo.on_timeout = TimeoutAction::kCancel;
+    mo.downtime_limit = Millis(0.001);  // never fits: rounds go on until the link fills
+    mo.timeout_grace = 300ms;
+  };
+  r.start(/*idle_timeout=*/60s);
+  ASSERT_TRUE(r.relay.wait_fired(20s));
+  EXPECT_EQ(r.source_end(), Phase::kCancelled);
+  const auto st = r.source->status();
+  EXPECT_NE(st.error.find("timeout"), std::string::npos) << st.error;
+  EXPECT_NE(st.error.find("still in precopy"), std::string::npos) << st.error;
+  // Cancelled at the deadline, not at the destination's idle timeout.
+  EXPECT_LT(st.elapsed_ms, 20000.0);
+  EXPECT_TRUE(r.source_vm->running());
+  EXPECT_FALSE(r.source_vm->tracking());
+  r.relay.release();
+  auto got = r.destination_end();
+  expect_source_runs_destination_does_not(r, got);
 }
 
 TEST(MigrationSessions, AnAbortAfterReadyDropsTheDestinationsCopy) {

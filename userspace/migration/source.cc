@@ -172,8 +172,51 @@ void SourceMigration::Impl::roll_back(const Error& failure) {
   spdlog::warn("migration {}: {}; the VM keeps running here", cancelled_now ? "cancelled" : "failed", why.what());
 }
 
+// Cancels before COMMIT: the flag first (every wait checks it), then,
+// since a worker blocked on a stalled peer does not see the flag, a moment
+// for the migration to stop cleanly (and tell the destination why), then
+// the connections are cut.
+void SourceMigration::Impl::cancel(std::string why) {
+  if (!ctx.request_cancel(std::move(why))) return;
+  inbox.notify();
+  for (int i = 0; i < 20 && !phase_final(ctx.phase()); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const Phase p = ctx.phase();
+  if (!phase_final(p) && p != Phase::kCommitting) abort_transport("cancelled");
+}
+
+// The policy acts on --timeout when a round ends. A round that never ends
+// (a peer that keeps its connection open but stops reading) would hold the
+// migration, and the guest's throttle, forever: past the timeout and a
+// grace, it is cancelled from here. Only before COMMIT (cancel refuses
+// after), so the commit rule is untouched.
+void SourceMigration::Impl::watch_deadline() {
+  const auto grace = std::max<std::chrono::milliseconds>(o.timeout_grace, o.timeout / 10);
+  {
+    std::unique_lock lock(end_mu);
+    if (end_cv.wait_until(lock, ctx.t0() + o.timeout + grace, [&] { return ended; })) return;
+  }
+  const Phase p = ctx.phase();
+  if (phase_final(p) || p == Phase::kCommitting) return;
+  const auto why = fmt::format(
+      "timeout: still in {} {:.1f} s after the {} s --timeout (the policy acts when a round ends, and none did: "
+      "is the destination taking data?); cancelled",
+      phase_name(p), grace.count() / 1000.0, o.timeout.count());
+  spdlog::error("migration: {}", why);
+  cancel(why);
+}
+
 void SourceMigration::Impl::run() {
+  std::thread watchdog([this] {
+    name_this_thread("mig-deadline");
+    watch_deadline();
+  });
   if (auto ok = migrate(); !ok) roll_back(ok.error());
+  {
+    std::lock_guard lock(end_mu);
+    ended = true;
+  }
+  end_cv.notify_all();
+  watchdog.join();
   collect_transport_figures();
   // Detach the eBPF programs now: a VM that stays here must not go on
   // paying for tracepoints (and locked map memory) nobody reads.
@@ -228,16 +271,7 @@ MigrationStatus SourceMigration::status() const { return impl_->ctx.snapshot(); 
 
 Phase SourceMigration::phase() const { return impl_->ctx.phase(); }
 
-void SourceMigration::cancel(std::string why) {
-  if (!impl_->ctx.request_cancel(std::move(why))) return;
-  impl_->inbox.notify();
-  // A worker blocked on a stalled peer does not see the flag: give the
-  // migration a moment to stop cleanly (and tell the destination why),
-  // then cut the connections.
-  for (int i = 0; i < 20 && !phase_final(phase()); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const Phase p = phase();
-  if (!phase_final(p) && p != Phase::kCommitting) impl_->abort_transport("cancelled");
-}
+void SourceMigration::cancel(std::string why) { impl_->cancel(std::move(why)); }
 
 Status SourceMigration::resolve(bool migrated) {
   if (const Phase p = phase(); p != Phase::kOutcomeUnknown)

@@ -33,6 +33,10 @@ struct MigrateOptions {
   std::uint32_t streams = 1;
   std::chrono::seconds timeout{600};
   TimeoutAction on_timeout = TimeoutAction::kCancel;
+  // The policy acts on the timeout when a round ends; a migration still
+  // before COMMIT this long (or a tenth of the timeout, if more) after it,
+  // with no round ended, is cancelled (a peer that stopped reading).
+  std::chrono::milliseconds timeout_grace{30000};
   bool verify = false;
   transport::ZeroCopy zero_copy = transport::ZeroCopy::kAuto;
   std::chrono::milliseconds connect_timeout{10000};

@@ -5,6 +5,7 @@
 // rounds, calibration), source_commit.cc (switchover and commit).
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <future>
 #include <memory>
@@ -96,8 +97,15 @@ struct SourceMigration::Impl {
     Decision last_decision;
   };
 
+  // Set when migrate() and any rollback are over; watch_deadline waits on it.
+  std::mutex end_mu;
+  std::condition_variable end_cv;
+  bool ended = false;
+
   void run();
   Status migrate();
+  void cancel(std::string why);
+  void watch_deadline();
   // source_connect.cc
   Status connect();
   Status precheck();
