@@ -27,8 +27,15 @@ class GuestAccess {
   Status read(std::uint64_t gpa, std::span<std::byte> out) const;
   Status write(std::uint64_t gpa, std::span<const std::byte> bytes) const;
 
- private:
+  // Where [gpa, gpa + len) is in this process, checked as above, for
+  // structures a device keeps using in place (virtqueue rings). A device
+  // that writes through the pointer calls mark_written itself.
   Result<std::byte*> host_range(std::uint64_t gpa, std::uint64_t len) const;
+  void mark_written(std::uint64_t gpa, std::uint64_t len) const {
+    if (tracker_) tracker_->mark_vmm_write(gpa, len);
+  }
+
+ private:
   std::vector<GuestRegion*> regions_;
   DirtyTracker* tracker_;
 };

@@ -42,7 +42,7 @@ constexpr std::size_t kPayloadLengthOffset = 16;  // within a section header
 
 bool is_known(std::uint32_t type) {
   return type > static_cast<std::uint32_t>(SectionType::kInvalid) &&
-         type <= static_cast<std::uint32_t>(SectionType::kDeviceOther);
+         type <= static_cast<std::uint32_t>(SectionType::kVirtio);
 }
 
 std::uint64_t padding_for(std::uint64_t payload_length) {
@@ -211,6 +211,7 @@ std::string_view section_type_name(SectionType type) {
     case SectionType::kClock: return "clock";
     case SectionType::kSerial: return "serial";
     case SectionType::kDeviceOther: return "device-other";
+    case SectionType::kVirtio: return "virtio";
   }
   return "unknown";
 }

@@ -65,6 +65,7 @@ enum class SectionType : std::uint32_t {
   kClock = 6,
   kSerial = 7,
   kDeviceOther = 8,
+  kVirtio = 9,  // one virtio transport and its device (instance: the device's index)
 };
 
 // "vcpu", "irqchip", ...; "invalid" for kInvalid and "unknown" otherwise.
