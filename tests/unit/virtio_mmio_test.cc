@@ -90,41 +90,11 @@ struct Rig {
                   d.mem,
                   std::make_unique<EchoDevice>(seen, d.mem),
                   [this] { ++edges; }};
-  IoRange range = t.ranges().at(0);
+  testing::MmioDriver regs{t};
 
-  std::uint32_t rd(std::uint64_t off) {
-    std::array<std::uint8_t, 4> b{};
-    t.read(range, off, b);
-    std::uint32_t v;
-    std::memcpy(&v, b.data(), 4);
-    return v;
-  }
-  void wr(std::uint64_t off, std::uint32_t v) {
-    std::array<std::uint8_t, 4> b;
-    std::memcpy(b.data(), &v, 4);
-    t.write(range, off, b);
-  }
-  // Linux's virtio_mmio probe and virtio_dev_probe, in order.
-  void bring_up(std::uint64_t features, QueueLayout layout) {
-    wr(0x070, 0);
-    wr(0x070, kStatusAcknowledge);
-    wr(0x070, kStatusAcknowledge | kStatusDriver);
-    wr(0x024, 0);
-    wr(0x020, static_cast<std::uint32_t>(features));
-    wr(0x024, 1);
-    wr(0x020, static_cast<std::uint32_t>(features >> 32));
-    wr(0x070, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
-    wr(0x030, 0);
-    wr(0x038, layout.size);
-    wr(0x080, static_cast<std::uint32_t>(layout.desc));
-    wr(0x084, static_cast<std::uint32_t>(layout.desc >> 32));
-    wr(0x090, static_cast<std::uint32_t>(layout.avail));
-    wr(0x094, static_cast<std::uint32_t>(layout.avail >> 32));
-    wr(0x0a0, static_cast<std::uint32_t>(layout.used));
-    wr(0x0a4, static_cast<std::uint32_t>(layout.used >> 32));
-    wr(0x044, 1);
-    wr(0x070, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
-  }
+  std::uint32_t rd(std::uint64_t off) { return regs.rd(off); }
+  void wr(std::uint64_t off, std::uint32_t v) { regs.wr(off, v); }
+  void bring_up(std::uint64_t features, QueueLayout layout) { regs.bring_up(features, {layout}); }
   std::uint64_t modern() const { return bit(kFeatureVersion1) | bit(kFeatureEcho); }
 };
 
@@ -149,10 +119,10 @@ TEST(VirtioMmio, IdentifiesItselfAndOffersModernFeaturesOnly) {
   EXPECT_EQ(r.rd(0x0b0), 0xffffffffu) << "no shared memory regions";
   // Config space, byte-wide as a driver reads a MAC.
   std::array<std::uint8_t, 2> two{};
-  r.t.read(r.range, 0x100 + 2, two);
+  r.t.read(r.regs.range, 0x100 + 2, two);
   EXPECT_EQ(two, (std::array<std::uint8_t, 2>{3, 4}));
   std::array<std::uint8_t, 4> past{9, 9, 9, 9};
-  r.t.read(r.range, 0x100 + 6, past);
+  r.t.read(r.regs.range, 0x100 + 6, past);
   EXPECT_EQ(past, (std::array<std::uint8_t, 4>{0, 0, 0, 0})) << "a read past the config space";
   EXPECT_EQ(r.t.describe().config, "mmio=0xd0000000 irq=5");
 }

@@ -72,11 +72,11 @@ std::uint64_t MmioTransport::offered() const {
 
 std::uint32_t MmioTransport::status() const {
   std::lock_guard lock(mu_);
-  return status_;
+  return status_ | (broken_ ? kStatusNeedsReset : 0);
 }
 
 std::string MmioTransport::failure() const {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(failure_mu_);
   return failure_;
 }
 
@@ -111,7 +111,7 @@ std::uint32_t MmioTransport::read_reg(std::uint64_t offset) const {
     case kQueueNum: return q ? q->layout.size : 0;
     case kQueueReady: return q && q->ready ? 1 : 0;
     case kInterruptStatus: return interrupt_status_.load();
-    case kStatus: return status_;
+    case kStatus: return status_ | (broken_ ? kStatusNeedsReset : 0);
     case kQueueDescLow: return q ? static_cast<std::uint32_t>(q->layout.desc) : 0;
     case kQueueDescHigh: return q ? static_cast<std::uint32_t>(q->layout.desc >> 32) : 0;
     case kQueueDriverLow: return q ? static_cast<std::uint32_t>(q->layout.avail) : 0;
@@ -214,7 +214,7 @@ void MmioTransport::write_status(std::uint32_t v) {
   }
   const bool driver_ok = (next & kStatusDriverOk) && !(status_ & kStatusDriverOk);
   status_ = next;
-  if (driver_ok && !(status_ & kStatusNeedsReset)) {
+  if (driver_ok && !(status_ & kStatusNeedsReset) && !broken_) {
     if (!(status_ & kStatusFeaturesOk))
       needs_reset_locked(Error("DRIVER_OK without FEATURES_OK"));
     else if (auto ok = activate_locked(); !ok)
@@ -247,10 +247,17 @@ Status MmioTransport::activate_locked() {
 }
 
 void MmioTransport::needs_reset_locked(const Error& why) {
-  failure_ = why.what();
-  spdlog::error("{} ({}): the device needs a reset: {}", config_.id, dev_->kind(), failure_);
   status_ |= kStatusNeedsReset;
-  config_generation_.fetch_add(1);
+  device_failed(why);
+}
+
+void MmioTransport::device_failed(const Error& why) {
+  {
+    std::lock_guard lock(failure_mu_);
+    if (broken_.exchange(true)) return;  // the first reason is the one that matters
+    failure_ = why.what();
+  }
+  spdlog::error("{} ({}): the device needs a reset: {}", config_.id, dev_->kind(), why.what());
   interrupt(2);
 }
 
@@ -261,7 +268,11 @@ void MmioTransport::reset_locked() {
   device_features_sel_ = driver_features_sel_ = queue_sel_ = 0;
   driver_features_ = 0;
   interrupt_status_ = 0;
-  failure_.clear();
+  {
+    std::lock_guard lock(failure_mu_);
+    broken_ = false;
+    failure_.clear();
+  }
   for (auto& r : queues_) r = QueueRegs::fresh(r.max);
 }
 
@@ -295,7 +306,7 @@ void MmioTransport::resume() {
 std::vector<std::byte> MmioTransport::save_state() const {
   std::lock_guard lock(mu_);
   ByteWriter w;
-  w.put_u32(status_);
+  w.put_u32(status_ | (broken_ ? kStatusNeedsReset : 0));
   w.put_u64(driver_features_);
   w.put_u32(device_features_sel_);
   w.put_u32(driver_features_sel_);

@@ -87,6 +87,7 @@ class MmioTransport final : public kvm::Device {
     explicit Irq(MmioTransport& t) : t_(t) {}
     void used_buffers() override { t_.interrupt(1); }
     void config_changed() override { t_.interrupt(2); }
+    void needs_reset(const Error& why) override { t_.device_failed(why); }
 
    private:
     MmioTransport& t_;
@@ -99,6 +100,7 @@ class MmioTransport final : public kvm::Device {
   Status activate_locked();
   void needs_reset_locked(const Error& why);
   void interrupt(std::uint32_t bit);
+  void device_failed(const Error& why);
   std::uint64_t offered() const;
 
   const Config config_;
@@ -113,6 +115,10 @@ class MmioTransport final : public kvm::Device {
   // transport may be waiting for it to stop (reset, pause).
   std::atomic<std::uint32_t> interrupt_status_{0}, config_generation_{0};
   bool active_ = false;
+  // NEEDS_RESET as the device thread sets it (device_failed), without mu_,
+  // which reset holds while it waits for that thread; Status reads it in.
+  std::atomic<bool> broken_{false};
+  mutable std::mutex failure_mu_;
   std::string failure_;
   std::vector<QueueRegs> queues_;
 };

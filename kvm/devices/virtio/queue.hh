@@ -85,6 +85,9 @@ class SplitQueue {
   // Returns a chain to the driver with `written` bytes of its writable
   // buffers filled.
   Status push(std::uint16_t head, std::uint32_t written);
+  // Gives back the last `n` chains taken and not pushed (a received frame
+  // that did not fit the buffers there are): they are taken again next.
+  void unpop(std::uint16_t n) { pos_.next_avail = static_cast<std::uint16_t>(pos_.next_avail - n); }
   // Whether the driver asked to hear about what was pushed since the last
   // time this returned true (used_event, or NO_INTERRUPT without EVENT_IDX).
   bool should_interrupt();

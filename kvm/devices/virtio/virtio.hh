@@ -48,6 +48,10 @@ class Interrupt {
   virtual void used_buffers() = 0;
   // The configuration space changed (link status, announce request).
   virtual void config_changed() = 0;
+  // The driver broke the device (a malformed chain): DEVICE_NEEDS_RESET
+  // and a configuration interrupt. The device stops using its queues
+  // until reset. Callable from the device's own thread.
+  virtual void needs_reset(const Error& why) = 0;
 };
 
 // A device type, as its transport sees it. Threading: config reads and

@@ -1,0 +1,405 @@
+#include "kvm/devices/net/virtio_net.hh"
+
+#include <linux/if_tun.h>
+#include <sys/epoll.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "userspace/base/bytes.hh"
+#include "userspace/base/thread_name.hh"
+
+namespace ferry::kvm::net {
+namespace {
+
+using virtio::bit;
+
+constexpr std::uint32_t kTagTap = 10, kTagWake = 11;
+// The largest frame a TAP hands over: a 64 KiB GSO packet and its header.
+constexpr std::size_t kFrameMax = 65536 + kVnetHeaderBytes + 64;
+constexpr std::size_t kNumBuffersOffset = 10;  // in virtio_net_hdr_v1
+
+// Control queue (5.1.6.5).
+constexpr std::uint8_t kCtrlRx = 0, kCtrlMac = 1, kCtrlVlan = 2, kCtrlAnnounce = 3, kCtrlMq = 4;
+constexpr std::uint8_t kCtrlOk = 0, kCtrlErr = 1;
+
+}  // namespace
+
+Result<std::unique_ptr<VirtioNet>> VirtioNet::create(Tap tap, Mac mac, const GuestAccess& mem) {
+  auto wake = EventFd::create();
+  if (!wake) return std::unexpected(wake.error());
+  std::vector<EventFd> kicks;
+  for (int i = 0; i < 3; ++i) {
+    auto k = EventFd::create();
+    if (!k) return std::unexpected(k.error());
+    kicks.push_back(std::move(*k));
+  }
+  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) return fail_sys("epoll_create1");
+  auto add = [&](int fd, std::uint32_t tag) -> Status {
+    epoll_event ev{.events = EPOLLIN, .data = {.u32 = tag}};
+    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) < 0) return fail_sys("epoll_ctl ADD");
+    return {};
+  };
+  if (auto ok = add(wake->fd(), kTagWake); !ok) return std::unexpected(ok.error());
+  for (std::uint32_t i = 0; i < kicks.size(); ++i)
+    if (auto ok = add(kicks[i].fd(), i); !ok) return std::unexpected(ok.error());
+  // The TAP is registered with no events: RX is watched only while the
+  // guest has buffers posted (watch_tap).
+  epoll_event tev{.events = 0, .data = {.u32 = kTagTap}};
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, tap.fd(), &tev) < 0) return fail_sys("epoll_ctl ADD tap");
+  return std::unique_ptr<VirtioNet>(
+      new VirtioNet(std::move(tap), mac, mem, std::move(*wake), std::move(kicks), std::move(ep)));
+}
+
+VirtioNet::VirtioNet(Tap tap, Mac mac, const GuestAccess& mem, EventFd wake, std::vector<EventFd> kicks,
+                     UniqueFd epoll)
+    : tap_(std::move(tap)),
+      mem_(mem),
+      wake_(std::move(wake)),
+      kicks_(std::move(kicks)),
+      epoll_(std::move(epoll)),
+      mac_(mac),
+      frame_(kFrameMax) {}
+
+VirtioNet::~VirtioNet() { stop_worker(); }
+
+std::uint64_t VirtioNet::features() const {
+  return bit(kNetCsum) | bit(kNetGuestCsum) | bit(kNetMac) | bit(kNetGuestTso4) | bit(kNetGuestTso6) |
+         bit(kNetHostTso4) | bit(kNetHostTso6) | bit(kNetMrgRxbuf) | bit(kNetStatus) | bit(kNetCtrlVq) |
+         bit(kNetCtrlRx) | bit(kNetGuestAnnounce);
+}
+
+void VirtioNet::read_config(std::uint32_t offset, std::span<std::uint8_t> data) const {
+  std::array<std::uint8_t, 10> c{};
+  {
+    std::lock_guard lock(mu_);
+    std::memcpy(c.data(), mac_.data(), 6);
+    c[6] = static_cast<std::uint8_t>(status_);
+    c[7] = static_cast<std::uint8_t>(status_ >> 8);
+  }
+  c[8] = 1;  // max_virtqueue_pairs
+  std::memcpy(data.data(), c.data() + offset, data.size());
+}
+
+Status VirtioNet::activate(std::uint64_t features, std::vector<virtio::SplitQueue*> queues, virtio::Interrupt& irq) {
+  if (queues.size() != 3 || !queues[kRxQueue] || !queues[kTxQueue])
+    return fail("virtio-net: the driver enabled no receive or no transmit queue");
+  if ((features & bit(kNetCtrlVq)) && !queues[kCtrlQueue])
+    return fail("virtio-net: CTRL_VQ acked, but the control queue is not enabled");
+  // What the guest's receive path accepts is what the TAP may hand over.
+  unsigned offload = 0;
+  if (features & bit(kNetGuestCsum)) {
+    offload |= TUN_F_CSUM;
+    if (features & bit(kNetGuestTso4)) offload |= TUN_F_TSO4;
+    if (features & bit(kNetGuestTso6)) offload |= TUN_F_TSO6;
+  }
+  if (auto ok = tap_.set_offload(offload); !ok) return ok;
+  stop_worker();
+  acked_ = features;
+  rx_ = queues[kRxQueue];
+  tx_ = queues[kTxQueue];
+  ctrl_ = (features & bit(kNetCtrlVq)) ? queues[kCtrlQueue] : nullptr;
+  irq_ = &irq;
+  {
+    std::lock_guard lock(mu_);
+    stop_ = pause_ = parked_ = false;
+  }
+  worker_ = std::thread([this] {
+    name_this_thread(fmt::format("net-{}", tap_.name()).substr(0, 15));
+    run();
+  });
+  return {};
+}
+
+void VirtioNet::kick(std::uint16_t queue) {
+  if (queue < kicks_.size()) (void)kicks_[queue].signal();
+}
+
+void VirtioNet::stop_worker() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  (void)wake_.signal();
+  if (worker_.joinable()) worker_.join();
+}
+
+void VirtioNet::reset() {
+  stop_worker();
+  watch_tap(false);
+  rx_ = tx_ = ctrl_ = nullptr;
+  irq_ = nullptr;
+  acked_ = 0;
+  std::lock_guard lock(mu_);
+  status_ = kNetStatusLinkUp;
+}
+
+void VirtioNet::pause() {
+  std::unique_lock lock(mu_);
+  if (!worker_.joinable() || stop_) return;
+  pause_ = true;
+  (void)wake_.signal();
+  cv_.wait(lock, [&] { return parked_ || stop_; });
+}
+
+void VirtioNet::resume() {
+  {
+    std::lock_guard lock(mu_);
+    pause_ = false;
+  }
+  cv_.notify_all();
+}
+
+void VirtioNet::watch_tap(bool on) {
+  if (on == tap_watched_) return;
+  epoll_event ev{.events = on ? static_cast<std::uint32_t>(EPOLLIN) : 0u, .data = {.u32 = kTagTap}};
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, tap_.fd(), &ev) == 0) tap_watched_ = on;
+}
+
+void VirtioNet::broken(const Error& why) {
+  watch_tap(false);
+  if (irq_) irq_->needs_reset(why);
+}
+
+void VirtioNet::run() {
+  bool ok = true;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (pause_ && !stop_) {
+        // Parked: no guest memory is touched until resume.
+        parked_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !pause_ || stop_; });
+        parked_ = false;
+      }
+      if (stop_) return;
+    }
+    if (ok) ok = serve_tx() && serve_ctrl() && serve_rx();
+    if (!ok) watch_tap(false);
+    epoll_event ev[8];
+    const int n = ::epoll_wait(epoll_.get(), ev, 8, -1);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("virtio-net {}: epoll_wait: {}", tap_.name(), std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      const std::uint32_t tag = ev[i].data.u32;
+      if (tag == kTagWake) (void)wake_.take();
+      else if (tag < kicks_.size()) (void)kicks_[tag].take();
+    }
+  }
+}
+
+bool VirtioNet::serve_tx() {
+  std::vector<iovec> iov;
+  bool used = false;
+  for (;;) {
+    auto c = tx_->pop();
+    if (!c) {
+      broken(c.error());
+      return false;
+    }
+    if (!c->has_value()) break;
+    const virtio::Chain& chain = **c;
+    iov.clear();
+    bool fits = chain.readable_bytes >= kVnetHeaderBytes && chain.readable_bytes <= kFrameMax &&
+                chain.readable.size() <= IOV_MAX && chain.writable.empty();
+    for (const auto& b : chain.readable) {
+      if (!fits) break;
+      auto p = mem_.host_range(b.gpa, b.len);  // checked by pop(); the pointer is taken here
+      if (!p) fits = false;
+      else iov.push_back({.iov_base = *p, .iov_len = b.len});
+    }
+    const ssize_t n = fits ? ::writev(tap_.fd(), iov.data(), static_cast<int>(iov.size())) : -1;
+    if (n < 0) {
+      ++tx_dropped_;
+    } else {
+      ++tx_packets_;
+      tx_bytes_ += static_cast<std::uint64_t>(n) - kVnetHeaderBytes;
+    }
+    if (auto ok = tx_->push(chain.head, 0); !ok) {
+      broken(ok.error());
+      return false;
+    }
+    used = true;
+  }
+  if (used && tx_->should_interrupt()) irq_->used_buffers();
+  return true;
+}
+
+bool VirtioNet::serve_rx() {
+  bool used = false;
+  for (;;) {
+    if (!rx_->has_available()) {
+      // No buffers: leave the backlog in the TAP and wait for the RX kick
+      // that posting buffers brings (want_kicks re-checks, so buffers
+      // posted just now are not missed).
+      if (!rx_->want_kicks(true)) {
+        watch_tap(false);
+        break;
+      }
+    }
+    const ssize_t n = ::read(tap_.fd(), frame_.data(), frame_.size());
+    if (n < 0) {
+      watch_tap(true);  // EAGAIN: the TAP's next frame wakes us
+      break;
+    }
+    if (static_cast<std::size_t>(n) < kVnetHeaderBytes) continue;
+    if (!deliver(std::span(frame_).first(static_cast<std::size_t>(n)))) return false;
+    used = true;
+  }
+  if (used && rx_->should_interrupt()) irq_->used_buffers();
+  return true;
+}
+
+// One frame (with its header) into as many chains as it needs: several
+// with MRG_RXBUF (num_buffers says how many), else one that holds it all.
+bool VirtioNet::deliver(std::span<std::byte> frame) {
+  const bool merge = acked_ & bit(kNetMrgRxbuf);
+  std::vector<std::pair<std::uint16_t, std::uint32_t>> taken;
+  std::optional<virtio::Chain> first;
+  std::size_t off = 0;
+  while (off < frame.size()) {
+    auto c = rx_->pop();
+    if (!c) {
+      rx_->unpop(static_cast<std::uint16_t>(taken.size()));
+      broken(c.error());
+      return false;
+    }
+    const bool room = c->has_value() && (merge || taken.empty()) &&
+                      (*c)->writable_bytes >= (taken.empty() ? kVnetHeaderBytes : 1) &&
+                      (merge || (*c)->writable_bytes >= frame.size());
+    if (!room) {
+      // Not enough posted for this frame: give the chains back, drop it.
+      rx_->unpop(static_cast<std::uint16_t>(taken.size() + (c->has_value() ? 1 : 0)));
+      ++rx_dropped_;
+      return true;
+    }
+    const virtio::Chain& chain = **c;
+    const std::size_t len = std::min<std::uint64_t>(chain.writable_bytes, frame.size() - off);
+    if (auto ok = chain.write(mem_, 0, frame.subspan(off, len)); !ok) {
+      rx_->unpop(static_cast<std::uint16_t>(taken.size() + 1));
+      broken(ok.error());
+      return false;
+    }
+    if (!first) first = chain;
+    taken.emplace_back(chain.head, static_cast<std::uint32_t>(len));
+    off += len;
+  }
+  // The TAP leaves num_buffers to us.
+  const std::uint16_t count = static_cast<std::uint16_t>(taken.size());
+  std::byte num[2] = {std::byte(count & 0xff), std::byte(count >> 8)};
+  if (auto ok = first->write(mem_, kNumBuffersOffset, num); !ok) {
+    broken(ok.error());
+    return false;
+  }
+  for (const auto& [head, len] : taken)
+    if (auto ok = rx_->push(head, len); !ok) {
+      broken(ok.error());
+      return false;
+    }
+  ++rx_packets_;
+  rx_bytes_ += frame.size() - kVnetHeaderBytes;
+  return true;
+}
+
+bool VirtioNet::serve_ctrl() {
+  if (!ctrl_) return true;
+  bool used = false;
+  for (;;) {
+    auto c = ctrl_->pop();
+    if (!c) {
+      broken(c.error());
+      return false;
+    }
+    if (!c->has_value()) break;
+    const virtio::Chain& chain = **c;
+    std::array<std::byte, 64> cmd{};
+    auto got = chain.read(mem_, 0, cmd);
+    std::uint8_t ack = kCtrlErr;
+    if (got && *got >= 2) {
+      const auto cls = std::to_integer<std::uint8_t>(cmd[0]);
+      const auto what = std::to_integer<std::uint8_t>(cmd[1]);
+      if (cls == kCtrlRx || cls == kCtrlVlan) {
+        ack = kCtrlOk;  // promiscuous, all-multicast, VLAN filters: the TAP delivers everything anyway
+      } else if (cls == kCtrlMac) {
+        ack = kCtrlOk;
+        if (what == 1 && *got >= 8) {  // MAC_ADDR_SET
+          std::lock_guard lock(mu_);
+          std::memcpy(mac_.data(), cmd.data() + 2, 6);
+        }
+      } else if (cls == kCtrlAnnounce && what == 0) {
+        std::lock_guard lock(mu_);
+        status_ &= static_cast<std::uint16_t>(~kNetStatusAnnounce);
+        ack = kCtrlOk;
+      } else if (cls == kCtrlMq && what == 0 && *got >= 4) {
+        ack = (cmd[2] == std::byte{1} && cmd[3] == std::byte{0}) ? kCtrlOk : kCtrlErr;  // one queue pair
+      }
+    }
+    const std::byte a{ack};
+    const bool answered = chain.writable_bytes >= 1 && chain.write(mem_, 0, std::span(&a, 1));
+    if (auto ok = ctrl_->push(chain.head, answered ? 1 : 0); !ok) {
+      broken(ok.error());
+      return false;
+    }
+    used = true;
+  }
+  if (used && ctrl_->should_interrupt()) irq_->used_buffers();
+  return true;
+}
+
+bool VirtioNet::announce() {
+  if (!(acked_ & bit(kNetGuestAnnounce)) || !irq_) return false;
+  {
+    std::lock_guard lock(mu_);
+    status_ |= kNetStatusAnnounce;
+  }
+  irq_->config_changed();
+  return true;
+}
+
+NetFigures VirtioNet::figures() const {
+  return {rx_packets_.load(), rx_bytes_.load(), rx_dropped_.load(),
+          tx_packets_.load(), tx_bytes_.load(), tx_dropped_.load()};
+}
+
+Mac VirtioNet::mac() const {
+  std::lock_guard lock(mu_);
+  return mac_;
+}
+
+std::vector<std::byte> VirtioNet::save() const {
+  ByteWriter w;
+  w.put_u32(kNetStateVersion);
+  std::lock_guard lock(mu_);
+  for (auto b : mac_) w.put_u8(b);
+  w.put_u16(status_);
+  return std::move(w).take();
+}
+
+Status VirtioNet::restore(std::span<const std::byte> state) {
+  ByteReader r(state);
+  std::uint32_t version = 0;
+  Mac mac{};
+  std::uint16_t status = 0;
+  if (auto ok = r.get(version); !ok) return std::unexpected(std::move(ok.error()).context("virtio-net state"));
+  if (version != kNetStateVersion)
+    return fail("virtio-net state: version {} is not supported (this build reads {})", version, kNetStateVersion);
+  if (auto ok = r.get(mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], status); !ok)
+    return std::unexpected(std::move(ok.error()).context("virtio-net state"));
+  if (auto ok = r.expect_end(); !ok) return std::unexpected(std::move(ok.error()).context("virtio-net state"));
+  std::lock_guard lock(mu_);
+  mac_ = mac;  // the VM's MAC travels with it, whatever the destination was given
+  status_ = status;
+  return {};
+}
+
+}  // namespace ferry::kvm::net
