@@ -14,6 +14,8 @@
 #include "kvm/state/format.hh"
 #include "kvm/devices/acpi_pm/acpi_pm.hh"
 #include "kvm/devices/reset/reset.hh"
+#include "kvm/devices/net/virtio_net.hh"
+#include "kvm/devices/virtio/mmio.hh"
 
 namespace ferry::kvm {
 namespace {
@@ -128,6 +130,9 @@ Result<VmConfigState> decode_vm_config(std::span<const std::byte> bytes) {
 
 Machine::~Machine() {
   if (runner_) (void)stop("VM destroyed");
+  // Devices first: their threads use guest memory and the access to it,
+  // which members declared after devices_ would take away before them.
+  devices_.reset();
 }
 
 Status Machine::create_vm(std::uint64_t memory_bytes, HugePages huge, bool irqchip, std::uint32_t vcpus) {
@@ -269,6 +274,37 @@ Status Machine::create_devices(Serial::Sink console) {
   return {};
 }
 
+Status Machine::create_nets(const std::vector<net::NetConfig>& nets) {
+  if (nets.empty()) return {};
+  if (kind_ != GuestKind::kLinux) return fail("--net: network devices are for Linux guests");
+  if (nets.size() > net::kMaxNets) return fail("--net: at most {} network devices, not {}", net::kMaxNets, nets.size());
+  for (std::size_t i = 0; i < nets.size(); ++i) {
+    const auto& n = nets[i];
+    const std::uint32_t gsi = net::kVirtioFirstGsi + static_cast<std::uint32_t>(i);
+    const std::string id = fmt::format("net{}", i);
+    auto tap = net::Tap::open(n.tap);
+    if (!tap) return std::unexpected(std::move(tap.error()).context(id));
+    const net::Mac mac = n.mac ? *n.mac : net::random_mac();
+    auto dev = net::VirtioNet::create(std::move(*tap), mac, *guest_access_);
+    if (!dev) return std::unexpected(std::move(dev.error()).context(id));
+    auto irq = IrqFd::assign(*vm_, gsi);
+    if (!irq) return std::unexpected(std::move(irq.error()).context(id));
+    irqfds_.push_back(std::make_unique<IrqFd>(std::move(*irq)));
+    const IrqFd* line = irqfds_.back().get();
+    auto t = std::make_unique<virtio::MmioTransport>(
+        virtio::MmioTransport::Config{.id = id,
+                                      .base = net::kVirtioMmioBase + i * net::kVirtioMmioStride,
+                                      .gsi = gsi,
+                                      .key = {SectionType::kVirtio, static_cast<std::uint32_t>(i)}},
+        *guest_access_, std::move(*dev), [line] {
+          if (auto ok = line->trigger(); !ok) spdlog::warn("virtio interrupt: {}", ok.error());
+        });
+    if (auto added = devices_->add(std::move(t)); !added) return std::unexpected(added.error());
+    spdlog::info("{}: virtio-net on TAP {}, MAC {}", id, n.tap, net::format_mac(mac));
+  }
+  return {};
+}
+
 Result<ExitAction> Machine::on_linux_exit(Vcpu& vcpu) {
   kvm_run& run = vcpu.run();
   switch (run.exit_reason) {
@@ -396,7 +432,12 @@ Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config
   m->notify_ = std::move(stopped);
   if (auto ok = m->create_vm(mem, config.huge_pages, true, lb.vcpus); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
-  auto info = load_linux(*m->regions_.front(), lb);
+  if (auto ok = m->create_nets(config.nets); !ok) return std::unexpected(ok.error());
+  LinuxBootConfig boot = lb;
+  for (std::size_t i = 0; i < config.nets.size(); ++i)
+    boot.mmio.push_back({net::kVirtioMmioBase + i * net::kVirtioMmioStride, static_cast<std::uint32_t>(virtio::kMmioWindow),
+                         static_cast<std::uint32_t>(net::kVirtioFirstGsi + i)});
+  auto info = load_linux(*m->regions_.front(), boot);
   if (!info) return std::unexpected(info.error());
   for (auto& v : m->vcpus_)
     if (auto ok = setup_linux_vcpu(*m->kvm_, v, *info, lb.vcpus); !ok) return std::unexpected(ok.error());

@@ -19,6 +19,8 @@
 #include "userspace/base/error.hh"
 #include "kvm/devices/guest_access.hh"
 #include "kvm/devices/manager.hh"
+#include "kvm/eventfd.hh"
+#include "kvm/devices/net/config.hh"
 #include "kvm/devices/uart/uart.hh"
 #include "kvm/dirty_tracker.hh"
 #include "kvm/guest_memory.hh"
@@ -46,6 +48,7 @@ struct MachineConfig {
   GuestKind kind = GuestKind::kTestGuest;
   TestGuestOptions guest;          // kTestGuest; guest.vcpus is the VM's vCPU count
   LinuxBootConfig linux_boot;      // kLinux; linux_boot.vcpus is the VM's vCPU count
+  std::vector<net::NetConfig> nets;  // kLinux: virtio-net devices on TAPs
 };
 
 // What a snapshot records about the VM's shape (the kVmConfig section).
@@ -218,6 +221,9 @@ class Machine {
   // Linux; the test guest polls), and for Linux the ACPI PM block and the
   // reset ports. Before any vCPU runs.
   Status create_devices(Serial::Sink console);
+  // virtio-net on each TAP (Linux guests): windows and GSIs from
+  // net/config.hh, in the order given.
+  Status create_nets(const std::vector<net::NetConfig>& nets);
   Result<ExitAction> on_linux_exit(Vcpu& vcpu);
   Result<state::StateWriter> state_sections();
   Status apply_state(const state::StateImage& img, const VmConfigState& cfg);
@@ -230,6 +236,7 @@ class Machine {
   std::vector<Vcpu> vcpus_;
   std::vector<std::uint32_t> msr_indices_;
   std::unique_ptr<DeviceManager> devices_;
+  std::vector<std::unique_ptr<IrqFd>> irqfds_;  // the virtio devices' interrupt lines
   Uart* uart_ = nullptr;  // owned by devices_
   GuestKind kind_ = GuestKind::kTestGuest;
   std::unique_ptr<TestGuestMonitor> monitor_;      // kTestGuest

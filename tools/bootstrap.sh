@@ -15,7 +15,9 @@ Prepares a Debian 12 machine for building and testing Ferry.
      are fast and work offline.
   2. Fetches the Debian kernel used by the nested-KVM sandbox into
        ${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}/kernel/
-     keeping only: vmlinuz, version, modules/*.ko and modules/load-order,
+     keeping only: vmlinuz, version, modules/*.ko and modules/load-order (the
+     sandbox's), guest-modules/*.ko and guest-modules/load-order (the Linux
+     test guest's virtio drivers),
      plus vmlinux (vmlinuz decompressed: QEMU boots it via PVH, ~4 s faster).
      Skipped when that cache is already complete. Needs no root.
 
@@ -49,6 +51,15 @@ SANDBOX_MODULES=(
   kernel/net/tls/tls.ko
   kernel/net/sched/sch_netem.ko
   kernel/drivers/net/veth.ko
+  kernel/drivers/net/tun.ko
+)
+
+# Modules the Linux test guest loads from its initramfs (tools/linux-guest):
+# virtio over MMIO (found through the DSDT's LNRO0005 devices) and
+# virtio-net. Cached in guest-modules/ with their own load order.
+GUEST_MODULES=(
+  kernel/drivers/virtio/virtio_mmio.ko
+  kernel/drivers/net/virtio_net.ko
 )
 
 log() { printf 'bootstrap: %s\n' "$*"; }
@@ -117,6 +128,14 @@ kernel_cache_complete() {
     name=${m##*/}
     grep -qxF -- "$name" "$kernel_dir/modules/load-order" || return 1
   done
+  [[ -s $kernel_dir/guest-modules/load-order ]] || return 1
+  while IFS= read -r m; do
+    [[ -n $m && -s $kernel_dir/guest-modules/$m ]] || return 1
+  done <"$kernel_dir/guest-modules/load-order"
+  for m in "${GUEST_MODULES[@]}"; do
+    name=${m##*/}
+    grep -qxF -- "$name" "$kernel_dir/guest-modules/load-order" || return 1
+  done
 }
 
 # Name of the versioned kernel image package linux-image-amd64 depends on.
@@ -147,7 +166,7 @@ fetch_kernel() {
   [[ -n $pkg ]] || die "cannot resolve the kernel package behind linux-image-amd64"
 
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bootstrap.XXXXXX")
-  mkdir "$tmp/dl" "$tmp/x" "$tmp/out" "$tmp/out/modules"
+  mkdir "$tmp/dl" "$tmp/x" "$tmp/out" "$tmp/out/modules" "$tmp/out/guest-modules"
   # apt-get download drops to user _apt when run as root: let it write here.
   chmod 755 "$tmp"
   chmod 777 "$tmp/dl"
@@ -169,33 +188,40 @@ fetch_kernel() {
   [[ -n $moddir ]] || die "$pkg has no lib/modules/<version>"
   version=${moddir##*/}
 
-  # Resolve each wanted module plus its dependencies, dependencies first.
-  local -A seen=()
-  local -a order=()
+  # Resolve each wanted module plus its dependencies, dependencies first,
+  # into OUT with OUT/load-order.
   find_module() { # module name (dashes or underscores) -> path under moddir
     local pat=${1//[-_]/[-_]}
     find "$moddir/kernel" -name "$pat.ko" -print -quit
   }
-  add_module() { # path to a .ko
-    local path=$1 name dep deps dpath
-    name=${path##*/}
-    [[ -z ${seen[$name]:-} ]] || return 0
-    seen[$name]=1
-    deps=$(modinfo -F depends "$path")
-    for dep in ${deps//,/ }; do
-      dpath=$(find_module "$dep")
-      [[ -n $dpath ]] || die "module $name depends on $dep, which is not in $pkg"
-      add_module "$dpath"
+  resolve_modules() { # OUT MODULE...
+    local out=$1 m
+    shift
+    local -A seen=()
+    local -a order=()
+    add_module() { # path to a .ko
+      local path=$1 name dep deps dpath
+      name=${path##*/}
+      [[ -z ${seen[$name]:-} ]] || return 0
+      seen[$name]=1
+      deps=$(modinfo -F depends "$path")
+      for dep in ${deps//,/ }; do
+        dpath=$(find_module "$dep")
+        [[ -n $dpath ]] || die "module $name depends on $dep, which is not in $pkg"
+        add_module "$dpath"
+      done
+      order+=("$name")
+      cp -- "$path" "$out/$name"
+    }
+    for m in "$@"; do
+      [[ -f $moddir/$m ]] || die "$pkg lacks $m"
+      add_module "$moddir/$m"
     done
-    order+=("$name")
-    cp -- "$path" "$tmp/out/modules/$name"
+    printf '%s\n' "${order[@]}" >"$out/load-order"
+    log "kernel: modules for ${out##*/} (load order): ${order[*]}"
   }
-  local m
-  for m in "${SANDBOX_MODULES[@]}"; do
-    [[ -f $moddir/$m ]] || die "$pkg lacks $m"
-    add_module "$moddir/$m"
-  done
-  printf '%s\n' "${order[@]}" >"$tmp/out/modules/load-order"
+  resolve_modules "$tmp/out/modules" "${SANDBOX_MODULES[@]}"
+  resolve_modules "$tmp/out/guest-modules" "${GUEST_MODULES[@]}"
   cp -- "$vmlinuz" "$tmp/out/vmlinuz"
   printf '%s\n' "$version" >"$tmp/out/version"
 
@@ -208,7 +234,6 @@ fetch_kernel() {
   mv -- "$staged" "$kernel_dir"
   rm -rf -- "$old"
   log "kernel: $version cached in $kernel_dir"
-  log "kernel: modules (load order): ${order[*]}"
 }
 
 # QEMU boots an uncompressed ELF vmlinux through its PVH entry point, which

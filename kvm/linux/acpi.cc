@@ -58,7 +58,77 @@ constexpr std::uint8_t kS5Aml[] = {0x08, '_', 'S', '5', '_',  // NameOp "_S5_"
                                    0x0a, kAcpiS5SleepType,    // BytePrefix 5 (SLP_TYP b)
                                    0x00, 0x00};               // Zero, Zero
 
+// AML (ACPI 6.x, 20.2): the few encodings the DSDT needs.
+// PkgLength counts itself: 1 byte up to 63, 2 bytes up to 4095, 3 beyond.
+void aml_pkg(std::vector<std::uint8_t>& out, std::size_t content) {
+  if (content + 1 < 64) {
+    out.push_back(static_cast<std::uint8_t>(content + 1));
+  } else if (content + 2 < 4096) {
+    const std::size_t n = content + 2;
+    out.push_back(static_cast<std::uint8_t>(0x40 | (n & 0x0f)));
+    out.push_back(static_cast<std::uint8_t>(n >> 4));
+  } else {
+    const std::size_t n = content + 3;
+    out.push_back(static_cast<std::uint8_t>(0x80 | (n & 0x0f)));
+    out.push_back(static_cast<std::uint8_t>(n >> 4));
+    out.push_back(static_cast<std::uint8_t>(n >> 12));
+  }
+}
+void aml_append(std::vector<std::uint8_t>& out, const std::vector<std::uint8_t>& b) {
+  out.insert(out.end(), b.begin(), b.end());
+}
+void aml_name(std::vector<std::uint8_t>& out, const char (&seg)[5]) {
+  out.push_back(0x08);  // NameOp
+  out.insert(out.end(), seg, seg + 4);
+}
+void aml_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
+}
+
+// Device (VRnn) { Name (_HID, "LNRO0005") Name (_UID, n) Name (_CRS,
+// ResourceTemplate () { Memory32Fixed (ReadWrite, base, size)
+// Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi } }) }
+std::vector<std::uint8_t> aml_virtio_mmio(std::size_t index, const AcpiMmioDevice& d) {
+  std::vector<std::uint8_t> body;
+  const char hex[] = "0123456789ABCDEF";
+  body.insert(body.end(), {'V', 'R', static_cast<std::uint8_t>(hex[(index >> 4) & 15]),
+                           static_cast<std::uint8_t>(hex[index & 15])});
+  aml_name(body, "_HID");
+  body.push_back(0x0d);  // StringPrefix
+  for (char c : std::string_view("LNRO0005")) body.push_back(static_cast<std::uint8_t>(c));
+  body.push_back(0);
+  aml_name(body, "_UID");
+  body.insert(body.end(), {0x0a, static_cast<std::uint8_t>(index)});  // BytePrefix
+  std::vector<std::uint8_t> crs = {0x86, 0x09, 0x00, 0x01};  // Memory32Fixed, read-write
+  aml_u32(crs, static_cast<std::uint32_t>(d.base));
+  aml_u32(crs, d.size);
+  crs.insert(crs.end(), {0x89, 0x06, 0x00, 0x03, 0x01});  // Extended Interrupt: consumer, edge, high, exclusive; 1 GSI
+  aml_u32(crs, d.gsi);
+  crs.insert(crs.end(), {0x79, 0x00});  // End Tag
+  aml_name(body, "_CRS");
+  std::vector<std::uint8_t> buf = {0x0a, static_cast<std::uint8_t>(crs.size())};  // BufferSize
+  aml_append(buf, crs);
+  body.push_back(0x11);  // BufferOp
+  aml_pkg(body, buf.size());
+  aml_append(body, buf);
+  std::vector<std::uint8_t> dev = {0x5b, 0x82};  // DeviceOp
+  aml_pkg(dev, body.size());
+  aml_append(dev, body);
+  return dev;
+}
+
 }  // namespace
+
+std::vector<std::uint8_t> dsdt_aml(std::span<const AcpiMmioDevice> mmio) {
+  std::vector<std::uint8_t> out(std::begin(kS5Aml), std::end(kS5Aml));
+  if (mmio.empty()) return out;
+  std::vector<std::uint8_t> sb = {0x5c, '_', 'S', 'B', '_'};  // \_SB_
+  for (std::size_t i = 0; i < mmio.size(); ++i) aml_append(sb, aml_virtio_mmio(i, mmio[i]));
+  out.push_back(0x10);  // ScopeOp
+  aml_pkg(out, sb.size());
+  aml_append(out, sb);
+  return out;
+}
 
 std::uint8_t acpi_checksum(const std::uint8_t* p, std::size_t n) {
   std::uint8_t sum = 0;
@@ -66,8 +136,11 @@ std::uint8_t acpi_checksum(const std::uint8_t* p, std::size_t n) {
   return sum;
 }
 
-Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus) {
+Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus, std::span<const AcpiMmioDevice> mmio) {
   if (vcpus == 0 || vcpus > 255) return fail("ACPI: {} vCPUs (1..255 with xAPIC IDs)", vcpus);
+  if (mmio.size() > 255) return fail("ACPI: {} virtio-mmio devices (at most 255)", mmio.size());
+  for (const auto& d : mmio)
+    if (d.base + d.size > (1ull << 32)) return fail("ACPI: a virtio-mmio window at {:#x} above 4 GiB", d.base);
   // Layout inside the reserved 0xe0000 page(s): RSDP, then the tables,
   // each 16-byte aligned.
   const std::uint64_t rsdp = kAcpiTablesGpa;
@@ -93,7 +166,7 @@ Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus) {
   }
 
   Table dsdt("DSDT", 2);
-  for (auto b : kS5Aml) dsdt.append8(b);
+  for (auto b : dsdt_aml(mmio)) dsdt.append8(b);
   const auto dsdt_gpa = place(dsdt.finish());
 
   // FADT, revision 6 (276 bytes): fixed hardware with PM1a event/control

@@ -1,6 +1,6 @@
 #pragma once
 // Minimal ACPI for a Linux guest without firmware: RSDP -> XSDT -> FADT,
-// DSDT (just \_S5 so Linux offers power-off), MADT (one LAPIC per vCPU,
+// DSDT (\_S5 so Linux offers power-off, and the virtio-mmio devices), MADT (one LAPIC per vCPU,
 // the IOAPIC with ISA IRQs on pins 0-15 as KVM routes them, LINT1 as NMI).
 //
 // The FADT describes a PC with fixed ACPI hardware (PM1 event and control
@@ -13,6 +13,8 @@
 //   kAcpiPm1aControlPort  guest writes SLP_TYP << 10 | SLP_EN (1 << 13); S5 = off
 //   kAcpiResetPort        guest writes kAcpiResetValue to reboot
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "userspace/base/error.hh"
 #include "kvm/guest_memory.hh"
@@ -29,8 +31,23 @@ inline constexpr std::uint16_t kAcpiSciEnable = 1;          // PM1_CNT.SCI_EN: A
 inline constexpr std::uint16_t kAcpiSleepEnable = 1 << 13;  // PM1_CNT.SLP_EN
 inline constexpr std::uint32_t kAcpiSciIrq = 9;
 
+// A virtio-mmio device, described in the DSDT as Linux's virtio_mmio
+// driver looks for it: \_SB.VRnn with _HID "LNRO0005", its register window
+// (Memory32Fixed) and its interrupt (an edge-triggered, active-high GSI:
+// the VMM raises it through an irqfd, one edge per interrupt).
+struct AcpiMmioDevice {
+  std::uint64_t base = 0;  // below 4 GiB
+  std::uint32_t size = 0;
+  std::uint32_t gsi = 0;
+};
+
 // Writes the tables at kAcpiTablesGpa; returns the RSDP's address.
-Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus);
+Result<std::uint64_t> write_acpi_tables(GuestRegion& ram, std::uint32_t vcpus,
+                                        std::span<const AcpiMmioDevice> mmio = {});
+
+// The DSDT's AML body: \_S5 and one device per `mmio` entry (exposed for
+// its unit test).
+std::vector<std::uint8_t> dsdt_aml(std::span<const AcpiMmioDevice> mmio);
 
 // ACPI's checksum rule: all bytes of a table sum to 0 (mod 256).
 std::uint8_t acpi_checksum(const std::uint8_t* p, std::size_t n);

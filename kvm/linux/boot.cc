@@ -169,7 +169,7 @@ Result<LinuxBootInfo> load_linux(GuestRegion& ram, const LinuxBootConfig& c) {
     info.initrd_bytes = rd->size();
   }
   write_e820(ram, bp);
-  auto rsdp = write_acpi_tables(ram, c.vcpus);
+  auto rsdp = write_acpi_tables(ram, c.vcpus, c.mmio);
   if (!rsdp) return std::unexpected(rsdp.error());
   put<std::uint64_t>(ram, bp + kAcpiRsdpAddr, *rsdp);
   write_long_mode_tables(ram, kLayout);

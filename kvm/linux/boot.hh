@@ -21,6 +21,7 @@
 
 #include "userspace/base/error.hh"
 #include "kvm/guest_memory.hh"
+#include "kvm/linux/acpi.hh"
 
 namespace ferry::kvm {
 
@@ -32,6 +33,7 @@ struct LinuxBootConfig {
   std::string initrd;   // optional
   std::string cmdline;
   std::uint32_t vcpus = 1;
+  std::vector<AcpiMmioDevice> mmio;  // virtio-mmio devices, for the DSDT
 };
 
 struct LinuxBootInfo {

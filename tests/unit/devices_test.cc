@@ -285,3 +285,62 @@ TEST(Hex, RoundTripsAndSaysWhatIsWrong) {
 
 }  // namespace
 }  // namespace ferry::kvm
+
+namespace ferry::kvm {
+namespace {
+
+// PkgLength at p (20.2.4): the length it encodes and its own size.
+std::pair<std::size_t, std::size_t> pkg_length(const std::uint8_t* p) {
+  const std::size_t extra = p[0] >> 6;
+  if (extra == 0) return {p[0] & 0x3f, 1};
+  std::size_t n = p[0] & 0x0f;
+  for (std::size_t i = 0; i < extra; ++i) n |= std::size_t{p[1 + i]} << (4 + 8 * i);
+  return {n, 1 + extra};
+}
+
+TEST(Acpi, TheDsdtDescribesEachVirtioMmioDeviceAsLinuxLooksForIt) {
+  EXPECT_EQ(dsdt_aml({}).size(), 14u) << "without devices, only \\_S5";
+  const std::vector<AcpiMmioDevice> devs{{0xd0000000, 0x200, 16}, {0xd0001000, 0x200, 17}};
+  const auto aml = dsdt_aml(devs);
+  // \_SB_ scope right after \_S5, its PkgLength covering the rest exactly
+  // (two devices need the two-byte form).
+  ASSERT_GT(aml.size(), 14u);
+  const std::uint8_t* scope = aml.data() + 14;
+  ASSERT_EQ(scope[0], 0x10);
+  const auto [len, len_bytes] = pkg_length(scope + 1);
+  EXPECT_EQ(len_bytes, 2u);
+  EXPECT_EQ(len, aml.size() - 14 - 1);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(scope + 1 + len_bytes), 5), "\\_SB_");
+  const std::string text(aml.begin(), aml.end());
+  for (std::size_t i = 0; i < devs.size(); ++i) {
+    SCOPED_TRACE(i);
+    const auto dev = text.find(fmt::format("VR0{}", i));
+    ASSERT_NE(dev, std::string::npos);
+    EXPECT_EQ(static_cast<std::uint8_t>(text[dev - 2]), 0x82) << "DeviceOp precedes the name";
+    EXPECT_NE(text.find("_HID\x0dLNRO0005", dev), std::string::npos);
+    // Memory32Fixed (read-write, base, size) then the extended interrupt
+    // (consumer, edge, active high, exclusive, one GSI), then the end tag.
+    std::vector<std::uint8_t> crs = {0x86, 0x09, 0x00, 0x01};
+    for (int b = 0; b < 4; ++b) crs.push_back(static_cast<std::uint8_t>(devs[i].base >> (8 * b)));
+    crs.insert(crs.end(), {0x00, 0x02, 0x00, 0x00, 0x89, 0x06, 0x00, 0x03, 0x01});
+    for (int b = 0; b < 4; ++b) crs.push_back(static_cast<std::uint8_t>(devs[i].gsi >> (8 * b)));
+    crs.insert(crs.end(), {0x79, 0x00});
+    EXPECT_NE(text.find(std::string(crs.begin(), crs.end()), dev), std::string::npos) << "_CRS of device " << i;
+  }
+  // In the tables: the DSDT's checksum holds with the devices in it.
+  auto ram = GuestRegion::create(0, 0, 2 << 20, "ferry-acpi-test");
+  ASSERT_TRUE(ram);
+  ASSERT_TRUE(write_acpi_tables(*ram, 1, devs));
+  const std::string area(reinterpret_cast<const char*>(ram->host_at(kAcpiTablesGpa)), 0x2000);
+  const auto at = area.find("DSDT");
+  ASSERT_NE(at, std::string::npos);
+  std::uint32_t dsdt_len = 0;
+  std::memcpy(&dsdt_len, area.data() + at + 4, 4);
+  EXPECT_EQ(dsdt_len, 36 + aml.size());
+  EXPECT_EQ(acpi_checksum(reinterpret_cast<const std::uint8_t*>(area.data() + at), dsdt_len), 0);
+  const std::vector<AcpiMmioDevice> high{{1ull << 32, 0x200, 16}};
+  EXPECT_FALSE(write_acpi_tables(*ram, 1, high));
+}
+
+}  // namespace
+}  // namespace ferry::kvm

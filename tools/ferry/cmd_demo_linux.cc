@@ -87,7 +87,7 @@ class Console {
 Status build_initramfs(const std::string& out) {
   harness::ChildOptions o;
   o.name = "tools/linux-guest/mkinitramfs";
-  auto c = harness::Child::spawn({"/bin/sh", FERRY_GUEST_MKINITRAMFS, out, FERRY_GUEST_WORKLOAD}, o);
+  auto c = harness::Child::spawn({"/bin/sh", FERRY_GUEST_MKINITRAMFS, out, FERRY_GUEST_WORKLOAD, FERRY_GUEST_MODULES}, o);
   if (!c) return std::unexpected(std::move(c.error()).context("spawn tools/linux-guest/mkinitramfs"));
   auto st = c->wait(std::chrono::minutes(5));
   if (!st) return std::unexpected(st.error());
@@ -142,7 +142,7 @@ int run_linux_demo(bool json, bool in_sandbox) {
   kvm::MachineConfig c;
   c.kind = kvm::GuestKind::kLinux;
   c.memory_bytes = 256ull << 20;
-  c.linux_boot = {kernel, initrd, "console=ttyS0 panic=-1 pci=off ferry.mib=16 ferry.rate=8", 2};
+  c.linux_boot = {kernel, initrd, "console=ttyS0 panic=-1 pci=off ferry.mib=16 ferry.rate=8", 2, {}};
   Console console;
   const auto t0 = Clock::now();
   auto vm = kvm::Machine::boot(c, console.sink(), [&console] { console.abort(); });

@@ -54,6 +54,7 @@ struct RunOptions : VmProcessOptions {
   bool poweroff_when_done = false;
   bool no_irqchip = false;
   std::string kernel, initrd, cmdline = "console=ttyS0 panic=-1 pci=off";
+  std::vector<std::string> nets;
 };
 
 struct RestoreOptions : VmProcessOptions {
@@ -256,6 +257,11 @@ void add_run(CLI::App& app, Globals& g) {
       ->check(CLI::ExistingFile)
       ->needs(kernel);
   cmd->add_option("--cmdline", opts->cmdline, "Linux: kernel command line")->needs(kernel)->capture_default_str();
+  cmd->add_option("--net", opts->nets,
+                  "Linux: a virtio-net device on the TAP interface NAME (made if missing; needs CAP_NET_ADMIN), with "
+                  "this MAC or a random 52:54:00:xx:xx:xx one; repeatable (eth0, eth1, ...)")
+      ->type_name("tap=NAME[,mac=MAC]")
+      ->needs(kernel);
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
     kvm::MachineConfig c;
@@ -272,7 +278,16 @@ void add_run(CLI::App& app, Globals& g) {
     c.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
     if (!opts->kernel.empty()) {
       c.kind = kvm::GuestKind::kLinux;
-      c.linux_boot = {opts->kernel, opts->initrd, opts->cmdline, opts->vcpus};
+      c.linux_boot = {opts->kernel, opts->initrd, opts->cmdline, opts->vcpus, {}};
+    }
+    for (const auto& spec : opts->nets) {
+      auto n = kvm::net::parse_net(spec);
+      if (!n) {
+        fmt::print(stderr, "ferry run: {}\n", n.error());
+        g.rc = 2;
+        return;
+      }
+      c.nets.push_back(*n);
     }
     auto& t = c.guest;
     t.vcpus = opts->vcpus;

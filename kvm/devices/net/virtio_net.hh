@@ -24,14 +24,13 @@
 #include <vector>
 
 #include "kvm/devices/guest_access.hh"
+#include "kvm/devices/net/config.hh"
 #include "kvm/devices/net/tap.hh"
 #include "kvm/devices/virtio/queue.hh"
 #include "kvm/devices/virtio/virtio.hh"
 #include "kvm/eventfd.hh"
 
 namespace ferry::kvm::net {
-
-using Mac = std::array<std::uint8_t, 6>;
 
 // Feature bits (5.1.3).
 inline constexpr unsigned kNetCsum = 0, kNetGuestCsum = 1, kNetMac = 5, kNetGuestTso4 = 7, kNetGuestTso6 = 8,
