@@ -274,7 +274,7 @@ Status Machine::create_devices(Serial::Sink console) {
   return {};
 }
 
-Status Machine::create_nets(const std::vector<net::NetConfig>& nets) {
+Status Machine::create_nets(const std::vector<net::NetConfig>& nets, bool incoming) {
   if (nets.empty()) return {};
   if (kind_ != GuestKind::kLinux) return fail("--net: network devices are for Linux guests");
   if (nets.size() > net::kMaxNets) return fail("--net: at most {} network devices, not {}", net::kMaxNets, nets.size());
@@ -284,9 +284,14 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets) {
     const std::string id = fmt::format("net{}", i);
     auto tap = net::Tap::open(n.tap);
     if (!tap) return std::unexpected(std::move(tap.error()).context(id));
+    // A destination's TAP carries nothing until the VM runs here (the
+    // device's resume turns the carrier on).
+    if (incoming)
+      if (auto ok = tap->set_carrier(false); !ok) return std::unexpected(std::move(ok.error()).context(id));
     const net::Mac mac = n.mac ? *n.mac : net::random_mac();
     auto dev = net::VirtioNet::create(std::move(*tap), mac, *guest_access_);
     if (!dev) return std::unexpected(std::move(dev.error()).context(id));
+    nets_.push_back(dev->get());
     auto irq = IrqFd::assign(*vm_, gsi);
     if (!irq) return std::unexpected(std::move(irq.error()).context(id));
     irqfds_.push_back(std::make_unique<IrqFd>(std::move(*irq)));
@@ -300,7 +305,8 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets) {
           if (auto ok = line->trigger(); !ok) spdlog::warn("virtio interrupt: {}", ok.error());
         });
     if (auto added = devices_->add(std::move(t)); !added) return std::unexpected(added.error());
-    spdlog::info("{}: virtio-net on TAP {}, MAC {}", id, n.tap, net::format_mac(mac));
+    spdlog::info("{}: virtio-net on TAP {}{}", id, n.tap,
+                 incoming ? " (carrier off until the VM runs here)" : ", MAC " + net::format_mac(mac));
   }
   return {};
 }
@@ -323,7 +329,14 @@ Result<ExitAction> Machine::on_linux_exit(Vcpu& vcpu) {
   }
 }
 
+void Machine::announce_network() {
+  for (auto* n : nets_) n->announce_after_migration();
+}
+
 Status Machine::start_vcpus(bool paused) {
+  // Devices restored from a state image start paused; a VM that starts
+  // running starts them too (a paused one, at resume()).
+  if (!paused) devices_->resume();
   ExitHandler guest_handler;
   if (kind_ == GuestKind::kLinux) {
     // No vCPU runs yet: the UART's level is the one the (restored or fresh)
@@ -432,7 +445,7 @@ Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config
   m->notify_ = std::move(stopped);
   if (auto ok = m->create_vm(mem, config.huge_pages, true, lb.vcpus); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
-  if (auto ok = m->create_nets(config.nets); !ok) return std::unexpected(ok.error());
+  if (auto ok = m->create_nets(config.nets, false); !ok) return std::unexpected(ok.error());
   LinuxBootConfig boot = lb;
   for (std::size_t i = 0; i < config.nets.size(); ++i)
     boot.mmio.push_back({net::kVirtioMmioBase + i * net::kVirtioMmioStride, static_cast<std::uint32_t>(virtio::kMmioWindow),
@@ -557,7 +570,7 @@ Status same_devices(const std::vector<DeviceDescription>& wanted, const std::vec
 }
 
 Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Serial::Sink console, Notify stopped,
-                                                   HugePages huge_pages) {
+                                                   HugePages huge_pages, const std::vector<net::NetConfig>& nets) {
   std::unique_ptr<Machine> m(new Machine());
   m->kind_ = shape.kind;
   m->notify_ = std::move(stopped);
@@ -572,6 +585,7 @@ Result<std::unique_ptr<Machine>> Machine::incoming(const MachineShape& shape, Se
   if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, shape.irqchip, shape.vcpus); !ok) return std::unexpected(ok.error());
   if (auto ok = m->create_devices(std::move(console)); !ok) return std::unexpected(ok.error());
+  if (auto ok = m->create_nets(nets, true); !ok) return std::unexpected(ok.error());
   if (shape.devices) {
     // The state that follows is for the source's devices: refuse now, before
     // any memory is sent, rather than fail to load it at the switchover.
@@ -729,6 +743,9 @@ MachineStatus Machine::status() const {
     std::memcpy(&s.params, regions_.front()->host_at(FG_PARAMS_GPA), sizeof s.params);
     s.monitor = monitor_->figures();
   }
+  for (std::size_t i = 0; i < nets_.size(); ++i)
+    s.nets.push_back({fmt::format("net{}", i), nets_[i]->tap().name(), net::format_mac(nets_[i]->mac()),
+                      nets_[i]->figures()});
   for (std::size_t i = 0; i < vcpus_.size() && runner_; ++i)
     s.per_vcpu.push_back({runner_->exits(i), monitor_ ? read_test_guest_status(*regions_.front(), static_cast<std::uint32_t>(i))
                                                       : fg_status{}});

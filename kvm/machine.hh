@@ -21,6 +21,7 @@
 #include "kvm/devices/manager.hh"
 #include "kvm/eventfd.hh"
 #include "kvm/devices/net/config.hh"
+#include "kvm/devices/net/virtio_net.hh"
 #include "kvm/devices/uart/uart.hh"
 #include "kvm/dirty_tracker.hh"
 #include "kvm/guest_memory.hh"
@@ -85,6 +86,11 @@ struct MachineStatus {
   fg_params params{};  // test guest: its workload, as it sees it
   TestGuestMonitor::Figures monitor;  // test guest only
   std::vector<VcpuStatus> per_vcpu;
+  struct Net {
+    std::string id, tap, mac;
+    net::NetFigures figures;
+  };
+  std::vector<Net> nets;
 };
 
 // The shape a migration destination builds before any memory arrives: the
@@ -131,8 +137,11 @@ class Machine {
   // A migration destination's VM: memory and vCPUs exist, nothing runs and
   // no CPU state is loaded. Memory is written by the receiver, then
   // load_state() applies the source's state image and starts the vCPUs.
+  // `nets`: this host's TAPs for the VM's network devices, in order (their
+  // MACs come with the state).
   static Result<std::unique_ptr<Machine>> incoming(const MachineShape& shape, Serial::Sink console, Notify stopped,
-                                                   HugePages huge_pages = HugePages::kOff);
+                                                   HugePages huge_pages = HugePages::kOff,
+                                                   const std::vector<net::NetConfig>& nets = {});
   // incoming() only, once: the state image (kVmConfig, vCPUs, clock,
   // chips, serial; what state_image() produced), which must match the shape.
   Status load_state(const state::StateImage& image, bool start_paused);
@@ -143,6 +152,9 @@ class Machine {
 
   Status pause();
   Status resume();
+  // After a migration, once the VM runs here: every network device asks
+  // its guest to announce itself and sends RARPs from its MAC.
+  void announce_network();
   // Bytes for the guest's serial console (its keyboard).
   void console_input(std::string_view bytes);
   // The VMM's own access to guest RAM (diagnostics; what devices do by
@@ -223,7 +235,8 @@ class Machine {
   Status create_devices(Serial::Sink console);
   // virtio-net on each TAP (Linux guests): windows and GSIs from
   // net/config.hh, in the order given.
-  Status create_nets(const std::vector<net::NetConfig>& nets);
+  // A destination's (incoming) TAPs start with their carrier off.
+  Status create_nets(const std::vector<net::NetConfig>& nets, bool incoming);
   Result<ExitAction> on_linux_exit(Vcpu& vcpu);
   Result<state::StateWriter> state_sections();
   Status apply_state(const state::StateImage& img, const VmConfigState& cfg);
@@ -237,6 +250,7 @@ class Machine {
   std::vector<std::uint32_t> msr_indices_;
   std::unique_ptr<DeviceManager> devices_;
   std::vector<std::unique_ptr<IrqFd>> irqfds_;  // the virtio devices' interrupt lines
+  std::vector<net::VirtioNet*> nets_;           // owned by their transports in devices_
   Uart* uart_ = nullptr;  // owned by devices_
   GuestKind kind_ = GuestKind::kTestGuest;
   std::unique_ptr<TestGuestMonitor> monitor_;      // kTestGuest

@@ -52,6 +52,7 @@ SANDBOX_MODULES=(
   kernel/net/sched/sch_netem.ko
   kernel/drivers/net/veth.ko
   kernel/drivers/net/tun.ko
+  kernel/net/bridge/bridge.ko
 )
 
 # Modules the Linux test guest loads from its initramfs (tools/linux-guest):

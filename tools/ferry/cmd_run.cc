@@ -334,6 +334,7 @@ namespace ferry::cli {
 void add_receive(CLI::App& app, Globals& g) {
   struct ReceiveCliOptions : VmProcessOptions {
     std::string listen;
+    std::vector<std::string> nets;
   };
   auto opts = std::make_shared<ReceiveCliOptions>();
   auto* cmd = app.add_subcommand("receive", "Wait for one incoming live migration, then run the VM it brings.");
@@ -345,8 +346,22 @@ void add_receive(CLI::App& app, Globals& g) {
       "as `ferry run` and keeps answering `ferry resolve` on ADDR:PORT. Exit status: as `ferry run`; 1 when\n"
       "the migration failed (the VM keeps running on the source). See docs/protocol.md.");
   cmd->add_option("--listen", opts->listen, "ADDR:PORT to listen on (port 0: any free port, printed)")->required();
+  cmd->add_option("--net", opts->nets,
+                  "the TAP here for the VM's next network device, in the source's order (its name may differ from "
+                  "the source's; the MAC comes with the VM). Its carrier stays off until the VM runs here")
+      ->type_name("tap=NAME");
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
+    std::vector<kvm::net::NetConfig> nets;
+    for (const auto& spec : opts->nets) {
+      auto n = kvm::net::parse_net(spec);
+      if (!n) {
+        fmt::print(stderr, "ferry receive: {}\n", n.error());
+        g.rc = 2;
+        return;
+      }
+      nets.push_back(*n);
+    }
     auto ep = transport::parse_endpoint(opts->listen);
     if (!ep) {
       fmt::print(stderr, "ferry receive: --listen: {}\n", ep.error());
@@ -372,6 +387,7 @@ void add_receive(CLI::App& app, Globals& g) {
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) -> Result<std::unique_ptr<kvm::Machine>> {
           migration::ReceiveOptions ro;
           ro.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
+          ro.nets = nets;
           const bool json_out = opts->json;
           ro.progress = [json_out](const std::string& line) {
             if (!json_out) fmt::print(stderr, "ferry: {}\n", line);

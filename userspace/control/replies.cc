@@ -41,6 +41,19 @@ json status_json(const kvm::MachineStatus& s) {
           {"tsc_khz", s.tsc_khz},
           {"restored_from", s.restored_from},
           {"uptime_s", std::chrono::duration<double>(s.uptime).count()}};
+  json nets = json::array();
+  for (const auto& n : s.nets)
+    nets.push_back({{"id", n.id},
+                    {"tap", n.tap},
+                    {"mac", n.mac},
+                    {"rx_packets", n.figures.rx_packets},
+                    {"rx_bytes", n.figures.rx_bytes},
+                    {"rx_dropped", n.figures.rx_dropped},
+                    {"tx_packets", n.figures.tx_packets},
+                    {"tx_bytes", n.figures.tx_bytes},
+                    {"tx_dropped", n.figures.tx_dropped},
+                    {"rarps_sent", n.figures.rarps_sent}});
+  out["nets"] = nets;
   if (s.kind != kvm::GuestKind::kTestGuest) {
     for (auto& v : vcpus) v = json{{"id", v["id"]}, {"exits", v["exits"]}};
     out["per_vcpu"] = vcpus;

@@ -25,6 +25,9 @@ namespace ferry::migration {
 
 struct ReceiveOptions {
   kvm::HugePages huge_pages = kvm::HugePages::kOff;
+  // This host's TAPs for the VM's network devices, in order (`ferry
+  // receive --net`); the precheck refuses a VM whose devices differ.
+  std::vector<kvm::net::NetConfig> nets;
   // During a session: no byte from the source for this long means it is gone.
   std::chrono::milliseconds idle_timeout{60000};
   std::chrono::milliseconds stream_accept_timeout{10000};

@@ -39,7 +39,12 @@ class KvmIncomingVm final : public IncomingVm {
   explicit KvmIncomingVm(std::unique_ptr<kvm::Machine> m) : m_(std::move(m)) {}
   const kvm::GuestRegion& ram() const override { return m_->ram(); }
   Status load_state(std::span<const std::byte> image) override;
-  Status resume() override { return m_->resume(); }
+  // The VM runs here from now on: its network devices announce it.
+  Status resume() override {
+    if (auto ok = m_->resume(); !ok) return ok;
+    m_->announce_network();
+    return {};
+  }
   Status stop(std::string reason) override { return m_->stop(std::move(reason)); }
   void set_origin(std::string what) override { m_->set_origin(std::move(what)); }
   std::uint64_t first_heartbeat_wall_ns(std::chrono::milliseconds within) override;
@@ -52,8 +57,9 @@ class KvmIncomingVm final : public IncomingVm {
 // This host's KVM: its limits and CPUID, and Machine::incoming().
 class KvmIncomingHost final : public IncomingHost {
  public:
-  KvmIncomingHost(kvm::Serial::Sink console, kvm::Machine::Notify stopped, kvm::HugePages huge)
-      : console_(std::move(console)), stopped_(std::move(stopped)), huge_(huge) {}
+  KvmIncomingHost(kvm::Serial::Sink console, kvm::Machine::Notify stopped, kvm::HugePages huge,
+                  std::vector<kvm::net::NetConfig> nets = {})
+      : console_(std::move(console)), stopped_(std::move(stopped)), huge_(huge), nets_(std::move(nets)) {}
   Result<HostResources> resources() override;
   Result<std::unique_ptr<IncomingVm>> build(const kvm::MachineShape& shape) override;
 
@@ -61,6 +67,7 @@ class KvmIncomingHost final : public IncomingHost {
   kvm::Serial::Sink console_;
   kvm::Machine::Notify stopped_;
   kvm::HugePages huge_;
+  std::vector<kvm::net::NetConfig> nets_;
 };
 
 }  // namespace ferry::migration

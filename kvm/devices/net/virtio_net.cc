@@ -67,7 +67,10 @@ VirtioNet::VirtioNet(Tap tap, Mac mac, const GuestAccess& mem, EventFd wake, std
       mac_(mac),
       frame_(kFrameMax) {}
 
-VirtioNet::~VirtioNet() { stop_worker(); }
+VirtioNet::~VirtioNet() {
+  stop_announcing();
+  stop_worker();
+}
 
 std::uint64_t VirtioNet::features() const {
   return bit(kNetCsum) | bit(kNetGuestCsum) | bit(kNetMac) | bit(kNetGuestTso4) | bit(kNetGuestTso6) |
@@ -107,8 +110,10 @@ Status VirtioNet::activate(std::uint64_t features, std::vector<virtio::SplitQueu
   ctrl_ = (features & bit(kNetCtrlVq)) ? queues[kCtrlQueue] : nullptr;
   irq_ = &irq;
   {
+    // pause_ stays as it is: a device restored paused (a migration's
+    // destination) starts parked and touches nothing until resume.
     std::lock_guard lock(mu_);
-    stop_ = pause_ = parked_ = false;
+    stop_ = parked_ = false;
   }
   worker_ = std::thread([this] {
     name_this_thread(fmt::format("net-{}", tap_.name()).substr(0, 15));
@@ -133,18 +138,21 @@ void VirtioNet::stop_worker() {
 
 void VirtioNet::reset() {
   stop_worker();
+  stop_announcing();
   watch_tap(false);
   rx_ = tx_ = ctrl_ = nullptr;
   irq_ = nullptr;
   acked_ = 0;
   std::lock_guard lock(mu_);
   status_ = kNetStatusLinkUp;
+  pause_ = false;
 }
 
+// Also before activate: the worker then starts parked.
 void VirtioNet::pause() {
   std::unique_lock lock(mu_);
-  if (!worker_.joinable() || stop_) return;
   pause_ = true;
+  if (!worker_.joinable() || stop_) return;
   (void)wake_.signal();
   cv_.wait(lock, [&] { return parked_ || stop_; });
 }
@@ -155,6 +163,59 @@ void VirtioNet::resume() {
     pause_ = false;
   }
   cv_.notify_all();
+  // A destination's TAP was made with its carrier off (no traffic for a VM
+  // that does not run here yet); from now on it carries the VM's.
+  if (auto ok = tap_.set_carrier(true); !ok) spdlog::warn("virtio-net {}: {}", tap_.name(), ok.error());
+}
+
+// The RARP QEMU sends after a migration (ethertype 0x8035, "reverse
+// request", the VM's MAC as sender and target), so switches learn the MAC's
+// new port even when the guest does not announce itself.
+std::vector<std::byte> rarp_frame(const Mac& mac) {
+  std::vector<std::byte> f(kVnetHeaderBytes + 60);
+  std::byte* e = f.data() + kVnetHeaderBytes;
+  std::memset(e, 0xff, 6);
+  std::memcpy(e + 6, mac.data(), 6);
+  const std::uint8_t rest[] = {0x80, 0x35, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03};
+  std::memcpy(e + 12, rest, sizeof rest);
+  std::memcpy(e + 22, mac.data(), 6);  // sender hardware address; sender IP 0
+  std::memcpy(e + 32, mac.data(), 6);  // target hardware address; target IP 0
+  return f;
+}
+
+void VirtioNet::announce_after_migration() {
+  stop_announcing();
+  const bool guest = announce();
+  {
+    std::lock_guard lock(mu_);
+    stop_announce_ = false;
+  }
+  announcer_ = std::thread([this, guest] {
+    name_this_thread("net-announce");
+    // QEMU's schedule: the first after 50 ms, then 4 more, each 100 ms
+    // later than the one before.
+    auto wait = std::chrono::milliseconds(50);
+    for (int round = 0; round < 5; ++round) {
+      {
+        std::unique_lock lock(mu_);
+        if (cv_.wait_for(lock, wait, [&] { return stop_announce_; })) return;
+      }
+      const auto frame = rarp_frame(mac());
+      if (::write(tap_.fd(), frame.data(), frame.size()) == static_cast<ssize_t>(frame.size())) ++rarps_sent_;
+      wait += std::chrono::milliseconds(100);
+    }
+    spdlog::info("virtio-net {}: announced {} after the migration ({} RARP frames{})", tap_.name(),
+                 format_mac(mac()), rarps_sent_.load(), guest ? ", and the guest was asked to announce itself" : "");
+  });
+}
+
+void VirtioNet::stop_announcing() {
+  {
+    std::lock_guard lock(mu_);
+    stop_announce_ = true;
+  }
+  cv_.notify_all();
+  if (announcer_.joinable()) announcer_.join();
 }
 
 void VirtioNet::watch_tap(bool on) {
@@ -367,8 +428,8 @@ bool VirtioNet::announce() {
 }
 
 NetFigures VirtioNet::figures() const {
-  return {rx_packets_.load(), rx_bytes_.load(), rx_dropped_.load(),
-          tx_packets_.load(), tx_bytes_.load(), tx_dropped_.load()};
+  return {rx_packets_.load(), rx_bytes_.load(), rx_dropped_.load(), tx_packets_.load(),
+          tx_bytes_.load(),   tx_dropped_.load(), rarps_sent_.load()};
 }
 
 Mac VirtioNet::mac() const {

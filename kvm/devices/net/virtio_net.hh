@@ -42,7 +42,11 @@ inline constexpr std::uint32_t kNetStateVersion = 1;
 struct NetFigures {
   std::uint64_t rx_packets = 0, rx_bytes = 0, rx_dropped = 0;
   std::uint64_t tx_packets = 0, tx_bytes = 0, tx_dropped = 0;
+  std::uint64_t rarps_sent = 0;  // after migrations
 };
+
+// The RARP frame (with its zero vnet header) announcing `mac`.
+std::vector<std::byte> rarp_frame(const Mac& mac);
 
 class VirtioNet final : public virtio::VirtioDevice {
  public:
@@ -72,6 +76,10 @@ class VirtioNet final : public virtio::VirtioDevice {
   // Asks the guest to announce itself (gratuitous ARP, IPv6 NA) after a
   // migration, when its driver acked GUEST_ANNOUNCE; false if it did not.
   bool announce();
+  // On a migration's destination, once the VM runs: announce() and RARP
+  // frames from the VM's MAC into the TAP on QEMU's schedule (50, 150, 250,
+  // 350 and 450 ms after), on a thread of its own.
+  void announce_after_migration();
   NetFigures figures() const;
   Mac mac() const;
   const Tap& tap() const { return tap_; }
@@ -90,6 +98,7 @@ class VirtioNet final : public virtio::VirtioDevice {
   void broken(const Error& why);
   void watch_tap(bool on);
   void stop_worker();
+  void stop_announcing();
 
   Tap tap_;
   const GuestAccess& mem_;
@@ -102,7 +111,9 @@ class VirtioNet final : public virtio::VirtioDevice {
   Mac mac_;
   std::uint16_t status_ = kNetStatusLinkUp;
   bool stop_ = false, pause_ = false, parked_ = false;
+  bool stop_announce_ = false;
   std::thread worker_;
+  std::thread announcer_;
 
   // Set by activate, used only by the worker (and by reset after it ended).
   std::uint64_t acked_ = 0;
@@ -115,6 +126,7 @@ class VirtioNet final : public virtio::VirtioDevice {
 
   std::atomic<std::uint64_t> rx_packets_{0}, rx_bytes_{0}, rx_dropped_{0};
   std::atomic<std::uint64_t> tx_packets_{0}, tx_bytes_{0}, tx_dropped_{0};
+  std::atomic<std::uint64_t> rarps_sent_{0};
 };
 
 }  // namespace ferry::kvm::net

@@ -371,6 +371,9 @@ Status MmioTransport::restore_state(std::uint32_t version, std::span<const std::
   interrupt_status_ = istatus;
   config_generation_ = gen;
   queues_ = std::move(regs);
+  // Restored paused: it starts when the VM does (resume(), which kicks
+  // every queue), so a migration's destination moves no traffic before.
+  dev_->pause();
   if ((status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset))
     if (auto ok = activate_locked(); !ok) return std::unexpected(std::move(ok.error()).context(ctx));
   return {};
