@@ -1,5 +1,9 @@
 #include "kvm/eventfd.hh"
 
+#include <fcntl.h>
+
+#include <optional>
+
 #include <linux/kvm.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -18,6 +22,12 @@ namespace ferry::kvm {
 Result<EventFd> EventFd::create() {
   const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return fail_sys("eventfd");
+  return EventFd(UniqueFd(fd));
+}
+
+Result<EventFd> EventFd::duplicate() const {
+  const int fd = ::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return fail_sys("eventfd dup");
   return EventFd(UniqueFd(fd));
 }
 
@@ -92,10 +102,15 @@ kvm_ioeventfd request(const IoEventFd::Match& m, int fd) {
 }  // namespace
 
 Result<IoEventFd> IoEventFd::assign(const Vm& vm, const Match& m) {
-  if (m.len != 1 && m.len != 2 && m.len != 4 && m.len != 8)
-    return fail("ioeventfd at {} {:#x}: width {} (1, 2, 4 or 8 bytes)", space_name(m.space), m.addr, m.len);
   auto ev = EventFd::create();
   if (!ev) return std::unexpected(ev.error());
+  return assign(vm, m, std::move(*ev));
+}
+
+Result<IoEventFd> IoEventFd::assign(const Vm& vm, const Match& m, EventFd event) {
+  if (m.len != 1 && m.len != 2 && m.len != 4 && m.len != 8)
+    return fail("ioeventfd at {} {:#x}: width {} (1, 2, 4 or 8 bytes)", space_name(m.space), m.addr, m.len);
+  auto ev = std::optional<EventFd>(std::move(event));
   auto req = request(m, ev->fd());
   if (::ioctl(vm.fd(), KVM_IOEVENTFD, &req) < 0)
     return fail_sys(fmt::format("KVM_IOEVENTFD (assign {} {:#x}, {} bytes{})", space_name(m.space), m.addr, m.len,

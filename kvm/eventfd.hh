@@ -23,6 +23,9 @@ class EventFd {
  public:
   // Non-blocking and close-on-exec.
   static Result<EventFd> create();
+  // Another descriptor of the same counter (for KVM to signal one that a
+  // device polls).
+  Result<EventFd> duplicate() const;
   Status signal(std::uint64_t n = 1) const;
   // The count since the last take (0 when nothing was signalled); resets it.
   Result<std::uint64_t> take() const;
@@ -66,6 +69,8 @@ class IoEventFd {
     std::optional<std::uint64_t> datamatch;  // only writes of this value (e.g. a queue index)
   };
   static Result<IoEventFd> assign(const Vm& vm, const Match& match);
+  // The same, signalling `event` (a duplicate of a device's kick eventfd).
+  static Result<IoEventFd> assign(const Vm& vm, const Match& match, EventFd event);
   ~IoEventFd();
   IoEventFd(IoEventFd&& o) noexcept;
   IoEventFd& operator=(IoEventFd&& o) noexcept;

@@ -304,6 +304,16 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets, bool incomi
         *guest_access_, std::move(*dev), [line] {
           if (auto ok = line->trigger(); !ok) spdlog::warn("virtio interrupt: {}", ok.error());
         });
+    // A guest's write of queue q to QueueNotify signals that queue's kick
+    // eventfd inside KVM: no exit, no VMM thread in between.
+    for (std::uint16_t q = 0; q < net::VirtioNet::kQueues; ++q) {
+      auto ev = nets_.back()->kick_event(q).duplicate();
+      if (!ev) return std::unexpected(std::move(ev.error()).context(id));
+      auto kick = IoEventFd::assign(*vm_, {.space = Space::kMmio, .addr = t->notify_address(), .len = 4, .datamatch = q},
+                                    std::move(*ev));
+      if (!kick) return std::unexpected(std::move(kick.error()).context(id));
+      kicks_.push_back(std::move(*kick));
+    }
     if (auto added = devices_->add(std::move(t)); !added) return std::unexpected(added.error());
     spdlog::info("{}: virtio-net on TAP {}{}", id, n.tap,
                  incoming ? " (carrier off until the VM runs here)" : ", MAC " + net::format_mac(mac));
@@ -464,7 +474,8 @@ Result<std::unique_ptr<Machine>> Machine::boot_linux(const MachineConfig& config
 }
 
 Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
-                                                  bool start_paused, HugePages huge_pages) {
+                                                  bool start_paused, HugePages huge_pages,
+                                                  const std::vector<net::NetConfig>& nets) {
   const auto& img = snap.image();
   auto ctx = [&](Error e) { return std::unexpected(std::move(e).context(fmt::format("restore {}", snap.path()))); };
   const auto* cfg_sec = img.find(SectionType::kVmConfig, 0);
@@ -488,6 +499,7 @@ Result<std::unique_ptr<Machine>> Machine::restore(const Snapshot& snap, Serial::
   if (auto ok = check_memory_layout(m->kind_, m->regions_); !ok) return ctx(ok.error());
   if (auto ok = m->create_vm(0, huge_pages, cfg->irqchip, cfg->vcpus); !ok) return ctx(ok.error());
   if (auto ok = m->create_devices(std::move(console)); !ok) return ctx(ok.error());
+  if (auto ok = m->create_nets(nets, false); !ok) return ctx(ok.error());
   if (auto ok = m->apply_state(img, *cfg); !ok) return ctx(ok.error());
   if (auto ok = m->start_vcpus(start_paused); !ok) return ctx(ok.error());
   spdlog::info("VM restored from {}: {} vCPUs, {} MiB{}", snap.path(), cfg->vcpus,

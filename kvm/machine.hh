@@ -131,8 +131,11 @@ class Machine {
   // A new VM from a snapshot, its vCPUs parked until resume() when
   // start_paused, else running. The memory backing is this host's choice,
   // not part of the snapshot.
+  // `nets`: TAPs for the snapshot's network devices, in order (their MACs
+  // come from the snapshot).
   static Result<std::unique_ptr<Machine>> restore(const Snapshot& snap, Serial::Sink console, Notify stopped,
-                                                  bool start_paused, HugePages huge_pages = HugePages::kOff);
+                                                  bool start_paused, HugePages huge_pages = HugePages::kOff,
+                                                  const std::vector<net::NetConfig>& nets = {});
 
   // A migration destination's VM: memory and vCPUs exist, nothing runs and
   // no CPU state is loaded. Memory is written by the receiver, then
@@ -250,6 +253,7 @@ class Machine {
   std::vector<std::uint32_t> msr_indices_;
   std::unique_ptr<DeviceManager> devices_;
   std::vector<std::unique_ptr<IrqFd>> irqfds_;  // the virtio devices' interrupt lines
+  std::vector<IoEventFd> kicks_;                // their queue notifications, without an exit
   std::vector<net::VirtioNet*> nets_;           // owned by their transports in devices_
   Uart* uart_ = nullptr;  // owned by devices_
   GuestKind kind_ = GuestKind::kTestGuest;

@@ -34,6 +34,7 @@ PACKAGES=(
   build-essential cmake pkg-config g++ clang llvm libbpf-dev bpftool
   liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
+  libmnl-dev  # tests: a client network namespace on a veth (netlink), tests/e2e/netns.cc
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
   ca-certificates xz-utils
   python3  # tools/bench-vs-qemu, tools/report-to-policy-trace (Debian's interpreter goes into the sandbox)

@@ -4,10 +4,6 @@
 // real processes. Each wait fails with the guest's console log attached.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -21,127 +17,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/e2e/linux_guest.hh"
 #include "tests/e2e/process.hh"
 
 namespace ferry::test {
 namespace {
 
-using namespace std::chrono_literals;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-struct Heartbeat {
-  std::uint64_t hb = 0, uptime_ms = 0, rewrites = 0, verified = 0, failures = 0, max_gap_ms = 0;
-};
-
-// Every ferry-workload heartbeat line in a console log, in order.
-std::vector<Heartbeat> heartbeats(const std::string& log) {
-  static const std::regex re(
-      R"(ferry-workload: hb=(\d+) uptime_ms=(\d+) rewrites=(\d+) verified=(\d+) failures=(\d+) max_gap_ms=(\d+))");
-  std::vector<Heartbeat> out;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it) {
-    const auto& m = *it;
-    out.push_back({std::stoull(m[1]), std::stoull(m[2]), std::stoull(m[3]), std::stoull(m[4]), std::stoull(m[5]),
-                   std::stoull(m[6])});
-  }
-  return out;
-}
-
-// A TCP client with timeouts, for talking to a server in the guest.
-class UniqueTcp {
- public:
-  ~UniqueTcp() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  bool ok() const { return fd_ >= 0; }
-  bool connect(const std::string& ip, int port) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<std::uint16_t>(port));
-    ::inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return true;
-    ::close(fd_);
-    fd_ = -1;
-    return false;
-  }
-  // Sends `line` and reads until as many bytes came back (or the time is up).
-  std::string echo(const std::string& line, std::chrono::seconds within) {
-    if (fd_ < 0 || ::send(fd_, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) return "";
-    std::string got;
-    const auto end = Clock::now() + within;
-    while (got.size() < line.size() && Clock::now() < end) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      char buf[256];
-      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      got.append(buf, static_cast<std::size_t>(n));
-    }
-    return got;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-class LinuxGuest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/ferry-linux-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    initrd_ = dir_ + "/guest.cpio";
-    // Built now, from busybox-static and this build's workload binary.
-    auto r = run_process({FERRY_GUEST_MKINITRAMFS, initrd_, FERRY_GUEST_WORKLOAD, FERRY_GUEST_MODULES}, 120s);
-    build_error_ = r.exit_code == 0 ? "" : r.describe();
-  }
-  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
-
-  void SetUp() override {
-    ASSERT_TRUE(build_error_.empty()) << "building the guest initramfs failed:\n" << build_error_;
-    ASSERT_TRUE(std::filesystem::exists(FERRY_GUEST_KERNEL)) << FERRY_GUEST_KERNEL << " missing: run tools/bootstrap.sh";
-  }
-
-  std::vector<std::string> run_args(int vcpus, const std::string& api, const std::string& log) const {
-    return {FERRY_BIN, "run", "--kernel", FERRY_GUEST_KERNEL, "--initrd", initrd_, "--memory", "256M",
-            "--vcpus", std::to_string(vcpus), "--api", api, "--serial-log", log, "--json",
-            "--cmdline", "console=ttyS0 panic=-1 pci=off ferry.mib=16 ferry.rate=8"};
-  }
-
-  // Polls the console log until pred holds; false on timeout.
-  static bool wait_console(const std::string& log, const std::function<bool(const std::string&)>& pred,
-                           std::chrono::seconds limit) {
-    const auto end = Clock::now() + limit;
-    while (Clock::now() < end) {
-      if (pred(slurp(log))) return true;
-      std::this_thread::sleep_for(100ms);
-    }
-    return pred(slurp(log));
-  }
-  static bool contains(const std::string& log, const std::string& s) { return log.find(s) != std::string::npos; }
-  // A line that is exactly `s` (the command's output, not the echoed input).
-  static bool has_line(const std::string& log, const std::string& s) {
-    std::istringstream in(log);
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line == s) return true;
-    }
-    return false;
-  }
-  static bool type(const std::string& api, const std::string& line) {
-    return run_process({FERRY_BIN, "console", "--vm", api, line}, 60s).exit_code == 0;
-  }
-
-  static inline std::string dir_, initrd_, build_error_;
-};
 
 class LinuxBoot : public LinuxGuest, public ::testing::WithParamInterface<int> {};
 
@@ -294,102 +177,6 @@ TEST_F(LinuxGuest, LiveMigrationKeepsTheWorkloadRunning) {
       << slurp(log2);
   ASSERT_EQ(run_process({FERRY_BIN, "quit", "--vm", api2}, 60s).exit_code, 0);
   EXPECT_EQ(dst.wait(60s).exit_code, 0);
-}
-
-// A virtio-net device on a TAP that `ferry run --net` makes: the guest's
-// virtio-mmio driver finds it in the DSDT, virtio-net makes it eth0 with
-// the MAC given, init brings it up with ferry.ip, and pings cross both
-// ways between the host's (the sandbox's) stack and the guest's.
-TEST_F(LinuxGuest, AVirtioNetOnATapCarriesPingsBothWays) {
-  const std::string api = dir_ + "/net.sock", log = dir_ + "/net.log";
-  auto args = run_args(1, api, log);
-  args.back() += " ferry.ip=10.0.2.2/24";
-  args.insert(args.end(), {"--net", "tap=ferrynet0,mac=52:54:00:12:34:56"});
-  BackgroundProcess vm(args);
-  ASSERT_TRUE(vm.started());
-  ASSERT_TRUE(wait_console(
-      log, [&](const std::string& s) { return contains(s, "ferry-guest: eth0 52:54:00:12:34:56 10.0.2.2/24 up"); },
-      300s))
-      << "the guest did not bring eth0 up\n--- console ---\n" << slurp(log) << "\n" << vm.output();
-  auto sh = [](const std::string& cmd) { return run_process({"/bin/sh", "-c", cmd}, 60s); };
-  for (const char* cmd : {"ip addr add 10.0.2.1/24 dev ferrynet0", "ip link set ferrynet0 up"}) {
-    auto r = sh(cmd);
-    ASSERT_EQ(r.exit_code, 0) << cmd << "\n" << r.describe();
-  }
-  auto ping = sh("ping -c 3 -W 5 10.0.2.2");
-  EXPECT_EQ(ping.exit_code, 0) << "host to guest\n" << ping.describe() << "\n--- console ---\n" << slurp(log);
-  ASSERT_TRUE(type(api, "ping -c 2 -W 5 10.0.2.1 >/dev/null && echo guest-ping-ok"));
-  EXPECT_TRUE(wait_console(log, [&](const std::string& s) { return has_line(s, "guest-ping-ok"); }, 60s))
-      << "guest to host\n--- console ---\n" << slurp(log);
-  ASSERT_TRUE(type(api, "poweroff -f"));
-  EXPECT_EQ(vm.wait(120s).exit_code, 0) << vm.output();
-}
-
-// A TCP connection to a guest outlives its live migration. Both VMs' TAPs
-// (made persistent here, so both exist before either process) are ports of
-// one bridge that holds the host's address; the guest runs an echo server,
-// the test talks to it over one connection before and after the move. The
-// destination's TAP has no carrier until the VM runs there, and announces
-// the VM's MAC (RARP) once it does, so the bridge learns its new port.
-TEST_F(LinuxGuest, ATcpConnectionToTheGuestSurvivesALiveMigration) {
-  auto sh = [](const std::string& cmd) { return run_process({"/bin/sh", "-c", cmd}, 60s); };
-  for (const char* cmd : {"tunctl -t fsrc0 >/dev/null", "tunctl -t fdst0 >/dev/null", "brctl addbr ferrybr0",
-                          "brctl addif ferrybr0 fsrc0", "brctl addif ferrybr0 fdst0", "ip link set fsrc0 up",
-                          "ip link set fdst0 up", "ip addr add 10.0.3.1/24 dev ferrybr0", "ip link set ferrybr0 up"}) {
-    auto r = sh(cmd);
-    ASSERT_EQ(r.exit_code, 0) << cmd << "\n" << r.describe();
-  }
-  const std::string api = dir_ + "/tsrc.sock", log = dir_ + "/tsrc.log";
-  const std::string api2 = dir_ + "/tdst.sock", log2 = dir_ + "/tdst.log";
-  auto args = run_args(1, api, log);
-  args.back() += " ferry.ip=10.0.3.2/24";
-  args.insert(args.end(), {"--net", "tap=fsrc0,mac=52:54:00:12:34:57"});
-  BackgroundProcess src(args);
-  ASSERT_TRUE(wait_console(log, [&](const std::string& s) { return contains(s, "10.0.3.2/24 up"); }, 300s))
-      << "eth0 did not come up\n--- console ---\n" << slurp(log) << "\n" << src.output();
-  ASSERT_TRUE(type(api, "nc -l -p 7000 -e cat &"));
-
-  // One connection, kept across the move.
-  UniqueTcp conn;
-  for (int i = 0; i < 60 && !conn.connect("10.0.3.2", 7000); ++i) std::this_thread::sleep_for(500ms);
-  ASSERT_TRUE(conn.ok()) << "no connection to the guest's echo server\n" << slurp(log);
-  ASSERT_EQ(conn.echo("before the move\n", 20s), "before the move\n");
-
-  BackgroundProcess dst({FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", api2, "--serial-log", log2,
-                         "--json", "--net", "tap=fdst0"});
-  std::string listen;
-  for (int i = 0; i < 600 && listen.empty(); ++i) {
-    std::istringstream in(dst.output());
-    for (std::string line; std::getline(in, line);)
-      if (auto j = json::parse(line, nullptr, false); !j.is_discarded() && j.value("event", "") == "listening")
-        listen = j["listen"];
-    std::this_thread::sleep_for(100ms);
-  }
-  ASSERT_FALSE(listen.empty()) << dst.output();
-  auto r = run_process({FERRY_BIN, "migrate", "--vm", api, "--to", listen, "--json", "--downtime-limit", "1000"},
-                       900s);
-  ASSERT_EQ(r.exit_code, 0) << r.describe() << "\n" << src.output() << "\n" << dst.output();
-  EXPECT_EQ(json::parse(r.out)["phase"], "migrated");
-  EXPECT_EQ(src.wait(60s).exit_code, 0);
-
-  // The same connection, now to the guest on the destination.
-  EXPECT_EQ(conn.echo("after the move\n", 30s), "after the move\n")
-      << "the connection did not survive\n--- destination console ---\n" << slurp(log2) << "\n" << dst.output();
-  // What the destination's device says: the MAC came with the VM, and it
-  // announced it.
-  std::this_thread::sleep_for(1s);
-  auto st = run_process({FERRY_BIN, "status", "--vm", api2, "--json"}, 60s);
-  ASSERT_EQ(st.exit_code, 0) << st.describe();
-  const auto nets = json::parse(st.out)["nets"];
-  ASSERT_EQ(nets.size(), 1u) << st.out;
-  EXPECT_EQ(nets[0]["mac"], "52:54:00:12:34:57");
-  EXPECT_EQ(nets[0]["tap"], "fdst0");
-  EXPECT_GE(nets[0]["rarps_sent"].get<int>(), 1);
-  EXPECT_GE(nets[0]["rx_packets"].get<int>(), 1);
-  ASSERT_EQ(run_process({FERRY_BIN, "quit", "--vm", api2}, 60s).exit_code, 0);
-  EXPECT_EQ(dst.wait(60s).exit_code, 0);
-  for (const char* cmd : {"ip link set ferrybr0 down", "brctl delbr ferrybr0", "tunctl -d fsrc0", "tunctl -d fdst0"})
-    (void)sh(cmd);
 }
 
 }  // namespace

@@ -314,5 +314,51 @@ TEST(VirtioNet, TheMacTravelsInTheDeviceState) {
   EXPECT_FALSE((*dst)->restore(std::span(state).first(5)));
 }
 
+TEST(NetConfig, ParsesTapAndMacAndSaysWhatIsWrong) {
+  auto c = parse_net("tap=ftap0,mac=52:54:00:AB:cd:01");
+  ASSERT_TRUE(c) << c.error().what();
+  EXPECT_EQ(c->tap, "ftap0");
+  ASSERT_TRUE(c->mac);
+  EXPECT_EQ(format_mac(*c->mac), "52:54:00:ab:cd:01");
+  auto bare = parse_net("tap=x");
+  ASSERT_TRUE(bare);
+  EXPECT_FALSE(bare->mac);
+  const Mac r = random_mac();
+  EXPECT_EQ(r[0], 0x52);
+  EXPECT_EQ(r[0] & 1, 0) << "a random MAC must be unicast";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"mac=52:54:00:00:00:01", "tap=NAME is required"},
+      {"tap=", "a name of 1 to 15 characters"},
+      {"tap=abcdefghijklmnop", "a name of 1 to 15 characters"},
+      {"tap=t,speed=10", "unknown key 'speed'"},
+      {"tap=t,mac=52:54:00:00:00", "six hex bytes"},
+      {"tap=t,mac=52:54:00:00:00:0g", "'g' is not a hex digit"},
+      {"tap=t,mac=01:00:5e:00:00:01", "multicast"},
+  };
+  for (const auto& [spec, why] : bad) {
+    auto e = parse_net(spec);
+    ASSERT_FALSE(e) << spec;
+    EXPECT_NE(e.error().what().find(why), std::string::npos) << spec << ": " << e.error().what();
+  }
+  auto all = parse_nets({"tap=a", "tap=b,mac=52:54:00:00:00:02"});
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[1].tap, "b");
+}
+
+TEST(NetConfig, TheRarpFrameAnnouncesTheMac) {
+  const Mac mac{0x52, 0x54, 0x00, 1, 2, 3};
+  const auto f = rarp_frame(mac);
+  ASSERT_EQ(f.size(), kVnetHeaderBytes + 60);
+  const std::byte* e = f.data() + kVnetHeaderBytes;
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(e[i], std::byte{0xff}) << "broadcast";
+  EXPECT_EQ(std::memcmp(e + 6, mac.data(), 6), 0);
+  EXPECT_EQ(e[12], std::byte{0x80});
+  EXPECT_EQ(e[13], std::byte{0x35});  // RARP
+  EXPECT_EQ(e[21], std::byte{3});     // reverse request
+  EXPECT_EQ(std::memcmp(e + 22, mac.data(), 6), 0);
+  EXPECT_EQ(std::memcmp(e + 32, mac.data(), 6), 0);
+}
+
 }  // namespace
 }  // namespace ferry::kvm::net

@@ -60,6 +60,7 @@ struct RunOptions : VmProcessOptions {
 struct RestoreOptions : VmProcessOptions {
   std::string file;
   bool paused = false;
+  std::vector<std::string> nets;
 };
 
 std::string default_api_path() {
@@ -280,15 +281,13 @@ void add_run(CLI::App& app, Globals& g) {
       c.kind = kvm::GuestKind::kLinux;
       c.linux_boot = {opts->kernel, opts->initrd, opts->cmdline, opts->vcpus, {}};
     }
-    for (const auto& spec : opts->nets) {
-      auto n = kvm::net::parse_net(spec);
-      if (!n) {
-        fmt::print(stderr, "ferry run: {}\n", n.error());
-        g.rc = 2;
-        return;
-      }
-      c.nets.push_back(*n);
+    auto nets = kvm::net::parse_nets(opts->nets);
+    if (!nets) {
+      fmt::print(stderr, "ferry run: {}\n", nets.error());
+      g.rc = 2;
+      return;
     }
+    c.nets = std::move(*nets);
     auto& t = c.guest;
     t.vcpus = opts->vcpus;
     t.workload = opts->workload == "idle" ? FG_IDLE : FG_DIRTY;
@@ -310,8 +309,18 @@ void add_restore(CLI::App& app, Globals& g) {
               "Same control API and exit status as `ferry run`.");
   cmd->add_option("FILE", opts->file, "snapshot written by `ferry snapshot`")->required()->check(CLI::ExistingFile);
   cmd->add_flag("--paused", opts->paused, "keep the vCPUs stopped until `ferry resume`");
+  cmd->add_option("--net", opts->nets,
+                  "the TAP for the snapshot's next network device, in order (the MAC comes from the snapshot)")
+      ->type_name("tap=NAME");
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
+    auto parsed = kvm::net::parse_nets(opts->nets);
+    if (!parsed) {
+      fmt::print(stderr, "ferry restore: {}\n", parsed.error());
+      g.rc = 2;
+      return;
+    }
+    const std::vector<kvm::net::NetConfig> nets = std::move(*parsed);
     auto snap = kvm::Snapshot::open(opts->file);
     if (!snap) {
       fmt::print(stderr, "ferry restore: {}\n", snap.error());
@@ -321,7 +330,8 @@ void add_restore(CLI::App& app, Globals& g) {
     g.rc = run_vm_process(
         *opts,
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) {
-          return kvm::Machine::restore(*snap, console, n, opts->paused, kvm::huge_pages_from_option(opts->huge_pages));
+          return kvm::Machine::restore(*snap, console, n, opts->paused, kvm::huge_pages_from_option(opts->huge_pages),
+                                       nets);
         },
         "restore");
   });
@@ -335,6 +345,7 @@ void add_receive(CLI::App& app, Globals& g) {
   struct ReceiveCliOptions : VmProcessOptions {
     std::string listen;
     std::vector<std::string> nets;
+    bool no_announce = false;
   };
   auto opts = std::make_shared<ReceiveCliOptions>();
   auto* cmd = app.add_subcommand("receive", "Wait for one incoming live migration, then run the VM it brings.");
@@ -350,18 +361,18 @@ void add_receive(CLI::App& app, Globals& g) {
                   "the TAP here for the VM's next network device, in the source's order (its name may differ from "
                   "the source's; the MAC comes with the VM). Its carrier stays off until the VM runs here")
       ->type_name("tap=NAME");
+  cmd->add_flag("--no-announce", opts->no_announce,
+                "once the VM runs here, do not ask the guest to announce itself nor send RARPs from its MACs "
+                "(switches then learn its new port only from its own traffic)");
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
-    std::vector<kvm::net::NetConfig> nets;
-    for (const auto& spec : opts->nets) {
-      auto n = kvm::net::parse_net(spec);
-      if (!n) {
-        fmt::print(stderr, "ferry receive: {}\n", n.error());
-        g.rc = 2;
-        return;
-      }
-      nets.push_back(*n);
+    auto parsed = kvm::net::parse_nets(opts->nets);
+    if (!parsed) {
+      fmt::print(stderr, "ferry receive: {}\n", parsed.error());
+      g.rc = 2;
+      return;
     }
+    const std::vector<kvm::net::NetConfig> nets = std::move(*parsed);
     auto ep = transport::parse_endpoint(opts->listen);
     if (!ep) {
       fmt::print(stderr, "ferry receive: --listen: {}\n", ep.error());
@@ -388,6 +399,7 @@ void add_receive(CLI::App& app, Globals& g) {
           migration::ReceiveOptions ro;
           ro.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
           ro.nets = nets;
+          ro.announce = !opts->no_announce;
           const bool json_out = opts->json;
           ro.progress = [json_out](const std::string& line) {
             if (!json_out) fmt::print(stderr, "ferry: {}\n", line);

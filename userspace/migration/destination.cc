@@ -8,7 +8,7 @@ namespace ferry::migration {
 
 Result<Received> receive_vm(transport::Listener& listener, const ReceiveOptions& options, kvm::Serial::Sink console,
                             kvm::Machine::Notify stopped) {
-  KvmIncomingHost host(std::move(console), std::move(stopped), options.huge_pages, options.nets);
+  KvmIncomingHost host(std::move(console), std::move(stopped), options.huge_pages, options.nets, options.announce);
   auto r = receive_migration(listener, options, host);
   if (!r) return std::unexpected(std::move(r.error()));
   // KvmIncomingHost builds nothing but KvmIncomingVm.

@@ -28,6 +28,9 @@ struct ReceiveOptions {
   // This host's TAPs for the VM's network devices, in order (`ferry
   // receive --net`); the precheck refuses a VM whose devices differ.
   std::vector<kvm::net::NetConfig> nets;
+  // Once the VM runs here: ask the guest to announce itself and send RARPs
+  // from its MACs (off: only the guest's own traffic teaches the switches).
+  bool announce = true;
   // During a session: no byte from the source for this long means it is gone.
   std::chrono::milliseconds idle_timeout{60000};
   std::chrono::milliseconds stream_accept_timeout{10000};

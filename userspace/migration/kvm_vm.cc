@@ -64,7 +64,7 @@ Result<HostResources> KvmIncomingHost::resources() {
 Result<std::unique_ptr<IncomingVm>> KvmIncomingHost::build(const kvm::MachineShape& shape) {
   auto m = kvm::Machine::incoming(shape, std::move(console_), std::move(stopped_), huge_, nets_);
   if (!m) return std::unexpected(std::move(m.error()));
-  return std::unique_ptr<IncomingVm>(std::make_unique<KvmIncomingVm>(std::move(*m)));
+  return std::unique_ptr<IncomingVm>(std::make_unique<KvmIncomingVm>(std::move(*m), announce_));
 }
 
 }  // namespace ferry::migration

@@ -36,13 +36,13 @@ class KvmSourceVm final : public SourceVm {
 // Owns the machine it built until the process takes it (take()).
 class KvmIncomingVm final : public IncomingVm {
  public:
-  explicit KvmIncomingVm(std::unique_ptr<kvm::Machine> m) : m_(std::move(m)) {}
+  explicit KvmIncomingVm(std::unique_ptr<kvm::Machine> m, bool announce = true) : m_(std::move(m)), announce_(announce) {}
   const kvm::GuestRegion& ram() const override { return m_->ram(); }
   Status load_state(std::span<const std::byte> image) override;
   // The VM runs here from now on: its network devices announce it.
   Status resume() override {
     if (auto ok = m_->resume(); !ok) return ok;
-    m_->announce_network();
+    if (announce_) m_->announce_network();
     return {};
   }
   Status stop(std::string reason) override { return m_->stop(std::move(reason)); }
@@ -52,14 +52,16 @@ class KvmIncomingVm final : public IncomingVm {
 
  private:
   std::unique_ptr<kvm::Machine> m_;
+  bool announce_;
 };
 
 // This host's KVM: its limits and CPUID, and Machine::incoming().
 class KvmIncomingHost final : public IncomingHost {
  public:
   KvmIncomingHost(kvm::Serial::Sink console, kvm::Machine::Notify stopped, kvm::HugePages huge,
-                  std::vector<kvm::net::NetConfig> nets = {})
-      : console_(std::move(console)), stopped_(std::move(stopped)), huge_(huge), nets_(std::move(nets)) {}
+                  std::vector<kvm::net::NetConfig> nets = {}, bool announce = true)
+      : console_(std::move(console)), stopped_(std::move(stopped)), huge_(huge), nets_(std::move(nets)),
+        announce_(announce) {}
   Result<HostResources> resources() override;
   Result<std::unique_ptr<IncomingVm>> build(const kvm::MachineShape& shape) override;
 
@@ -68,6 +70,7 @@ class KvmIncomingHost final : public IncomingHost {
   kvm::Machine::Notify stopped_;
   kvm::HugePages huge_;
   std::vector<kvm::net::NetConfig> nets_;
+  bool announce_;
 };
 
 }  // namespace ferry::migration

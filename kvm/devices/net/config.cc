@@ -61,4 +61,14 @@ Result<NetConfig> parse_net(std::string_view spec) {
   return c;
 }
 
+Result<std::vector<NetConfig>> parse_nets(const std::vector<std::string>& specs) {
+  std::vector<NetConfig> out;
+  for (const auto& spec : specs) {
+    auto n = parse_net(spec);
+    if (!n) return std::unexpected(n.error());
+    out.push_back(std::move(*n));
+  }
+  return out;
+}
+
 }  // namespace ferry::kvm::net

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "userspace/base/error.hh"
 
@@ -28,6 +29,8 @@ struct NetConfig {
 
 // "tap=NAME[,mac=52:54:00:12:34:56]".
 Result<NetConfig> parse_net(std::string_view spec);
+// Each of the `--net` options given, in order.
+Result<std::vector<NetConfig>> parse_nets(const std::vector<std::string>& specs);
 Result<Mac> parse_mac(std::string_view text);
 std::string format_mac(const Mac& mac);
 Mac random_mac();

@@ -52,6 +52,7 @@ class VirtioNet final : public virtio::VirtioDevice {
  public:
   static constexpr std::uint16_t kRxQueue = 0, kTxQueue = 1, kCtrlQueue = 2;
   static constexpr std::uint16_t kQueueSize = 256;
+  static constexpr std::uint16_t kQueues = 3;
 
   static Result<std::unique_ptr<VirtioNet>> create(Tap tap, Mac mac, const GuestAccess& mem);
   ~VirtioNet() override;
