@@ -291,7 +291,7 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets, bool incomi
     const net::Mac mac = n.mac ? *n.mac : net::random_mac();
     auto dev = net::VirtioNet::create(std::move(*tap), mac, *guest_access_);
     if (!dev) return std::unexpected(std::move(dev.error()).context(id));
-    nets_.push_back(dev->get());
+    net::VirtioNet* device = dev->get();  // owned by its transport, then by devices_
     auto irq = IrqFd::assign(*vm_, gsi);
     if (!irq) return std::unexpected(std::move(irq.error()).context(id));
     irqfds_.push_back(std::make_unique<IrqFd>(std::move(*irq)));
@@ -307,7 +307,7 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets, bool incomi
     // A guest's write of queue q to QueueNotify signals that queue's kick
     // eventfd inside KVM: no exit, no VMM thread in between.
     for (std::uint16_t q = 0; q < net::VirtioNet::kQueues; ++q) {
-      auto ev = nets_.back()->kick_event(q).duplicate();
+      auto ev = device->kick_event(q).duplicate();
       if (!ev) return std::unexpected(std::move(ev.error()).context(id));
       auto kick = IoEventFd::assign(*vm_, {.space = Space::kMmio, .addr = t->notify_address(), .len = 4, .datamatch = q},
                                     std::move(*ev));
@@ -315,6 +315,7 @@ Status Machine::create_nets(const std::vector<net::NetConfig>& nets, bool incomi
       kicks_.push_back(std::move(*kick));
     }
     if (auto added = devices_->add(std::move(t)); !added) return std::unexpected(added.error());
+    nets_.push_back(device);
     spdlog::info("{}: virtio-net on TAP {}{}", id, n.tap,
                  incoming ? " (carrier off until the VM runs here)" : ", MAC " + net::format_mac(mac));
   }

@@ -12,7 +12,8 @@
 namespace ferry::kvm {
 
 bool is_device_section(state::SectionType type) {
-  return type == state::SectionType::kSerial || type == state::SectionType::kDeviceOther;
+  return type == state::SectionType::kSerial || type == state::SectionType::kDeviceOther ||
+         type == state::SectionType::kVirtio;
 }
 
 Status DeviceManager::add_device(std::unique_ptr<Device> device) {

@@ -350,7 +350,10 @@ TEST_F(LinuxNet, SnapshotAndRestoreCarryTheDevice) {
   (void)a->wait(60s);
   // Without the TAP the snapshot's device cannot be rebuilt: a clear refusal.
   auto refused = run_process({FERRY_BIN, "restore", snap, "--api", dir_ + "/r7x.sock"}, 120s);
+  EXPECT_FALSE(refused.timed_out) << "a restore without the TAP ran instead of being refused\n" << refused.describe();
   EXPECT_NE(refused.exit_code, 0) << refused.describe();
+  EXPECT_NE(refused.err.find("virtio section, instance 0) this VM does not have"), std::string::npos)
+      << refused.describe();
   BackgroundProcess r({FERRY_BIN, "restore", snap, "--api", dir_ + "/r7.sock", "--serial-log", dir_ + "/r7.log",
                        "--net", "tap=fa7"});
   ASSERT_TRUE(r.started());

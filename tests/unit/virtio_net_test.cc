@@ -360,5 +360,51 @@ TEST(NetConfig, TheRarpFrameAnnouncesTheMac) {
   EXPECT_EQ(std::memcmp(e + 32, mac.data(), 6), 0);
 }
 
+// With MRG_RXBUF a frame larger than one buffer spans several (num_buffers
+// says how many); with too few posted it waits for more instead of being
+// dropped.
+TEST(VirtioNet, ALargeFrameWaitsForEnoughBuffersAndSpansThem) {
+  Rig r("ferrytest6");
+  REQUIRE_RIG(r);
+  r.bring_up();
+  const std::uint32_t kSmall = 256;
+  r.rx.desc(0, kRxBuffers, kSmall, kDescWrite, 0);
+  r.rx.make_available(0);
+  r.regs->notify(VirtioNet::kRxQueue);
+  const Mac host{0x02, 0, 0, 0, 0, 0x97};
+  const auto big = ethernet(kGuestMac, host, std::string(900, 'x') + "end");
+  ASSERT_TRUE(r.wire.send(big));
+  std::this_thread::sleep_for(150ms);
+  // 12 + 917 bytes need four 256-byte buffers: one is not enough.
+  EXPECT_EQ(r.net->figures().rx_dropped, 0u) << "dropped instead of waiting for buffers";
+  for (std::uint16_t i = 1; i < 6; ++i) {
+    r.rx.desc(i, kRxBuffers + 0x1000ull * i, kSmall, kDescWrite, 0);
+    r.rx.make_available(i);
+  }
+  r.regs->notify(VirtioNet::kRxQueue);
+  ASSERT_TRUE(eventually([&] {
+    for (std::uint16_t u = 0; u < r.rx.used_idx(); ++u) {
+      const auto [head, len] = r.rx.used_elem(u);
+      const std::uint16_t n = r.ram.get16(kRxBuffers + 0x1000ull * head + 10);
+      if (n == 4) return true;
+    }
+    return false;
+  })) << "no frame spanning 4 buffers arrived";
+  // Find it and put its pieces together.
+  std::vector<std::byte> joined;
+  for (std::uint16_t u = 0; u < r.rx.used_idx(); ++u) {
+    auto [head, len] = r.rx.used_elem(u);
+    if (r.ram.get16(kRxBuffers + 0x1000ull * head + 10) != 4) continue;
+    for (int k = 0; k < 4; ++k) {
+      std::tie(head, len) = r.rx.used_elem(static_cast<std::uint16_t>(u + k));
+      const std::byte* b = r.ram.at(kRxBuffers + 0x1000ull * head);
+      joined.insert(joined.end(), b, b + len);
+    }
+    break;
+  }
+  ASSERT_EQ(joined.size(), 12 + big.size());
+  EXPECT_TRUE(std::equal(big.begin(), big.end(), joined.begin() + 12)) << "the frame's pieces differ";
+}
+
 }  // namespace
 }  // namespace ferry::kvm::net

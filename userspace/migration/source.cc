@@ -186,23 +186,36 @@ void SourceMigration::Impl::cancel(std::string why) {
 
 // The policy acts on --timeout when a round ends. A round that never ends
 // (a peer that keeps its connection open but stops reading) would hold the
-// migration, and the guest's throttle, forever: past the timeout and a
-// grace, it is cancelled from here. Only before COMMIT (cancel refuses
-// after), so the commit rule is untouched.
+// migration, and the guest's throttle, forever. From timeout + grace on,
+// this thread looks once per grace period: a migration still before COMMIT
+// whose streams moved no byte in that time is stuck, and is cancelled
+// (cancel refuses after COMMIT, so the commit rule is untouched). One that
+// still moves bytes (a long round on a slow link, a forced switchover's
+// final round) is left to finish.
 void SourceMigration::Impl::watch_deadline() {
   const auto grace = std::max<std::chrono::milliseconds>(o.timeout_grace, o.timeout / 10);
-  {
-    std::unique_lock lock(end_mu);
-    if (end_cv.wait_until(lock, ctx.t0() + o.timeout + grace, [&] { return ended; })) return;
+  auto next = ctx.t0() + o.timeout + grace;
+  std::uint64_t last = bytes_on_the_wire();
+  for (;;) {
+    {
+      std::unique_lock lock(end_mu);
+      if (end_cv.wait_until(lock, next, [&] { return ended; })) return;
+    }
+    const std::uint64_t now = bytes_on_the_wire();
+    const Phase p = ctx.phase();
+    if (phase_final(p) || p == Phase::kCommitting) return;
+    if (now == last) {
+      const auto why = fmt::format(
+          "timeout: still in {} after the {} s --timeout, and no byte went out in the last {:.1f} s (the policy "
+          "acts when a round ends, and none did: is the destination taking data?); cancelled",
+          phase_name(p), o.timeout.count(), grace.count() / 1000.0);
+      spdlog::error("migration: {}", why);
+      cancel(why);
+      return;
+    }
+    last = now;
+    next += grace;
   }
-  const Phase p = ctx.phase();
-  if (phase_final(p) || p == Phase::kCommitting) return;
-  const auto why = fmt::format(
-      "timeout: still in {} {:.1f} s after the {} s --timeout (the policy acts when a round ends, and none did: "
-      "is the destination taking data?); cancelled",
-      phase_name(p), grace.count() / 1000.0, o.timeout.count());
-  spdlog::error("migration: {}", why);
-  cancel(why);
 }
 
 void SourceMigration::Impl::run() {

@@ -135,6 +135,15 @@ struct SourceMigration::Impl {
   std::vector<std::uint64_t> vcpu_dirty_last;
   // The digest has every core: the guest is paused while it runs.
   static unsigned digest_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+  // Bytes the kernel took from every stream so far, live (the status's
+  // figure moves only when a round ends).
+  std::uint64_t bytes_on_the_wire() {
+    std::lock_guard lock(streams_mu);
+    std::uint64_t n = 0;
+    for (const auto& s : streams)
+      if (s) n += s->sender().stats().bytes;
+    return n;
+  }
   void abort_transport(const std::string& why) {
     std::lock_guard lock(streams_mu);
     for (auto& s : streams) s->abort(why);

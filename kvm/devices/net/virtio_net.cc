@@ -104,15 +104,15 @@ Status VirtioNet::activate(std::uint64_t features, std::vector<virtio::SplitQueu
   }
   if (auto ok = tap_.set_offload(offload); !ok) return ok;
   stop_worker();
-  acked_ = features;
-  rx_ = queues[kRxQueue];
-  tx_ = queues[kTxQueue];
-  ctrl_ = (features & bit(kNetCtrlVq)) ? queues[kCtrlQueue] : nullptr;
-  irq_ = &irq;
   {
     // pause_ stays as it is: a device restored paused (a migration's
     // destination) starts parked and touches nothing until resume.
     std::lock_guard lock(mu_);
+    acked_ = features;
+    rx_ = queues[kRxQueue];
+    tx_ = queues[kTxQueue];
+    ctrl_ = (features & bit(kNetCtrlVq)) ? queues[kCtrlQueue] : nullptr;
+    irq_ = &irq;
     stop_ = parked_ = false;
   }
   worker_ = std::thread([this] {
@@ -140,12 +140,13 @@ void VirtioNet::reset() {
   stop_worker();
   stop_announcing();
   watch_tap(false);
+  std::lock_guard lock(mu_);
   rx_ = tx_ = ctrl_ = nullptr;
   irq_ = nullptr;
   acked_ = 0;
-  std::lock_guard lock(mu_);
   status_ = kNetStatusLinkUp;
   pause_ = false;
+  pending_.clear();
 }
 
 // Also before activate: the worker then starts parked.
@@ -249,6 +250,10 @@ void VirtioNet::run() {
     const int n = ::epoll_wait(epoll_.get(), ev, 8, -1);
     if (n < 0 && errno != EINTR) {
       spdlog::error("virtio-net {}: epoll_wait: {}", tap_.name(), std::strerror(errno));
+      // Ended: a pause() waiting for this thread to park must not wait forever.
+      std::lock_guard lock(mu_);
+      stop_ = true;
+      cv_.notify_all();
       return;
     }
     for (int i = 0; i < n; ++i) {
@@ -298,23 +303,40 @@ bool VirtioNet::serve_tx() {
 
 bool VirtioNet::serve_rx() {
   bool used = false;
-  for (;;) {
-    if (!rx_->has_available()) {
-      // No buffers: leave the backlog in the TAP and wait for the RX kick
-      // that posting buffers brings (want_kicks re-checks, so buffers
-      // posted just now are not missed).
-      if (!rx_->want_kicks(true)) {
+  // A budget per pass, so a busy TAP does not starve TX, the control queue
+  // or a pause (the TAP stays watched: the next pass comes at once).
+  for (int budget = 64; budget > 0; --budget) {
+    std::span<std::byte> frame;
+    if (!pending_.empty()) {
+      frame = pending_;
+    } else {
+      if (!rx_->has_available() && !rx_->want_kicks(true)) {
+        // No buffers: leave the backlog in the TAP until the RX kick that
+        // posting buffers brings (want_kicks re-checked, so buffers posted
+        // just now are not missed).
         watch_tap(false);
         break;
       }
+      const ssize_t n = ::read(tap_.fd(), frame_.data(), frame_.size());
+      if (n < 0) {
+        watch_tap(true);  // EAGAIN: the TAP's next frame wakes us
+        break;
+      }
+      if (static_cast<std::size_t>(n) < kVnetHeaderBytes) continue;
+      frame = std::span(frame_).first(static_cast<std::size_t>(n));
     }
-    const ssize_t n = ::read(tap_.fd(), frame_.data(), frame_.size());
-    if (n < 0) {
-      watch_tap(true);  // EAGAIN: the TAP's next frame wakes us
+    const std::uint16_t seen = rx_->available_index();
+    const Delivery d = deliver(frame);
+    if (d == Delivery::kBroken) return false;
+    if (d == Delivery::kWait) {
+      // Not enough buffers posted for this frame yet: keep it, and wait for
+      // the guest to post more (it refills as it takes what it has).
+      if (pending_.empty()) pending_.assign(frame.begin(), frame.end());
+      if (rx_->want_kick_when_more(seen)) continue;  // more came meanwhile
+      watch_tap(false);
       break;
     }
-    if (static_cast<std::size_t>(n) < kVnetHeaderBytes) continue;
-    if (!deliver(std::span(frame_).first(static_cast<std::size_t>(n)))) return false;
+    pending_.clear();
     used = true;
   }
   if (used && rx_->should_interrupt()) irq_->used_buffers();
@@ -323,7 +345,7 @@ bool VirtioNet::serve_rx() {
 
 // One frame (with its header) into as many chains as it needs: several
 // with MRG_RXBUF (num_buffers says how many), else one that holds it all.
-bool VirtioNet::deliver(std::span<std::byte> frame) {
+VirtioNet::Delivery VirtioNet::deliver(std::span<std::byte> frame) {
   const bool merge = acked_ & bit(kNetMrgRxbuf);
   std::vector<std::pair<std::uint16_t, std::uint32_t>> taken;
   std::optional<virtio::Chain> first;
@@ -333,23 +355,28 @@ bool VirtioNet::deliver(std::span<std::byte> frame) {
     if (!c) {
       rx_->unpop(static_cast<std::uint16_t>(taken.size()));
       broken(c.error());
-      return false;
+      return Delivery::kBroken;
     }
-    const bool room = c->has_value() && (merge || taken.empty()) &&
-                      (*c)->writable_bytes >= (taken.empty() ? kVnetHeaderBytes : 1) &&
-                      (merge || (*c)->writable_bytes >= frame.size());
-    if (!room) {
-      // Not enough posted for this frame: give the chains back, drop it.
-      rx_->unpop(static_cast<std::uint16_t>(taken.size() + (c->has_value() ? 1 : 0)));
-      ++rx_dropped_;
-      return true;
+    if (!c->has_value()) {
+      // Out of buffers part way: give them back and wait for more.
+      rx_->unpop(static_cast<std::uint16_t>(taken.size()));
+      return Delivery::kWait;
     }
     const virtio::Chain& chain = **c;
+    const bool fits = (merge || taken.empty()) && chain.writable_bytes >= (taken.empty() ? kVnetHeaderBytes : 1) &&
+                      (merge || chain.writable_bytes >= frame.size());
+    if (!fits) {
+      // A buffer that can never hold it (too small without MRG_RXBUF, or no
+      // room for the header): drop this frame, keep the buffers.
+      rx_->unpop(static_cast<std::uint16_t>(taken.size() + 1));
+      ++rx_dropped_;
+      return Delivery::kDropped;
+    }
     const std::size_t len = std::min<std::uint64_t>(chain.writable_bytes, frame.size() - off);
     if (auto ok = chain.write(mem_, 0, frame.subspan(off, len)); !ok) {
       rx_->unpop(static_cast<std::uint16_t>(taken.size() + 1));
       broken(ok.error());
-      return false;
+      return Delivery::kBroken;
     }
     if (!first) first = chain;
     taken.emplace_back(chain.head, static_cast<std::uint32_t>(len));
@@ -360,16 +387,16 @@ bool VirtioNet::deliver(std::span<std::byte> frame) {
   std::byte num[2] = {std::byte(count & 0xff), std::byte(count >> 8)};
   if (auto ok = first->write(mem_, kNumBuffersOffset, num); !ok) {
     broken(ok.error());
-    return false;
+    return Delivery::kBroken;
   }
   for (const auto& [head, len] : taken)
     if (auto ok = rx_->push(head, len); !ok) {
       broken(ok.error());
-      return false;
+      return Delivery::kBroken;
     }
   ++rx_packets_;
   rx_bytes_ += frame.size() - kVnetHeaderBytes;
-  return true;
+  return Delivery::kDelivered;
 }
 
 bool VirtioNet::serve_ctrl() {
@@ -418,12 +445,15 @@ bool VirtioNet::serve_ctrl() {
 }
 
 bool VirtioNet::announce() {
-  if (!(acked_ & bit(kNetGuestAnnounce)) || !irq_) return false;
+  virtio::Interrupt* irq = nullptr;
   {
+    // acked_ and irq_ change under mu_ (activate, reset on a vCPU thread).
     std::lock_guard lock(mu_);
+    if (!(acked_ & bit(kNetGuestAnnounce)) || !irq_) return false;
     status_ |= kNetStatusAnnounce;
+    irq = irq_;
   }
-  irq_->config_changed();
+  irq->config_changed();
   return true;
 }
 

@@ -95,7 +95,8 @@ class VirtioNet final : public virtio::VirtioDevice {
   bool serve_tx();
   bool serve_rx();
   bool serve_ctrl();
-  bool deliver(std::span<std::byte> frame);
+  enum class Delivery { kDelivered, kDropped, kWait, kBroken };
+  Delivery deliver(std::span<std::byte> frame);
   void broken(const Error& why);
   void watch_tap(bool on);
   void stop_worker();
@@ -124,6 +125,7 @@ class VirtioNet final : public virtio::VirtioDevice {
   virtio::Interrupt* irq_ = nullptr;
   bool tap_watched_ = false;
   std::vector<std::byte> frame_;
+  std::vector<std::byte> pending_;  // read from the TAP, waiting for buffers
 
   std::atomic<std::uint64_t> rx_packets_{0}, rx_bytes_{0}, rx_dropped_{0};
   std::atomic<std::uint64_t> tx_packets_{0}, tx_bytes_{0}, tx_dropped_{0};

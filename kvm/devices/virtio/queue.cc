@@ -73,6 +73,21 @@ std::uint16_t SplitQueue::avail_idx() const {
   return load16(avail_ + 2, std::memory_order_acquire);
 }
 
+bool SplitQueue::want_kick_when_more(std::uint16_t seen) {
+  if (event_idx_) {
+    // The driver kicks when its index passes avail_event: set it to where
+    // the index was.
+    store16(used_ + 4 + kUsedElemBytes * layout_.size, seen, std::memory_order_release);
+    mem_->mark_written(layout_.used + 4 + kUsedElemBytes * layout_.size, 2);
+    kicks_ = false;  // pop() must not move it back down until then
+  } else {
+    store16(used_, 0, std::memory_order_release);  // every addition kicks
+    mem_->mark_written(layout_.used, 2);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return avail_idx() != seen;
+}
+
 bool SplitQueue::has_available() const { return avail_idx() != pos_.next_avail; }
 
 Result<std::optional<Chain>> SplitQueue::pop() {

@@ -95,6 +95,12 @@ class SplitQueue {
   // whether buffers are available now: checked after publishing, so one
   // made available just before is never missed.
   bool want_kicks(bool on);
+  // A kick only once the driver's available index moves past `seen` (the
+  // device waits for enough buffers, not for any). True if it already has:
+  // checked after publishing, so an addition just before is not missed.
+  bool want_kick_when_more(std::uint16_t seen);
+  // The driver's available index as published now.
+  std::uint16_t available_index() const { return avail_idx(); }
   bool has_available() const;
 
   const QueueLayout& layout() const { return layout_; }
