@@ -56,7 +56,7 @@ class EchoDevice final : public VirtioDevice {
       auto c = queue_->pop();
       if (!c || !c->has_value()) break;
       std::vector<std::byte> data((*c)->readable_bytes);
-      (void)(*c)->read(mem_, 0, data);
+      (void)(*c)->read(0, data);
       (void)(*c)->write(mem_, 0, data);
       (void)queue_->push((*c)->head, static_cast<std::uint32_t>(data.size()));
     }

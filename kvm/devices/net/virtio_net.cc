@@ -276,14 +276,10 @@ bool VirtioNet::serve_tx() {
     if (!c->has_value()) break;
     const virtio::Chain& chain = **c;
     iov.clear();
-    bool fits = chain.readable_bytes >= kVnetHeaderBytes && chain.readable_bytes <= kFrameMax &&
+    const bool fits = chain.readable_bytes >= kVnetHeaderBytes && chain.readable_bytes <= kFrameMax &&
                 chain.readable.size() <= IOV_MAX && chain.writable.empty();
-    for (const auto& b : chain.readable) {
-      if (!fits) break;
-      auto p = mem_.host_range(b.gpa, b.len);  // checked by pop(); the pointer is taken here
-      if (!p) fits = false;
-      else iov.push_back({.iov_base = *p, .iov_len = b.len});
-    }
+    if (fits)
+      for (const auto& b : chain.readable) iov.push_back({.iov_base = b.host, .iov_len = b.len});
     const ssize_t n = fits ? ::writev(tap_.fd(), iov.data(), static_cast<int>(iov.size())) : -1;
     if (n < 0) {
       ++tx_dropped_;
@@ -347,7 +343,8 @@ bool VirtioNet::serve_rx() {
 // with MRG_RXBUF (num_buffers says how many), else one that holds it all.
 VirtioNet::Delivery VirtioNet::deliver(std::span<std::byte> frame) {
   const bool merge = acked_ & bit(kNetMrgRxbuf);
-  std::vector<std::pair<std::uint16_t, std::uint32_t>> taken;
+  auto& taken = taken_;  // reused: no allocation per frame
+  taken.clear();
   std::optional<virtio::Chain> first;
   std::size_t off = 0;
   while (off < frame.size()) {
@@ -378,8 +375,8 @@ VirtioNet::Delivery VirtioNet::deliver(std::span<std::byte> frame) {
       broken(ok.error());
       return Delivery::kBroken;
     }
-    if (!first) first = chain;
     taken.emplace_back(chain.head, static_cast<std::uint32_t>(len));
+    if (!first) first = std::move(**c);
     off += len;
   }
   // The TAP leaves num_buffers to us.
@@ -411,16 +408,16 @@ bool VirtioNet::serve_ctrl() {
     if (!c->has_value()) break;
     const virtio::Chain& chain = **c;
     std::array<std::byte, 64> cmd{};
-    auto got = chain.read(mem_, 0, cmd);
+    const std::size_t got = chain.read(0, cmd);
     std::uint8_t ack = kCtrlErr;
-    if (got && *got >= 2) {
+    if (got >= 2) {
       const auto cls = std::to_integer<std::uint8_t>(cmd[0]);
       const auto what = std::to_integer<std::uint8_t>(cmd[1]);
       if (cls == kCtrlRx || cls == kCtrlVlan) {
         ack = kCtrlOk;  // promiscuous, all-multicast, VLAN filters: the TAP delivers everything anyway
       } else if (cls == kCtrlMac) {
         ack = kCtrlOk;
-        if (what == 1 && *got >= 8) {  // MAC_ADDR_SET
+        if (what == 1 && got >= 8) {  // MAC_ADDR_SET
           std::lock_guard lock(mu_);
           std::memcpy(mac_.data(), cmd.data() + 2, 6);
         }
@@ -428,7 +425,7 @@ bool VirtioNet::serve_ctrl() {
         std::lock_guard lock(mu_);
         status_ &= static_cast<std::uint16_t>(~kNetStatusAnnounce);
         ack = kCtrlOk;
-      } else if (cls == kCtrlMq && what == 0 && *got >= 4) {
+      } else if (cls == kCtrlMq && what == 0 && got >= 4) {
         ack = (cmd[2] == std::byte{1} && cmd[3] == std::byte{0}) ? kCtrlOk : kCtrlErr;  // one queue pair
       }
     }

@@ -126,6 +126,7 @@ class VirtioNet final : public virtio::VirtioDevice {
   bool tap_watched_ = false;
   std::vector<std::byte> frame_;
   std::vector<std::byte> pending_;  // read from the TAP, waiting for buffers
+  std::vector<std::pair<std::uint16_t, std::uint32_t>> taken_;  // deliver()'s chains (head, bytes)
 
   std::atomic<std::uint64_t> rx_packets_{0}, rx_bytes_{0}, rx_dropped_{0};
   std::atomic<std::uint64_t> tx_packets_{0}, tx_bytes_{0}, tx_dropped_{0};

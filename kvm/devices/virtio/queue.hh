@@ -13,9 +13,8 @@
 // error the device answers with NEEDS_RESET: never a crash, never an access
 // outside guest memory.
 //
-// Used-ring writes go through the host mapping and are marked dirty (KVM
-// does not see them); buffer contents go through GuestAccess, which marks
-// its writes too. With EVENT_IDX the queue publishes where it wants the
+// Used-ring writes and buffer contents go through the host mapping pop()
+// checked, and every write is marked dirty (KVM does not see them). With EVENT_IDX the queue publishes where it wants the
 // next kick (avail_event) and honours the driver's used_event; without it,
 // the rings' flags.
 #include <cstdint>
@@ -47,6 +46,7 @@ struct QueuePosition {
 struct Buffer {
   std::uint64_t gpa = 0;
   std::uint32_t len = 0;
+  std::byte* host = nullptr;  // where it is mapped here (checked inside guest RAM by pop())
 };
 
 // One request: the chain's head (what push() returns to the driver) and
@@ -58,7 +58,7 @@ struct Chain {
 
   // Copies up to out.size() bytes of the readable buffers from `offset`;
   // returns how many.
-  Result<std::size_t> read(const GuestAccess& mem, std::uint64_t offset, std::span<std::byte> out) const;
+  std::size_t read(std::uint64_t offset, std::span<std::byte> out) const;
   // Writes `bytes` into the writable buffers from `offset` (marked dirty);
   // an error if they do not fit.
   Status write(const GuestAccess& mem, std::uint64_t offset, std::span<const std::byte> bytes) const;
