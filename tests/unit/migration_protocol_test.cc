@@ -715,6 +715,50 @@ TEST(MigrationFrameReader, RejectsAnOversizedPayloadFromItsHeaderAlone) {
             "migration stream: frame 0: truncated: the stream ended after 0 of 67108864 payload bytes");
 }
 
+// Each type's limit holds the largest payload the encoders can produce,
+// and a header claiming one byte more is refused from the header alone.
+TEST(MigrationFrameReader, EachTypeHasALimitThatHoldsItsLargestLegalPayload) {
+  const std::string host(kMaxHostName, 'h'), reason(kMaxReason, 'r'), field(kMaxDeviceField, 'f');
+  Precheck pc;
+  pc.vcpus = 64, pc.guest_kind = 1, pc.tsc_khz = 1;
+  for (std::uint32_t i = 0; i < kMaxRegions; ++i) pc.regions.push_back({i, i * (1ull << 30), 1ull << 30});
+  for (std::uint32_t i = 0; i < kMaxCpuidEntries; ++i) pc.cpuid.push_back({i, i, 1, 2, 3, 4});
+  pc.devices.emplace();
+  for (std::size_t i = 0; i < kMaxDevices; ++i) pc.devices->push_back({field, field, field});
+  ZeroPages zp;
+  zp.slot = 1, zp.round = 2;
+  for (std::size_t i = 0; i < kMaxZeroPagesPerFrame; ++i) zp.page_index.push_back(i);
+  const std::vector<std::pair<FrameType, std::size_t>> largest = {
+      {FrameType::kHello, encode(Hello{.host = host, .session = ~0ull}).size()},
+      {FrameType::kPrecheck, encode(pc).size()},
+      {FrameType::kPrecheckResult, encode(PrecheckResult{false, reason}).size()},
+      {FrameType::kZeroPages, encode(zp).size()},
+      {FrameType::kRoundEnd, encode(RoundEnd{~0u, ~0ull, ~0ull, ~0ull}).size()},
+      {FrameType::kReady, encode(Ready{~0ull, ~0ull}).size()},
+      {FrameType::kCommit, encode(Commit{~0ull}).size()},
+      {FrameType::kConfirmed, encode(Confirmed{~0ull, ~0ull, ~0ull}).size()},
+      {FrameType::kAbort, encode(Abort{reason}).size()},
+      {FrameType::kVerifyDigest, encode(VerifyDigest{~0u, ~0ull}).size()},
+      {FrameType::kQuery, encode(Query{~0ull}).size()},
+      {FrameType::kQueryResult, encode(QueryResult{~0ull, SessionOutcome::kDiscarded, reason}).size()},
+      {FrameType::kPages, kPagesFixedSize + kMaxPagesPerFrame * (kPageDescriptorSize + kPageSize)},
+  };
+  for (const auto& [type, size] : largest) {
+    SCOPED_TRACE(std::string(frame_type_name(type)));
+    EXPECT_LE(size, max_payload(type));
+    // Tight: within a factor of two of what the encoders can produce.
+    EXPECT_LE(max_payload(type), std::max<std::uint64_t>(2 * size, 256));
+    if (type == FrameType::kPages) continue;  // its lengths are whole pages only (below)
+    const std::uint64_t over = max_payload(type) + 1;
+    EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = static_cast<std::uint16_t>(type), .sequence = 1,
+                                                    .length = over})),
+              fmt::format("{}oversized {} payload: {} bytes, the limit is {}", kFrame1, frame_type_name(type), over,
+                          max_payload(type)));
+  }
+  EXPECT_EQ(max_payload(FrameType::kState), kMaxPayload);
+  EXPECT_EQ(max_payload(FrameType::kInvalid), 0u);
+}
+
 TEST(MigrationFrameReader, RejectsAPagesLengthThatIsNotWholePages) {
   EXPECT_EQ(error_after_one_good_frame(raw_frame({.type = 4, .sequence = 1, .length = 12 + 4112 + 1})),
             std::string(kFrame1) + "PAGES payload of 4125 bytes is not 12 + count * 4112 bytes with count <= 4096");

@@ -68,6 +68,33 @@ std::string_view frame_type_name(FrameType type) {
   return "UNKNOWN";
 }
 
+// Rounded up from the largest encodings payloads.hh allows (its limits:
+// a 255-byte host name, 4096-byte reasons, 64 regions, 256 CPUID entries,
+// 64 devices of three 255-byte fields, 65536 zero-page indices); the unit
+// tests encode each of those and check it fits.
+std::uint64_t max_payload(FrameType type) {
+  constexpr std::uint64_t kSmall = 256;            // fixed-size payloads of a few integers
+  constexpr std::uint64_t kWithReason = 8 << 10;   // a few integers and a reason of up to 4096 bytes
+  switch (type) {
+    case FrameType::kInvalid: return 0;
+    case FrameType::kHello: return 512;
+    case FrameType::kPrecheck: return 64 << 10;
+    case FrameType::kPrecheckResult: return kWithReason;
+    case FrameType::kPages: return kPagesFixedSize + kMaxPagesPerFrame * kBytesPerPage;
+    case FrameType::kZeroPages: return kSmall + 65536 * sizeof(std::uint64_t);
+    case FrameType::kRoundEnd: return kSmall;
+    case FrameType::kState: return kMaxPayload;
+    case FrameType::kReady: return kSmall;
+    case FrameType::kCommit: return kSmall;
+    case FrameType::kConfirmed: return kSmall;
+    case FrameType::kAbort: return kWithReason;
+    case FrameType::kVerifyDigest: return kSmall;
+    case FrameType::kQuery: return kSmall;
+    case FrameType::kQueryResult: return kWithReason;
+  }
+  return 0;
+}
+
 std::optional<std::uint64_t> crc_covered_length(FrameType type, std::uint64_t payload_length) {
   if (type != FrameType::kPages) return payload_length;
   if (payload_length < kPagesFixedSize) return std::nullopt;
@@ -82,7 +109,9 @@ std::array<std::byte, kHeaderSize> encode_header(FrameType type, std::uint32_t s
   if (!is_known(static_cast<std::uint16_t>(type))) {
     sender_bug(fmt::format("frame type {}", static_cast<std::uint16_t>(type)));
   }
-  if (payload_length > kMaxPayload) sender_bug(fmt::format("payload of {} bytes", payload_length));
+  if (payload_length > max_payload(type)) {
+    sender_bug(fmt::format("{} payload of {} bytes", frame_type_name(type), payload_length));
+  }
   if (!crc_covered_length(type, payload_length)) {
     sender_bug(fmt::format("PAGES payload of {} bytes", payload_length));
   }
@@ -154,9 +183,9 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> header
   if (h.flags != 0) {
     return fail("non-zero flags {:#06x} on a {} frame (none are defined)", h.flags, frame_type_name(type));
   }
-  if (h.payload_length > kMaxPayload) {
+  if (h.payload_length > max_payload(type)) {
     return fail("oversized {} payload: {} bytes, the limit is {}", frame_type_name(type),
-                h.payload_length, kMaxPayload);
+                h.payload_length, max_payload(type));
   }
   if (!crc_covered_length(type, h.payload_length)) {
     return fail("PAGES payload of {} bytes is not {} + count * {} bytes with count <= {}",
@@ -202,7 +231,9 @@ Result<std::vector<Frame>> FrameReader::feed(std::span<const std::byte> bytes) {
       auto p = parse_header();
       if (!p) return stop(std::move(p.error()));
       pending_ = *p;
-      payload_.reserve(p->length);  // bounded by kMaxPayload above
+      // At most 1 MiB ahead: a large payload's buffer grows with the bytes
+      // that really arrive, so a header alone never costs its claimed size.
+      payload_.reserve(std::min<std::uint64_t>(p->length, kReserveAhead));
     }
     const std::size_t n = std::min<std::uint64_t>(bytes.size(), pending_->length - payload_.size());
     payload_.insert(payload_.end(), bytes.begin(), bytes.begin() + n);

@@ -50,8 +50,9 @@ inline constexpr std::uint16_t kVersionMinor = 2;
 inline constexpr std::uint16_t kVersionMinorOldest = 1;
 inline constexpr std::size_t kHeaderSize = 32;
 inline constexpr std::size_t kHeaderCrcOffset = 28;  // header_crc covers the bytes before it
-// Bounds what a peer can make the reader buffer. A full PAGES frame
-// (4096 pages) is about 16.1 MiB, so this leaves room without inviting abuse.
+// Bounds what a peer can make the reader buffer: no frame is larger (STATE,
+// the one of unbounded content, may be this large). Each type has its own,
+// much smaller limit (max_payload), checked from the header alone.
 inline constexpr std::uint64_t kMaxPayload = 64ull << 20;
 
 // The PAGES layout, here because the frame layer needs it for the CRC rule.
@@ -83,6 +84,13 @@ inline constexpr FrameType kLastFrameType = FrameType::kQueryResult;
 
 // "HELLO", "PAGES", ...; "INVALID" for kInvalid and "UNKNOWN" otherwise.
 std::string_view frame_type_name(FrameType type);
+
+// The largest payload a frame of this type can legally carry (the largest
+// encoding payloads.hh allows, rounded up): a header that claims more is
+// refused before a byte of its payload is buffered, so a stranger's
+// 32-byte header cannot make a receiver set aside 64 MiB for a HELLO.
+// STATE: kMaxPayload. 0 for kInvalid and unknown types.
+std::uint64_t max_payload(FrameType type);
 
 struct Frame {
   FrameType type = FrameType::kInvalid;
@@ -155,6 +163,7 @@ class FrameReader {
   std::array<std::byte, kHeaderSize> header_{};
   std::size_t header_fill_ = 0;
   std::optional<Pending> pending_;  // set once its header is valid
+  static constexpr std::uint64_t kReserveAhead = 1 << 20;
   std::vector<std::byte> payload_;
   std::uint64_t count_ = 0;
   std::optional<Error> failed_;
