@@ -35,6 +35,7 @@ PACKAGES=(
   liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
   libmnl-dev  # tests: a client network namespace on a veth (netlink), tests/e2e/netns.cc
+  iperf3  # tools/bench-net: TCP throughput to the guest and between namespaces
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file
   ca-certificates xz-utils
   python3  # tools/bench-vs-qemu, tools/report-to-policy-trace (Debian's interpreter goes into the sandbox)
