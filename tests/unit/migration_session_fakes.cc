@@ -201,6 +201,11 @@ bool FakeHost::built() const {
   return !records_.empty();
 }
 
+std::size_t FakeHost::builds() const {
+  std::lock_guard lock(mu_);
+  return records_.size();
+}
+
 IncomingRecord& FakeHost::last() {
   std::lock_guard lock(mu_);
   if (records_.empty()) throw std::runtime_error("the fake host built no VM");

@@ -85,6 +85,7 @@ class FakeHost final : public IncomingHost {
   Result<HostResources> resources() override;
   Result<std::unique_ptr<IncomingVm>> build(const kvm::MachineShape& shape) override;
   bool built() const;
+  std::size_t builds() const;
   IncomingRecord& last();
 
  private:

@@ -418,6 +418,7 @@ void add_receive(CLI::App& app, Globals& g) {
                                     {"zero_pages", figs.zero_pages},
                                     {"zeroed_pages", figs.zeroed_pages},
                                     {"torn_pages", figs.torn_pages},
+                                    {"refused_connections", figs.refused_connections},
                                     {"bytes", figs.bytes},
                                     {"receive_ms", figs.receive_ms},
                                     {"load_ms", figs.load_ms},

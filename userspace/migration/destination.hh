@@ -34,6 +34,8 @@ struct ReceiveOptions {
   // During a session: no byte from the source for this long means it is gone.
   std::chrono::milliseconds idle_timeout{60000};
   std::chrono::milliseconds stream_accept_timeout{10000};
+  // How long a new connection has, in all, to send its HELLO.
+  std::chrono::milliseconds hello_deadline{kHelloDeadline};
   // Progress lines for the terminal ("receiving round 3: ...").
   std::function<void(const std::string&)> progress;
 };
@@ -45,6 +47,7 @@ struct ReceivedFigures {
   std::uint32_t rounds = 0;
   std::uint64_t pages = 0, zero_pages = 0, zeroed_pages = 0, bytes = 0;
   std::uint64_t torn_pages = 0;  // copies that failed their checksum (modified in flight), all resent
+  std::uint32_t refused_connections = 0;  // strangers, garbage, wrong versions, silent peers
   double receive_ms = 0, load_ms = 0;
   double guest_downtime_ms = -1;  // first heartbeat here minus last on the source
   bool verified = false;

@@ -102,14 +102,22 @@ Status Session::accept_control() {
   for (;;) {
     auto c = listener_.accept(std::chrono::milliseconds(0));
     if (!c) return std::unexpected(c.error());
+    const std::string peer = c->peer();
     // Replies on this connection, if it is a source's control stream, are stream 0's.
-    auto in = open_incoming(std::move(*c), "stream 0", o_.idle_timeout);
-    if (!in) return std::unexpected(std::move(in.error()).context("refused an incoming migration"));
+    auto in = open_incoming(std::move(*c), "stream 0", o_.idle_timeout, o_.hello_deadline);
+    if (!in) {
+      spdlog::warn("receive: could not open a connection from {}: {}; still waiting for a migration", peer,
+                   in.error().what());
+      continue;
+    }
     if (!in->hello) {
-      // A peer speaking another version (or garbage) learns why, and this
-      // receiver ends: it was waiting for exactly one migration.
+      // A peer speaking another version (or garbage, or nothing) learns
+      // why; it costs only its own connection, and the next peer is served.
       (void)in->stream->send_now(FrameType::kAbort, Abort{in->hello.error().what().substr(0, kMaxReason)});
-      return std::unexpected(std::move(in->hello.error()).context("refused an incoming migration"));
+      spdlog::warn("receive: refused a connection from {}: {}; still waiting for a migration", peer,
+                   in->hello.error().what());
+      ++fig_.refused_connections;
+      continue;
     }
     const Hello& hello = *in->hello;
     if (hello.purpose == HelloPurpose::kResolve) {
@@ -186,9 +194,15 @@ Status Session::accept_streams() {
   for (std::size_t got = 1; got < streams_.size();) {
     auto c = listener_.accept(o_.stream_accept_timeout);
     if (!c) return std::unexpected(std::move(c.error()).context("waiting for the data streams"));
-    auto in = open_incoming(std::move(*c), "incoming", o_.idle_timeout);
-    if (!in) return std::unexpected(std::move(in.error()).context("data stream"));
-    if (!in->hello) return std::unexpected(std::move(in->hello.error()).context("data stream"));
+    const std::string peer = c->peer();
+    auto in = open_incoming(std::move(*c), "incoming", o_.idle_timeout, o_.hello_deadline);
+    if (!in || !in->hello) {  // a stranger between the streams: only its connection is lost
+      const std::string why = !in ? in.error().what() : in->hello.error().what();
+      if (in) (void)in->stream->send_now(FrameType::kAbort, Abort{why.substr(0, kMaxReason)});
+      spdlog::warn("receive: refused a connection from {} while waiting for the data streams: {}", peer, why);
+      ++fig_.refused_connections;
+      continue;
+    }
     const Hello& h = *in->hello;
     if (h.purpose != HelloPurpose::kMigrate || h.session != hello_.session || h.stream_count != hello_.stream_count ||
         h.stream_index == 0 || streams_[h.stream_index].io) {
@@ -386,7 +400,7 @@ Result<IncomingSession> Session::hold() {
   for (;;) {
     auto c = listener_.accept(std::chrono::milliseconds(0));
     if (!c) return std::unexpected(c.error());
-    auto in = open_incoming(std::move(*c), "resolver", std::chrono::seconds(30));
+    auto in = open_incoming(std::move(*c), "resolver", std::chrono::seconds(30), o_.hello_deadline);
     if (!in || !in->hello || in->hello->purpose != HelloPurpose::kResolve) continue;
     bool discarded = false;
     serve_resolver(*in->stream, hello_.session,

@@ -23,8 +23,11 @@ struct Incoming {
 };
 // Fails only when the stream itself cannot be set up. Reads are named
 // "incoming" in errors until the HELLO says what the peer is; its replies
-// go out as `sender_name`.
-Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout);
+// go out as `sender_name`. The peer has `hello_deadline` in all to send its
+// HELLO (not an idle timer, which a peer trickling a byte at a time would
+// keep restarting); then the connection is shut down.
+Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout,
+                               std::chrono::milliseconds hello_deadline = kHelloDeadline);
 
 // Serves one resolver whose HELLO was read: QUERY, then maybe ABORT.
 // `outcome` says what this process knows; `discard` is called on an ABORT

@@ -27,6 +27,7 @@
 // frame types or flags this reader cannot interpret, and naming both
 // versions is a clearer error than an unknown type later in the session.
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -49,6 +50,9 @@ inline constexpr std::uint16_t kVersionMinor = 2;
 // every page rejected as torn, so it is refused at its first frame instead.
 inline constexpr std::uint16_t kVersionMinorOldest = 1;
 inline constexpr std::size_t kHeaderSize = 32;
+// How long a new connection has, in all, to deliver its HELLO before a
+// listener closes it (a HELLO is one frame of under 600 bytes).
+inline constexpr std::chrono::milliseconds kHelloDeadline{10000};
 inline constexpr std::size_t kHeaderCrcOffset = 28;  // header_crc covers the bytes before it
 // Bounds what a peer can make the reader buffer: no frame is larger (STATE,
 // the one of unbounded content, may be this large). Each type has its own,

@@ -2,6 +2,12 @@
 // incoming connection, serving QUERY/ABORT, the ResolveResponder that keeps
 // answering after a successful receive, and query_destination (`ferry
 // resolve`). Also the destination's phase table (incoming.hh).
+#include <sys/socket.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include <spdlog/spdlog.h>
 
 #include "userspace/base/thread_name.hh"
@@ -41,16 +47,64 @@ bool incoming_transition_allowed(IncomingPhase from, IncomingPhase to) {
   return false;
 }
 
-Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout) {
+namespace {
+
+// Shuts the connection down when the HELLO has not arrived in time: the
+// blocked read then ends, and the caller says why.
+class HelloDeadline {
+ public:
+  HelloDeadline(int fd, std::chrono::milliseconds limit)
+      : thread_([this, fd, limit] {
+          name_this_thread("hello-deadline");
+          std::unique_lock lock(mu_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+            expired_ = true;
+            ::shutdown(fd, SHUT_RDWR);
+          }
+        }) {}
+  HelloDeadline(const HelloDeadline&) = delete;
+  HelloDeadline& operator=(const HelloDeadline&) = delete;
+  ~HelloDeadline() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // Stops the clock; whether it had already run out.
+  bool stop() {
+    std::lock_guard lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+    return expired_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false, expired_ = false;
+  std::thread thread_;  // last: it uses the members above
+};
+
+}  // namespace
+
+Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout,
+                               std::chrono::milliseconds hello_deadline) {
   MigrationStream::Options so;
   so.name = std::move(sender_name);
   so.receiver_name = "incoming";
   so.read_timeout = read_timeout;
+  const int fd = c.fd();
+  HelloDeadline deadline(fd, hello_deadline);
   auto s = MigrationStream::open(std::move(c), so);
   if (!s) return std::unexpected(s.error());
   Incoming in{std::move(*s), fail("no HELLO")};
   in.hello = [&]() -> Result<Hello> {
     auto f = in.stream->in().next_frame();
+    if (deadline.stop()) {
+      return fail("no HELLO within {} ms of connecting (the connection was closed)", hello_deadline.count());
+    }
     if (!f) return std::unexpected(f.error());
     if (!*f) return fail("the peer closed the connection before HELLO");
     if ((*f)->type != FrameType::kHello) return fail("expected HELLO, got {}", frame_type_name((*f)->type));
