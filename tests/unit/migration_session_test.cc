@@ -19,6 +19,7 @@
 #include <future>
 
 #include "tests/unit/migration_session_fakes.hh"
+#include "userspace/migration/acceptor.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/incoming.hh"
 #include "userspace/migration/source.hh"
@@ -315,6 +316,60 @@ TEST(MigrationSessions, StrangersCostOnlyTheirConnectionsAndTheMigrationStillRun
   EXPECT_EQ(got->figures.refused_connections, 4u);
   EXPECT_EQ(r.host.builds(), 1u) << "something was built for a stranger";
   EXPECT_TRUE(r.host.last().resumed);
+}
+
+// The front door reads each HELLO on its own thread: a peer that says
+// nothing, with a deadline far beyond the test's patience, delays neither
+// the source's connections nor the end of the session.
+TEST(MigrationSessions, ASilentPeerDelaysNobody) {
+  Sessions r(Fault{});
+  transport::Connection silent;
+  r.receive_adjust = [](ReceiveOptions& ro) { ro.hello_deadline = 120s; };
+  r.before_source = [&] {
+    auto c = r.link.dial({.host = "local", .port = 1}, 1s);
+    ASSERT_TRUE(c);
+    silent = std::move(*c);
+    std::this_thread::sleep_for(100ms);  // accepted, and in its handshake, before the source dials
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kMigrated) << r.source->status().error;
+  auto got = r.destination_end();
+  ASSERT_TRUE(got) << got.error().what();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 60s);
+  char byte;
+  EXPECT_EQ(::read(silent.fd(), &byte, 1), 0) << "the session ended without closing the silent peer";
+}
+
+// A flood: beyond max_handshakes connections in their handshake, the next
+// is closed at once; the ones in their handshake still get their answer.
+TEST(MigrationAcceptor, ClosesConnectionsBeyondTheHandshakeCap) {
+  transport::LocalLink link;
+  Acceptor acceptor(link, {.read_timeout = 5s, .hello_deadline = 30s, .max_handshakes = 2});
+  std::vector<transport::Connection> silent;
+  for (int i = 0; i < 2; ++i) {
+    auto c = link.dial({.host = "local", .port = 1}, 1s);
+    ASSERT_TRUE(c);
+    silent.push_back(std::move(*c));
+  }
+  std::this_thread::sleep_for(300ms);  // both accepted
+  auto extra = link.dial({.host = "local", .port = 1}, 1s);
+  ASSERT_TRUE(extra);
+  pollfd p{extra->fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1) << "the connection over the cap was not closed";
+  char byte;
+  EXPECT_EQ(::read(extra->fd(), &byte, 1), 0);
+  EXPECT_EQ(acceptor.refused(), 1u);
+  // One of the two in their handshake says HELLO: it comes out.
+  auto hello = encode_frame(FrameType::kHello, 0, encode(Hello{}));
+  ASSERT_EQ(::write(silent[0].fd(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  auto in = acceptor.next(5s);
+  ASSERT_TRUE(in) << in.error().what();
+  ASSERT_TRUE(in->hello) << in->hello.error().what();
+  EXPECT_EQ(in->hello->purpose, HelloPurpose::kMigrate);
+  auto none = acceptor.next(200ms);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().sys_errno(), ETIMEDOUT);
 }
 
 // The phase tables are the commit rule: nothing leaves COMMIT except the

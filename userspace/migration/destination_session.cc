@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "userspace/base/thread_name.hh"
+#include "userspace/migration/acceptor.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/digest.hh"
 #include "userspace/migration/incoming.hh"
@@ -27,7 +28,7 @@ using Clock = std::chrono::steady_clock;
 class Session {
  public:
   Session(transport::Listener& listener, const ReceiveOptions& o, IncomingHost& host)
-      : listener_(listener), o_(o), host_(host) {}
+      : o_(o), host_(host), acceptor_(listener, {.read_timeout = o.idle_timeout, .hello_deadline = o.hello_deadline}) {}
   // Every way out joins the stream threads (idempotent).
   ~Session() { stop_streams(); }
   Result<IncomingSession> run();
@@ -67,9 +68,11 @@ class Session {
     if (o_.progress) o_.progress(line);
   }
 
-  transport::Listener& listener_;
   ReceiveOptions o_;
   IncomingHost& host_;
+  // Every connection comes through here, its HELLO read on its own thread.
+  // Declared before the streams and the VM, so it is destroyed after them.
+  Acceptor acceptor_;
   IncomingPhase phase_ = IncomingPhase::kListening;
   Hello hello_;
   std::unique_ptr<IncomingVm> vm_;
@@ -100,25 +103,8 @@ Status Session::enter(IncomingPhase to) {
 
 Status Session::accept_control() {
   for (;;) {
-    auto c = listener_.accept(std::chrono::milliseconds(0));
-    if (!c) return std::unexpected(c.error());
-    const std::string peer = c->peer();
-    // Replies on this connection, if it is a source's control stream, are stream 0's.
-    auto in = open_incoming(std::move(*c), "stream 0", o_.idle_timeout, o_.hello_deadline);
-    if (!in) {
-      spdlog::warn("receive: could not open a connection from {}: {}; still waiting for a migration", peer,
-                   in.error().what());
-      continue;
-    }
-    if (!in->hello) {
-      // A peer speaking another version (or garbage, or nothing) learns
-      // why; it costs only its own connection, and the next peer is served.
-      (void)in->stream->send_now(FrameType::kAbort, Abort{in->hello.error().what().substr(0, kMaxReason)});
-      spdlog::warn("receive: refused a connection from {}: {}; still waiting for a migration", peer,
-                   in->hello.error().what());
-      ++fig_.refused_connections;
-      continue;
-    }
+    auto in = acceptor_.next(std::chrono::milliseconds(0));
+    if (!in) return std::unexpected(in.error());
     const Hello& hello = *in->hello;
     if (hello.purpose == HelloPurpose::kResolve) {
       // Nothing received yet: whatever they ask about is not here.
@@ -192,17 +178,8 @@ Status Session::do_precheck() {
 
 Status Session::accept_streams() {
   for (std::size_t got = 1; got < streams_.size();) {
-    auto c = listener_.accept(o_.stream_accept_timeout);
-    if (!c) return std::unexpected(std::move(c.error()).context("waiting for the data streams"));
-    const std::string peer = c->peer();
-    auto in = open_incoming(std::move(*c), "incoming", o_.idle_timeout, o_.hello_deadline);
-    if (!in || !in->hello) {  // a stranger between the streams: only its connection is lost
-      const std::string why = !in ? in.error().what() : in->hello.error().what();
-      if (in) (void)in->stream->send_now(FrameType::kAbort, Abort{why.substr(0, kMaxReason)});
-      spdlog::warn("receive: refused a connection from {} while waiting for the data streams: {}", peer, why);
-      ++fig_.refused_connections;
-      continue;
-    }
+    auto in = acceptor_.next(o_.stream_accept_timeout);
+    if (!in) return std::unexpected(std::move(in.error()).context("waiting for the data streams"));
     const Hello& h = *in->hello;
     if (h.purpose != HelloPurpose::kMigrate || h.session != hello_.session || h.stream_count != hello_.stream_count ||
         h.stream_index == 0 || streams_[h.stream_index].io) {
@@ -389,6 +366,7 @@ Result<IncomingSession> Session::wait_commit(std::uint64_t last_heartbeat) {
   if (auto ok = reply(FrameType::kConfirmed, Confirmed{hello_.session, resumed, first_beat}); !ok)
     spdlog::warn("receive: the VM runs here, but CONFIRMED did not reach the source ({}); it will ask", ok.error());
   stop_streams();
+  fig_.refused_connections = acceptor_.refused();
   return IncomingSession{std::move(vm_), fig_};
 }
 
@@ -398,10 +376,12 @@ Result<IncomingSession> Session::hold() {
   if (auto ok = enter(IncomingPhase::kHolding); !ok) return std::unexpected(ok.error());
   stop_streams();
   for (;;) {
-    auto c = listener_.accept(std::chrono::milliseconds(0));
-    if (!c) return std::unexpected(c.error());
-    auto in = open_incoming(std::move(*c), "resolver", std::chrono::seconds(30), o_.hello_deadline);
-    if (!in || !in->hello || in->hello->purpose != HelloPurpose::kResolve) continue;
+    auto in = acceptor_.next(std::chrono::milliseconds(0));
+    if (!in) return std::unexpected(in.error());
+    if (in->hello->purpose != HelloPurpose::kResolve) {
+      (void)in->stream->send_now(FrameType::kAbort, Abort{"this destination holds a VM and serves only resolvers"});
+      continue;
+    }
     bool discarded = false;
     serve_resolver(*in->stream, hello_.session,
                    [&] { return discarded ? SessionOutcome::kDiscarded : SessionOutcome::kHolding; },
