@@ -273,10 +273,14 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
     const std::string listen = start_receiver(*m.to, args);
     ASSERT_FALSE(listen.empty()) << (*m.to)->output();
     (void)conn->take_stall_ms();
-    auto r = run_process({FERRY_BIN, "migrate", "--vm", m.from, "--to", listen, "--json", "--downtime-limit", "1000"},
-                         900s);
+    // --verify: the device writes received frames into guest memory during
+    // pre-copy; the digests match only if those pages were tracked.
+    auto r = run_process(
+        {FERRY_BIN, "migrate", "--vm", m.from, "--to", listen, "--json", "--downtime-limit", "1000", "--verify"}, 900s);
     ASSERT_EQ(r.exit_code, 0) << r.describe() << "\n" << (*m.to)->output();
-    m.downtime_ms = json::parse(r.out)["downtime_ms"].get<double>();
+    const auto rep = json::parse(r.out);
+    m.downtime_ms = rep["downtime_ms"].get<double>();
+    EXPECT_TRUE(rep["verified"].get<bool>()) << rep.dump(2);
     std::this_thread::sleep_for(3s);  // the stream settles on the new host
     m.stall_ms = conn->take_stall_ms();
     ASSERT_TRUE(conn->error().empty()) << conn->error();
