@@ -345,7 +345,37 @@ TEST(MigrationSessions, ASilentPeerDelaysNobody) {
 // is closed at once; the ones in their handshake still get their answer.
 TEST(MigrationAcceptor, ClosesConnectionsBeyondTheHandshakeCap) {
   transport::LocalLink link;
-  Acceptor acceptor(link, {.read_timeout = 5s, .hello_deadline = 30s, .max_handshakes = 2});
+  Acceptor acceptor(link, {.read_timeout = 30s, .hello_deadline = 30s, .max_handshakes = 2});
+  // The counts move on the acceptor's threads, just after the peer hears.
+  auto refused_reaches = [&](std::uint32_t n) {
+    for (int i = 0; i < 50 && acceptor.refused() < n; ++i) std::this_thread::sleep_for(20ms);
+    std::this_thread::sleep_for(50ms);  // and that handshake thread has ended
+    return acceptor.refused();
+  };
+  // Reads frames from `c` until an ABORT (its reason) or the end ("").
+  auto abort_reason = [](transport::Connection& c) {
+    FrameReader reader;
+    std::array<std::byte, 4096> buf{};
+    for (ssize_t n; (n = ::read(c.fd(), buf.data(), buf.size())) > 0;) {
+      auto frames = reader.feed(std::span(buf).first(static_cast<std::size_t>(n)));
+      if (!frames) return frames.error().what();
+      for (auto& f : *frames)
+        if (f.type == FrameType::kAbort) return decode_abort(f.payload).value_or(Abort{}).reason;
+    }
+    return std::string();
+  };
+  // A first header that claims a 64 MiB STATE is refused from the header,
+  // at once: nothing waits for (or sets aside room for) that payload.
+  {
+    auto big = link.dial({.host = "local", .port = 1}, 1s);
+    ASSERT_TRUE(big);
+    const auto header = encode_header(FrameType::kState, 0, kMaxPayload, 0);
+    ASSERT_EQ(::write(big->fd(), header.data(), header.size()), static_cast<ssize_t>(header.size()));
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(abort_reason(*big), "expected HELLO, got STATE");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    EXPECT_EQ(refused_reaches(1), 1u);
+  }
   std::vector<transport::Connection> silent;
   for (int i = 0; i < 2; ++i) {
     auto c = link.dial({.host = "local", .port = 1}, 1s);
@@ -359,7 +389,7 @@ TEST(MigrationAcceptor, ClosesConnectionsBeyondTheHandshakeCap) {
   ASSERT_EQ(::poll(&p, 1, 5000), 1) << "the connection over the cap was not closed";
   char byte;
   EXPECT_EQ(::read(extra->fd(), &byte, 1), 0);
-  EXPECT_EQ(acceptor.refused(), 1u);
+  EXPECT_EQ(refused_reaches(2), 2u);
   // One of the two in their handshake says HELLO: it comes out.
   auto hello = encode_frame(FrameType::kHello, 0, encode(Hello{}));
   ASSERT_EQ(::write(silent[0].fd(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
@@ -370,6 +400,12 @@ TEST(MigrationAcceptor, ClosesConnectionsBeyondTheHandshakeCap) {
   auto none = acceptor.next(200ms);
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error().sys_errno(), ETIMEDOUT);
+  // Once the session has its streams, another migration is told it is busy.
+  acceptor.close_migrations();
+  ASSERT_EQ(::write(silent[1].fd(), hello.data(), hello.size()), static_cast<ssize_t>(hello.size()));
+  EXPECT_EQ(abort_reason(silent[1]), "this destination is busy with another migration");
+  EXPECT_FALSE(acceptor.next(200ms));
+  EXPECT_EQ(refused_reaches(3), 3u);
 }
 
 // The phase tables are the commit rule: nothing leaves COMMIT except the

@@ -1,13 +1,16 @@
 // The destination's front door (acceptor.hh).
 #include "userspace/migration/acceptor.hh"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <system_error>
 
 #include <spdlog/spdlog.h>
 
 #include "userspace/base/thread_name.hh"
+#include "userspace/base/unique_fd.hh"
 
 namespace ferry::migration {
 namespace {
@@ -34,7 +37,15 @@ void Acceptor::accept_loop() {
     auto c = listener_.accept(kAcceptPoll);
     reap();
     if (!c) {
-      if (c.error().sys_errno() == ETIMEDOUT) continue;
+      const int e = c.error().sys_errno();
+      if (e == ETIMEDOUT) continue;
+      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM || e == EINTR || e == ECONNABORTED) {
+        // Out of descriptors or memory for now: a flood must not end the
+        // listener (a held VM waits on it for its resolver).
+        spdlog::warn("receive: accept failed: {}; retrying", c.error().what());
+        std::this_thread::sleep_for(kAcceptPoll);
+        continue;
+      }
       std::lock_guard lock(mu_);
       listener_error_ = std::move(c.error());
       cv_.notify_all();
@@ -49,28 +60,34 @@ void Acceptor::accept_loop() {
     }
     ++in_handshake_;
     auto done = std::make_shared<std::atomic<bool>>(false);
-    handshakes_.push_back({std::thread([this, done, conn = std::move(*c)]() mutable {
-                             handshake(std::move(conn));
-                             --in_handshake_;
-                             *done = true;
-                           }),
-                           done});
+    try {
+      handshakes_.push_back({std::thread([this, done, conn = std::move(*c)]() mutable {
+                               handshake(std::move(conn));
+                               --in_handshake_;
+                               *done = true;
+                             }),
+                             done});
+    } catch (const std::system_error& e) {  // no thread to be had: the connection goes
+      spdlog::warn("receive: refused a connection: no thread for its handshake ({})", e.what());
+      --in_handshake_;
+      ++refused_;
+    }
   }
 }
 
 void Acceptor::handshake(transport::Connection c) {
   name_this_thread("handshake");
   const std::string peer = c.peer();
-  const int fd = c.fd();
+  UniqueFd guard(::fcntl(c.fd(), F_DUPFD_CLOEXEC, 0));
   {
     std::lock_guard lock(mu_);
     if (stop_) return;
-    handshake_fds_.insert(fd);
+    if (guard) handshake_fds_.insert(guard.get());
   }
   auto in = open_incoming(std::move(c), "stream", o_.read_timeout, o_.hello_deadline);
   {
-    std::lock_guard lock(mu_);  // the socket is still open: `in` owns it
-    handshake_fds_.erase(fd);
+    std::lock_guard lock(mu_);
+    if (guard) handshake_fds_.erase(guard.get());
   }
   if (!in) {
     spdlog::warn("receive: could not open a connection from {}: {}", peer, in.error().what());
@@ -80,12 +97,23 @@ void Acceptor::handshake(transport::Connection c) {
   if (!in->hello) {
     // A peer speaking another version (or garbage, or nothing) learns why;
     // it costs only its own connection.
-    (void)in->stream->send_now(FrameType::kAbort, Abort{in->hello.error().what().substr(0, kMaxReason)});
-    spdlog::warn("receive: refused a connection from {}: {}", peer, in->hello.error().what());
     ++refused_;
+    spdlog::warn("receive: refused a connection from {}: {}", peer, in->hello.error().what());
+    (void)in->stream->send_now(FrameType::kAbort, Abort{in->hello.error().what().substr(0, kMaxReason)});
+    return;
+  }
+  if (in->hello->purpose == HelloPurpose::kMigrate && migrations_closed_) {
+    ++refused_;
+    spdlog::warn("receive: refused a migration from {}: busy with another", peer);
+    (void)in->stream->send_now(FrameType::kAbort, Abort{"this destination is busy with another migration"});
     return;
   }
   std::lock_guard lock(mu_);
+  if (ready_.size() >= o_.max_handshakes) {  // nobody takes them now: the session is busy
+    spdlog::warn("receive: refused a connection from {}: {} others are waiting", peer, ready_.size());
+    ++refused_;
+    return;
+  }
   ready_.push_back(std::move(*in));
   cv_.notify_all();
 }

@@ -107,8 +107,12 @@ Status Session::accept_control() {
     if (!in) return std::unexpected(in.error());
     const Hello& hello = *in->hello;
     if (hello.purpose == HelloPurpose::kResolve) {
-      // Nothing received yet: whatever they ask about is not here.
-      serve_resolver(*in->stream, 0, [] { return SessionOutcome::kUnknown; }, {});
+      // Nothing received yet: whatever they ask about is not here. On a
+      // thread of its own, which owns the stream: a resolver that then says
+      // nothing must not hold up the source.
+      std::thread([s = std::move(in->stream)] {
+        serve_resolver(*s, 0, [] { return SessionOutcome::kUnknown; }, {});
+      }).detach();
       continue;
     }
     if (hello.stream_index != 0) {
@@ -409,6 +413,7 @@ Result<IncomingSession> Session::run() {
   if (auto ok = accept_control(); !ok) return std::unexpected(ok.error());
   if (auto ok = do_precheck(); !ok) return std::unexpected(ok.error());
   if (auto ok = accept_streams(); !ok) return abort_with(ok.error());
+  acceptor_.close_migrations();
   for (std::size_t i = 0; i < streams_.size(); ++i) streams_[i].thread = std::thread([this, i] { stream_main(i); });
   std::optional<VerifyDigest> digest;
   for (;;) {

@@ -2,6 +2,7 @@
 // incoming connection, serving QUERY/ABORT, the ResolveResponder that keeps
 // answering after a successful receive, and query_destination (`ferry
 // resolve`). Also the destination's phase table (incoming.hh).
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <condition_variable>
@@ -11,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "userspace/base/thread_name.hh"
+#include "userspace/base/unique_fd.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/incoming.hh"
 
@@ -53,13 +55,15 @@ namespace {
 // blocked read then ends, and the caller says why.
 class HelloDeadline {
  public:
+  // Holds a duplicate of the socket, so the number it shuts down is never
+  // one the caller's close() freed for another connection.
   HelloDeadline(int fd, std::chrono::milliseconds limit)
-      : thread_([this, fd, limit] {
+      : fd_(::fcntl(fd, F_DUPFD_CLOEXEC, 0)), thread_([this, limit] {
           name_this_thread("hello-deadline");
           std::unique_lock lock(mu_);
           if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
             expired_ = true;
-            ::shutdown(fd, SHUT_RDWR);
+            if (fd_) ::shutdown(fd_.get(), SHUT_RDWR);
           }
         }) {}
   HelloDeadline(const HelloDeadline&) = delete;
@@ -84,6 +88,7 @@ class HelloDeadline {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false, expired_ = false;
+  UniqueFd fd_;
   std::thread thread_;  // last: it uses the members above
 };
 
@@ -101,14 +106,19 @@ Result<Incoming> open_incoming(transport::Connection c, std::string sender_name,
   if (!s) return std::unexpected(s.error());
   Incoming in{std::move(*s), fail("no HELLO")};
   in.hello = [&]() -> Result<Hello> {
-    auto f = in.stream->in().next_frame();
+    // The header first: anything but a HELLO is refused before its payload
+    // is read (a first header may claim a 64 MiB STATE).
+    auto h = in.stream->in().next_header();
+    auto p = h && *h && (*h)->type == FrameType::kHello ? in.stream->in().payload(**h)
+                                                         : Result<std::vector<std::byte>>();
     if (deadline.stop()) {
       return fail("no HELLO within {} ms of connecting (the connection was closed)", hello_deadline.count());
     }
-    if (!f) return std::unexpected(f.error());
-    if (!*f) return fail("the peer closed the connection before HELLO");
-    if ((*f)->type != FrameType::kHello) return fail("expected HELLO, got {}", frame_type_name((*f)->type));
-    return decode_hello((*f)->payload);
+    if (!h) return std::unexpected(h.error());
+    if (!*h) return fail("the peer closed the connection before HELLO");
+    if ((*h)->type != FrameType::kHello) return fail("expected HELLO, got {}", frame_type_name((*h)->type));
+    if (!p) return std::unexpected(p.error());
+    return decode_hello(*p);
   }();
   return in;
 }

@@ -32,11 +32,18 @@ Result<std::optional<FrameHeader>> FrameSource::next_header() {
 }
 
 Result<std::vector<std::byte>> FrameSource::payload(const FrameHeader& h) {
-  std::vector<std::byte> p(h.payload_length);
-  if (!p.empty()) {
-    auto n = r_.read_exact(std::span<std::byte>(p), timeout_);
-    if (!n) return std::unexpected(n.error());
-    if (*n == 0) return fail("{} frame: the peer closed the connection before its payload", frame_type_name(h.type));
+  // Grown 1 MiB at a time as the bytes arrive: a header alone never costs
+  // the size it claims (up to 64 MiB for STATE).
+  constexpr std::uint64_t kChunk = 1 << 20;
+  std::vector<std::byte> p;
+  p.reserve(std::min(h.payload_length, kChunk));
+  while (p.size() < h.payload_length) {
+    const std::size_t old = p.size();
+    const std::size_t n = std::min(h.payload_length - old, kChunk);
+    p.resize(old + n);
+    auto got = r_.read_exact(std::span<std::byte>(p).subspan(old, n), timeout_);
+    if (!got) return std::unexpected(got.error());
+    if (*got == 0) return fail("{} frame: the peer closed the connection before its payload", frame_type_name(h.type));
   }
   const std::uint64_t covered = *crc_covered_length(h.type, h.payload_length);
   const std::uint32_t crc = crc32c(std::span(p).first(covered));
