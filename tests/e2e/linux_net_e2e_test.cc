@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <iterator>
+#include <fstream>
+#include <filesystem>
 #include <chrono>
 #include <mutex>
 #include <thread>
@@ -205,6 +208,25 @@ class LinuxNet : public LinuxGuest {
     }
     return "";
   }
+  // The port (interface name) bridge `br` has learned `mac` on, from its
+  // forwarding database in sysfs (brforward: 16-byte __fdb_entry records);
+  // "" when it has not learned it.
+  static std::string bridge_port_of(const std::string& br, const std::string& mac) {
+    std::ifstream f("/sys/class/net/" + br + "/brforward", std::ios::binary);
+    const std::string raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    for (std::size_t off = 0; off + 16 <= raw.size(); off += 16) {
+      const auto* e = reinterpret_cast<const unsigned char*>(raw.data() + off);
+      if (fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", e[0], e[1], e[2], e[3], e[4], e[5]) != mac) continue;
+      const int port = e[6] | (e[12] << 8);  // port_no, port_hi
+      for (const auto& dir : std::filesystem::directory_iterator("/sys/class/net/" + br + "/brif")) {
+        std::ifstream pn(dir.path() / "port_no");
+        std::string v;
+        pn >> v;
+        if (!v.empty() && std::stoi(v, nullptr, 0) == port) return dir.path().filename();
+      }
+    }
+    return "";
+  }
   static json net_status(const std::string& api) {
     auto st = run_process({FERRY_BIN, "status", "--vm", api, "--json"}, 60s);
     auto j = json::parse(st.out, nullptr, false);
@@ -261,10 +283,11 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
     std::unique_ptr<BackgroundProcess>* to;
     std::vector<std::string> extra;
     double stall_ms = 0, downtime_ms = 0;
+    std::string port;  // the bridge port the guest's MAC is learned on, after the move
   };
   std::vector<Move> moves;
-  moves.push_back({"with the announce", api_a, api_b, log_b, &b, {"--net", "tap=fb5"}});
-  moves.push_back({"without the announce", api_b, api_c, log_c, &c, {"--net", "tap=fc5", "--no-announce"}});
+  moves.push_back({"with the announce", api_a, api_b, log_b, &b, {"--net", "tap=fb5"}, 0, 0, ""});
+  moves.push_back({"without the announce", api_b, api_c, log_c, &c, {"--net", "tap=fc5", "--no-announce"}, 0, 0, ""});
   for (auto& m : moves) {
     SCOPED_TRACE(m.what);
     std::vector<std::string> args = {FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", m.to_api,
@@ -283,6 +306,7 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
     EXPECT_TRUE(rep["verified"].get<bool>()) << rep.dump(2);
     std::this_thread::sleep_for(3s);  // the stream settles on the new host
     m.stall_ms = conn->take_stall_ms();
+    m.port = bridge_port_of(br_, "52:54:00:12:34:05");
     ASSERT_TRUE(conn->error().empty()) << conn->error();
   }
   conn->stop();
@@ -295,6 +319,9 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
               "%.0f ms with the announce (downtime %.1f ms), %.0f ms without (downtime %.1f ms); %zu bytes echoed\n",
               idle_stall, moves[0].stall_ms, moves[0].downtime_ms, moves[1].stall_ms, moves[1].downtime_ms,
               got.size());
+  // The bridge forwards the guest's MAC to the destination's TAP after each move.
+  EXPECT_EQ(moves[0].port, "fb5") << "after the announcing move";
+  EXPECT_EQ(moves[1].port, "fc5") << "after the move without the announce";
   // The announcing destination sent its RARPs; the other did not.
   const auto nets_c = net_status(api_c);
   ASSERT_EQ(nets_c.size(), 1u);
