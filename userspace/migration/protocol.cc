@@ -231,9 +231,7 @@ Result<std::vector<Frame>> FrameReader::feed(std::span<const std::byte> bytes) {
       auto p = parse_header();
       if (!p) return stop(std::move(p.error()));
       pending_ = *p;
-      // At most 1 MiB ahead: a large payload's buffer grows with the bytes
-      // that really arrive, so a header alone never costs its claimed size.
-      payload_.reserve(std::min<std::uint64_t>(p->length, kReserveAhead));
+      payload_.reserve(std::min(p->length, kPayloadStep));  // grows with the bytes that arrive
     }
     const std::size_t n = std::min<std::uint64_t>(bytes.size(), pending_->length - payload_.size());
     payload_.insert(payload_.end(), bytes.begin(), bytes.begin() + n);

@@ -58,6 +58,10 @@ inline constexpr std::size_t kHeaderCrcOffset = 28;  // header_crc covers the by
 // the one of unbounded content, may be this large). Each type has its own,
 // much smaller limit (max_payload), checked from the header alone.
 inline constexpr std::uint64_t kMaxPayload = 64ull << 20;
+// Readers set aside at most this much of a payload ahead of the bytes that
+// have arrived (FrameReader, FrameSource): a header alone never costs the
+// size it claims.
+inline constexpr std::uint64_t kPayloadStep = 1 << 20;
 
 // The PAGES layout, here because the frame layer needs it for the CRC rule.
 using ferry::kPageSize;  // userspace/base/page.hh
@@ -167,7 +171,6 @@ class FrameReader {
   std::array<std::byte, kHeaderSize> header_{};
   std::size_t header_fill_ = 0;
   std::optional<Pending> pending_;  // set once its header is valid
-  static constexpr std::uint64_t kReserveAhead = 1 << 20;
   std::vector<std::byte> payload_;
   std::uint64_t count_ = 0;
   std::optional<Error> failed_;

@@ -32,14 +32,12 @@ Result<std::optional<FrameHeader>> FrameSource::next_header() {
 }
 
 Result<std::vector<std::byte>> FrameSource::payload(const FrameHeader& h) {
-  // Grown 1 MiB at a time as the bytes arrive: a header alone never costs
-  // the size it claims (up to 64 MiB for STATE).
-  constexpr std::uint64_t kChunk = 1 << 20;
+  // Grown kPayloadStep at a time as the bytes arrive (protocol.hh).
   std::vector<std::byte> p;
-  p.reserve(std::min(h.payload_length, kChunk));
+  p.reserve(std::min(h.payload_length, kPayloadStep));
   while (p.size() < h.payload_length) {
     const std::size_t old = p.size();
-    const std::size_t n = std::min(h.payload_length - old, kChunk);
+    const std::size_t n = std::min(h.payload_length - old, kPayloadStep);
     p.resize(old + n);
     auto got = r_.read_exact(std::span<std::byte>(p).subspan(old, n), timeout_);
     if (!got) return std::unexpected(got.error());
