@@ -496,8 +496,8 @@ TEST(MigrationPayload, FieldValuesNoSenderProducesAreRejected) {
             "hello: a resolve hello has stream_index 0 and stream_count 1 (both must be 0)");
   EXPECT_EQ(hello_error({1, 0, 0, "", static_cast<HelloPurpose>(9), 1, 0, 1}), "hello: unknown purpose 9");
   QueryResult bad = sample_query_result();
-  bad.outcome = static_cast<SessionOutcome>(5);
-  EXPECT_EQ(error_of(decode_query_result)(encode(bad)), "query result: unknown outcome 5");
+  bad.outcome = static_cast<SessionOutcome>(6);
+  EXPECT_EQ(error_of(decode_query_result)(encode(bad)), "query result: unknown outcome 6");
 }
 
 TEST(MigrationPayload, PageChecksumIsXxh64OfThePageSeededWithItsIndex) {

@@ -18,10 +18,13 @@
 #include <functional>
 #include <future>
 
+#include "tests/temp_dir.hh"
 #include "tests/unit/migration_session_fakes.hh"
 #include "userspace/migration/acceptor.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/incoming.hh"
+#include "userspace/migration/incoming_control.hh"
+#include "userspace/migration/session_records.hh"
 #include "userspace/migration/source.hh"
 #include "userspace/transport/local.hh"
 
@@ -203,7 +206,11 @@ TEST(MigrationSessions, AnAbortAfterReadyDropsTheDestinationsCopy) {
 }
 
 TEST(MigrationSessions, ALostCommitLeavesBothPausedUntilResolveResumesTheSource) {
+  test::TempDir dir;
+  auto records = SessionRecords::open(dir.path);
+  ASSERT_TRUE(records) << records.error().what();
   Sessions r(Fault{.kind = Fault::kDrop, .type = FrameType::kCommit, .nth = 1});
+  r.receive_adjust = [&](ReceiveOptions& ro) { ro.records = &*records; };
   r.start(/*idle_timeout=*/1s);
   EXPECT_EQ(r.source_end(), Phase::kOutcomeUnknown);
   EXPECT_TRUE(r.relay.fired());
@@ -220,6 +227,8 @@ TEST(MigrationSessions, ALostCommitLeavesBothPausedUntilResolveResumesTheSource)
   auto d = r.ask(/*discard=*/true);
   ASSERT_TRUE(d) << d.error().what();
   EXPECT_EQ(d->outcome, SessionOutcome::kDiscarded);
+  // Recorded before the copy was dropped: a restarted receiver says so too.
+  EXPECT_EQ(**records->find(r.source->status().session), SessionOutcome::kDiscarded);
   ASSERT_TRUE(r.source->resolve(false));
   EXPECT_EQ(r.source->phase(), Phase::kFailed);
   auto got = r.destination_end();
@@ -251,6 +260,108 @@ TEST(MigrationSessions, ALostConfirmationIsResolvedByAskingTheDestination) {
   EXPECT_TRUE(r.source_vm->stopped());
   EXPECT_FALSE(r.host.last().stopped);
   EXPECT_EQ(std::memcmp(r.host.last().ram->host(), r.source_vm->ram().host(), r.source_vm->ram().size()), 0);
+}
+
+// What a resolve connection that skips the QUERY is told when it sends a
+// bare ABORT: "" when the destination answered with anything else.
+std::string bare_abort(Sessions& r) {
+  auto c = r.link.dial({.host = "local", .port = 1}, 1s);
+  if (!c) return "dial: " + c.error().what();
+  MigrationStream::Options so;
+  so.name = "stranger";
+  so.read_timeout = 5s;
+  auto s = MigrationStream::open(std::move(*c), so);
+  if (!s) return "open: " + s.error().what();
+  Hello h;
+  h.host = "stranger";
+  h.purpose = HelloPurpose::kResolve;
+  h.stream_count = 0;
+  if (!(*s)->send_now(FrameType::kHello, h) || !(*s)->send_now(FrameType::kAbort, Abort{"drop it"})) return "send";
+  auto f = (*s)->in().next_frame();
+  if (!f || !*f || (*f)->type != FrameType::kAbort) return "";
+  return decode_abort((*f)->payload).value_or(Abort{}).reason;
+}
+
+bool wait_for_phase(const IncomingControl& c, IncomingPhase p) {
+  for (int i = 0; i < 200 && c.view().phase != p; ++i) std::this_thread::sleep_for(50ms);
+  return c.view().phase == p;
+}
+
+// COMMIT lost, then the source process is gone: nothing can resume its
+// copy. A stranger's bare ABORT changes nothing; the operator commits the
+// held VM forward at the destination (`ferry resolve --source-gone`),
+// recorded before it resumes.
+TEST(MigrationSessions, AHeldVmWhoseSourceIsGoneIsCommittedForwardAndRecorded) {
+  test::TempDir dir;
+  auto records = SessionRecords::open(dir.path);
+  ASSERT_TRUE(records) << records.error().what();
+  IncomingControl control;
+  auto early = control.commit_forward(1s);  // nothing held yet
+  ASSERT_FALSE(early);
+  EXPECT_NE(early.error().what().find("nothing to commit: the incoming migration is listening"), std::string::npos)
+      << early.error().what();
+  Sessions r(Fault{.kind = Fault::kDrop, .type = FrameType::kCommit, .nth = 1});
+  r.receive_adjust = [&](ReceiveOptions& ro) {
+    ro.records = &*records;
+    ro.control = &control;
+  };
+  r.start(/*idle_timeout=*/1s);
+  EXPECT_EQ(r.source_end(), Phase::kOutcomeUnknown);
+  ASSERT_TRUE(wait_for_phase(control, IncomingPhase::kHolding));
+  const std::uint64_t session = r.source->status().session;
+  EXPECT_TRUE(r.source->status().commit_sent) << "COMMIT left the source whole; only the relay dropped it";
+  EXPECT_EQ(control.view().session, session);
+  EXPECT_EQ(bare_abort(r), "ABORT refused: ask about the session (QUERY) first");
+  auto q = r.ask(/*discard=*/false);
+  ASSERT_TRUE(q) << q.error().what();
+  EXPECT_EQ(q->outcome, SessionOutcome::kHolding) << "a stranger's ABORT dropped the only copy";
+  EXPECT_FALSE(records->find(session)->has_value());
+
+  ASSERT_TRUE(control.commit_forward(10s));
+  auto got = r.destination_end();
+  ASSERT_TRUE(got) << got.error().what();
+  EXPECT_TRUE(r.host.last().resumed);
+  EXPECT_EQ(control.view().phase, IncomingPhase::kRunning);
+  EXPECT_EQ(**records->find(session), SessionOutcome::kCommitted);
+  EXPECT_EQ(std::memcmp(r.host.last().ram->host(), r.source_vm->ram().host(), r.source_vm->ram().size()), 0);
+  EXPECT_FALSE(r.source_vm->running()) << "two copies run";
+}
+
+// The destination ran the VM after COMMIT, CONFIRMED was lost, then the
+// destination process ended. A receiver restarted on the same state
+// directory says "committed" (not "unknown", which would resume the
+// source and fork the guest), and the source stops its copy.
+TEST(MigrationSessions, ARestartedReceiverAnswersFromItsRecordSoTheSourceNeverRunsASecondCopy) {
+  test::TempDir dir;
+  auto records = SessionRecords::open(dir.path);
+  ASSERT_TRUE(records) << records.error().what();
+  Sessions r(Fault{.kind = Fault::kDrop, .type = FrameType::kConfirmed, .nth = 1});
+  r.receive_adjust = [&](ReceiveOptions& ro) { ro.records = &*records; };
+  r.start();
+  EXPECT_EQ(r.source_end(), Phase::kOutcomeUnknown);
+  auto got = r.destination_end();
+  ASSERT_TRUE(got) << got.error().what();
+  const std::uint64_t session = got->figures.session;
+  EXPECT_EQ(**records->find(session), SessionOutcome::kCommitted);
+  got->vm.reset();  // the destination process ends, and its VM with it
+
+  auto restarted = SessionRecords::open(dir.path);
+  ASSERT_TRUE(restarted);
+  FakeHost host2;
+  ReceiveOptions ro;
+  ro.records = &*restarted;
+  auto second = std::async(std::launch::async, [&] { return receive_migration(r.link, ro, host2); });
+  auto q = r.ask(/*discard=*/true);
+  ASSERT_TRUE(q) << q.error().what();
+  EXPECT_EQ(q->outcome, SessionOutcome::kCommitted);
+  ASSERT_TRUE(r.source->resolve(true));
+  EXPECT_EQ(r.source->phase(), Phase::kMigrated);
+  EXPECT_TRUE(r.source_vm->stopped());
+  EXPECT_FALSE(r.source_vm->running());
+  r.link.close();
+  ASSERT_EQ(second.wait_for(10s), std::future_status::ready);
+  EXPECT_FALSE(second.get()) << "the restarted receiver got a migration from nowhere";
+  EXPECT_EQ(host2.builds(), 0u);
 }
 
 // Strangers reach the destination's port before the source: garbage, a
@@ -425,7 +536,8 @@ TEST(MigrationSessions, PhaseTablesFollowTheCommitRule) {
   EXPECT_FALSE(phase_transition_allowed(kCancelled, kPrecopy));
   using I = IncomingPhase;
   EXPECT_FALSE(incoming_transition_allowed(I::kReceiving, I::kRunning));
-  EXPECT_FALSE(incoming_transition_allowed(I::kHolding, I::kRunning));
+  // Only the operator, with the source gone, commits a held VM forward.
+  EXPECT_TRUE(incoming_transition_allowed(I::kHolding, I::kRunning));
   EXPECT_FALSE(incoming_transition_allowed(I::kHolding, I::kFailed));
   EXPECT_TRUE(incoming_transition_allowed(I::kReady, I::kRunning));
   EXPECT_TRUE(incoming_transition_allowed(I::kHolding, I::kDiscarded));

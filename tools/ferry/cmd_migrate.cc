@@ -139,12 +139,29 @@ int run_migrate(const MigrateCli& o) {
 
 struct ResolveCli {
   std::string vm, to;
-  bool destination_gone = false, json = false;
+  bool destination_gone = false, source_gone = false, json = false;
 };
+
+// The destination's side: a VM held there after READY whose source is
+// gone for good is committed forward (nothing can resume the source's copy).
+int run_resolve_source_gone(const ResolveCli& o) {
+  auto r = control::call(o.vm, json{{"cmd", "resolve"}, {"source_gone", true}}, std::chrono::seconds(60));
+  if (!r) {
+    fmt::print(stderr, "ferry resolve: {}\n", r.error());
+    return 1;
+  }
+  if (o.json)
+    fmt::print("{}\n", r->dump());
+  else
+    fmt::print("session {} from {}: committed here (the source is gone); the VM runs on this host\n",
+               r->value("session", "?"), r->value("source", "?"));
+  return 0;
+}
 
 // Asks the destination, then tells the source (control::resolve_migration):
 // exactly one side runs.
 int run_resolve(const ResolveCli& o) {
+  if (o.source_gone) return run_resolve_source_gone(o);
   auto r = control::resolve_migration(o.vm, o.to, o.destination_gone);
   if (!r) {
     fmt::print(stderr, "ferry resolve: {}\n", r.error());
@@ -215,12 +232,20 @@ void add_migrate(CLI::App& app, Globals& g) {
   res->footer(
       "Asks the destination what became of the session. If it runs the VM, the source VM is stopped. If it\n"
       "holds it paused (READY sent, COMMIT never arrived), it is told to drop it and the source resumes. If it\n"
-      "knows nothing of it, the source resumes. Never both, never neither: if the destination cannot be\n"
-      "reached nothing changes, unless --destination-gone says it is gone for good.");
-  res->add_option("--vm", r->vm, "the source VM's control socket")->required();
+      "knows nothing of it, or dropped it, the source resumes; if it committed (its state directory's record\n"
+      "says so, even after a restart) the source VM is stopped. Never both, never neither: if the destination\n"
+      "cannot be reached nothing changes, unless --destination-gone says it is gone for good and COMMIT never\n"
+      "left the source. With --source-gone, --vm is the destination's socket: a VM it holds after READY is\n"
+      "committed there (recorded first), for when the source process is gone and cannot resume. See\n"
+      "docs/protocol.md.");
+  res->add_option("--vm", r->vm, "the source VM's control socket (with --source-gone: the destination's)")->required();
   res->add_option("--to", r->to, "ask the destination at ADDR:PORT (default: where the migration went)");
   res->add_flag("--destination-gone", r->destination_gone,
                 "the destination process is known to be dead: resume here if it cannot be reached");
+  auto* sg = res->add_flag("--source-gone", r->source_gone,
+                           "the source process is known to be dead: commit the VM the destination at --vm holds");
+  sg->excludes(res->get_option("--destination-gone"));
+  sg->excludes(res->get_option("--to"));
   res->add_flag("--json", r->json, "print the decision as JSON");
   res->callback([r, &g] { g.rc = run_resolve(*r); });
 }

@@ -25,6 +25,8 @@
 #include "tools/ferry/vm_report.hh"
 #include "kvm/machine.hh"
 #include "userspace/migration/destination.hh"
+#include "userspace/migration/incoming_control.hh"
+#include "userspace/migration/session_records.hh"
 #include "userspace/migration/source.hh"
 #include "userspace/transport/connection.hh"
 
@@ -40,6 +42,13 @@ struct VmProcessOptions {
   bool console = false;
   std::string serial_log;
   bool json = false;
+};
+
+// What a process answers while its VM is still being made (received):
+// the API's requests and the signals that would otherwise wait unread.
+struct WhileMaking {
+  control::ApiServer::Handler handler;
+  std::function<void(int signo)> on_signal;
 };
 
 struct RunOptions : VmProcessOptions {
@@ -154,7 +163,7 @@ int serve_vm(kvm::Machine& m, control::ApiServer& api, UniqueFd& stopped_fd, Uni
 // thread exists (threads inherit the mask), then the VM.
 int run_vm_process(const VmProcessOptions& o,
                    const std::function<Result<std::unique_ptr<kvm::Machine>>(kvm::Serial::Sink, kvm::Machine::Notify)>& make,
-                   const char* verb) {
+                   const char* verb, const WhileMaking* while_making = nullptr) {
   if (auto ok = native_kvm_usable(); !ok) {
     fmt::print(stderr,
                "ferry {}: {}\n  This command needs /dev/kvm. Without it, run it inside the sandbox:\n"
@@ -185,11 +194,29 @@ int run_vm_process(const VmProcessOptions& o,
     return 1;
   }
   const int efd = stopped_fd.get();
+  // Until the VM exists (a receive can take minutes, and hold a VM for an
+  // operator after that), the API answers with while_making's handler and
+  // signals go to its on_signal, on a thread of their own.
+  std::thread early;
+  if (while_making) {
+    api->watch(signal_fd.get(), [&] {
+      signalfd_siginfo si{};
+      if (::read(signal_fd.get(), &si, sizeof si) == sizeof si) while_making->on_signal(static_cast<int>(si.ssi_signo));
+    });
+    early = std::thread([&] { (void)api->serve(while_making->handler); });
+  }
+  auto stop_early = [&] {
+    if (!early.joinable()) return;
+    api->stop();
+    early.join();
+    api->clear_watches();
+  };
   auto m = make([c = *console](std::string_view s) { c->write(s); },
                 [efd] {
                   const std::uint64_t one = 1;
                   [[maybe_unused]] const ssize_t n = ::write(efd, &one, sizeof one);
                 });
+  stop_early();
   if (!m) {
     fmt::print(stderr, "ferry {}: {}\n", verb, m.error());
     return 1;
@@ -340,10 +367,54 @@ void add_restore(CLI::App& app, Globals& g) {
 }  // namespace ferry::cli
 
 namespace ferry::cli {
+namespace {
+
+// The receiving process's API until the VM runs here: status says how far
+// the incoming migration got, and a VM held after READY can be committed
+// forward when its source is gone for good (`ferry resolve --vm SOCKET
+// --source-gone`; the socket is its owner's only, mode 0600). A signal
+// before READY gives the migration up (the source keeps the VM); from
+// READY on it is refused, as COMMIT may be on its way or the only copy is
+// here.
+WhileMaking incoming_api(migration::IncomingControl& control) {
+  WhileMaking w;
+  w.handler = [&control](const std::string& cmd, const json& req) -> Result<json> {
+    const auto v = control.view();
+    const json in = {{"phase", migration::incoming_phase_name(v.phase)},
+                     {"session", fmt::format("{:#018x}", v.session)},
+                     {"source", v.source}};
+    if (cmd == "status") return json{{"state", "incoming"}, {"incoming", in}};
+    if (cmd == "resolve" && req.value("source_gone", false)) {
+      if (auto ok = control.commit_forward(std::chrono::seconds(30)); !ok) return std::unexpected(ok.error());
+      return json{{"resolved", "committed"}, {"session", in["session"]}, {"source", v.source}};
+    }
+    return fail("no VM runs here yet: the incoming migration is {} (status works, and `ferry resolve --vm SOCKET "
+                "--source-gone` while it is holding)",
+                migration::incoming_phase_name(v.phase));
+  };
+  w.on_signal = [&control](int signo) {
+    using P = migration::IncomingPhase;
+    const auto p = control.view().phase;
+    if (p == P::kReady || p == P::kHolding || p == P::kRunning) {
+      spdlog::warn("ignoring signal {}: the incoming migration is {}: ending now could lose the only copy of the VM; "
+                   "settle it with `ferry resolve` first (SIGKILL still works)",
+                   ::strsignal(signo), migration::incoming_phase_name(p));
+      return;
+    }
+    fmt::print(stderr, "ferry receive: {} while the migration was {}: giving it up (the VM keeps running on the source)\n",
+               ::strsignal(signo), migration::incoming_phase_name(p));
+    std::fflush(stderr);
+    std::_Exit(1);
+  };
+  return w;
+}
+
+}  // namespace
 
 void add_receive(CLI::App& app, Globals& g) {
   struct ReceiveCliOptions : VmProcessOptions {
     std::string listen;
+    std::string state_dir = "/var/lib/ferry/sessions";
     std::vector<std::string> nets;
     bool no_announce = false;
   };
@@ -364,8 +435,18 @@ void add_receive(CLI::App& app, Globals& g) {
   cmd->add_flag("--no-announce", opts->no_announce,
                 "once the VM runs here, do not ask the guest to announce itself nor send RARPs from its MACs "
                 "(switches then learn its new port only from its own traffic)");
+  cmd->add_option("--state-dir", opts->state_dir,
+                  "where COMMIT and discarded copies are recorded (fsync'd) before they are acted on; a receiver "
+                  "restarted on the same directory answers `ferry resolve` from these records")
+      ->capture_default_str();
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
+    auto records = migration::SessionRecords::open(opts->state_dir);
+    if (!records) {
+      fmt::print(stderr, "ferry receive: --state-dir: {}\n", records.error());
+      g.rc = 1;
+      return;
+    }
     auto parsed = kvm::net::parse_nets(opts->nets);
     if (!parsed) {
       fmt::print(stderr, "ferry receive: {}\n", parsed.error());
@@ -393,6 +474,8 @@ void add_receive(CLI::App& app, Globals& g) {
     std::fflush(stdout);
     std::unique_ptr<migration::ResolveResponder> responder;
     migration::ReceivedFigures figs;
+    migration::IncomingControl control;
+    const WhileMaking while_receiving = incoming_api(control);
     g.rc = run_vm_process(
         *opts,
         [&](kvm::Serial::Sink console, kvm::Machine::Notify n) -> Result<std::unique_ptr<kvm::Machine>> {
@@ -400,6 +483,8 @@ void add_receive(CLI::App& app, Globals& g) {
           ro.huge_pages = kvm::huge_pages_from_option(opts->huge_pages);
           ro.nets = nets;
           ro.announce = !opts->no_announce;
+          ro.records = &*records;
+          ro.control = &control;
           const bool json_out = opts->json;
           ro.progress = [json_out](const std::string& line) {
             if (!json_out) fmt::print(stderr, "ferry: {}\n", line);
@@ -407,7 +492,7 @@ void add_receive(CLI::App& app, Globals& g) {
           auto r = migration::receive_vm(**listener, ro, console, n);
           if (!r) return std::unexpected(std::move(r.error()).context("migration"));
           figs = r->figures;
-          responder = std::make_unique<migration::ResolveResponder>(**listener, figs.session);
+          responder = std::make_unique<migration::ResolveResponder>(**listener, figs.session, &*records);
           if (json_out)
             fmt::print("{}\n", json{{"event", "received"},
                                     {"session", fmt::format("{:#018x}", figs.session)},
@@ -436,7 +521,7 @@ void add_receive(CLI::App& app, Globals& g) {
                                                    : "");
           return std::move(r->machine);
         },
-        "receive");
+        "receive", &while_receiving);
     responder.reset();
   });
 }

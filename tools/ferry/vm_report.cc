@@ -9,6 +9,11 @@ namespace ferry::cli {
 using nlohmann::json;
 
 std::string status_text(const json& s) {
+  if (s.contains("incoming")) {  // `ferry receive` before its VM runs
+    const auto& in = s["incoming"];
+    return fmt::format("VM incoming: the migration is {}, session {} from {}\n", in.value("phase", "?"),
+                       in.value("session", "?"), in.value("source", "").empty() ? "(not yet)" : in.value("source", ""));
+  }
   const auto huge = s["huge_pages"].get<std::string>();
   std::string out = fmt::format("VM {}: {} vCPUs, {} MiB{}, {}, up {:.1f} s\n", s["state"].get<std::string>(),
                                 s["vcpus"].get<int>(), s["memory_bytes"].get<std::uint64_t>() >> 20,

@@ -192,8 +192,13 @@ Status ApiServer::serve(const Handler& handler) {
     }
     // A stop() from a handler wrote the eventfd; pick it up without waiting.
     pollfd w{wake_fd_.get(), POLLIN, 0};
-    if (::poll(&w, 1, 0) > 0) stopping_ = true;
+    if (::poll(&w, 1, 0) > 0) {
+      std::uint64_t v;
+      [[maybe_unused]] const ssize_t n = ::read(wake_fd_.get(), &v, sizeof v);
+      stopping_ = true;
+    }
   }
+  stopping_ = false;  // served again later, it runs until the next stop()
   return {};
 }
 

@@ -44,8 +44,12 @@ class ApiServer {
   void watch(int fd, std::function<void()> on_ready);
 
   // Serves until stop() is called (by a handler, a watch callback, or any
-  // thread). Responses already being sent are completed first.
+  // thread). Responses already being sent are completed first. May be
+  // called again afterwards, with another handler (a receiving process
+  // answers with one while the VM arrives, with the VM's once it runs).
   Status serve(const Handler& handler);
+  // Forgets every watch(): the next serve() watches only what it is given.
+  void clear_watches() { watched_.clear(); }
   void stop();
 
   const std::string& path() const { return path_; }

@@ -22,15 +22,34 @@ Result<Resolution> resolve_migration(const std::string& vm, const std::string& t
   auto q = migration::query_destination(to, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
   Resolution r;
   if (q) {
-    r.migrated = q->outcome == migration::SessionOutcome::kRunning;
+    using O = migration::SessionOutcome;
     r.why = fmt::format("the destination {} says: {}", to, migration::session_outcome_name(q->outcome));
+    switch (q->outcome) {
+      // It runs the VM, or ran it (on record) after COMMIT: never resume here.
+      case O::kRunning:
+      case O::kCommitted: r.migrated = true; break;
+      // Dropped there, or never got that far: the copy here is the only one.
+      case O::kDiscarded:
+      case O::kUnknown: r.migrated = false; break;
+      case O::kHolding:
+        return fail("{}, and it did not drop its copy when asked. Nothing was changed: the VM stays paused here.",
+                    r.why);
+    }
+  } else if (destination_gone && st->value("commit_sent", true)) {
+    return fail("cannot ask the destination {}: {}\n"
+                "  COMMIT left this host, so the destination may have resumed the VM: resuming it here as well\n"
+                "  could run the guest twice. Nothing was changed. Start `ferry receive --state-dir DIR --listen ...`\n"
+                "  on the destination's host with the state directory it used (its record says whether it\n"
+                "  committed), then run `ferry resolve` again with --to pointing at it.",
+                to, q.error().what());
   } else if (destination_gone) {
-    r.why = fmt::format("the destination {} is unreachable ({}) and --destination-gone says it is gone", to,
-                        q.error().what());
+    r.why = fmt::format("the destination {} is unreachable ({}), --destination-gone says it is gone, and COMMIT "
+                        "never left this host",
+                        to, q.error().what());
   } else {
     return fail("cannot ask the destination {}: {}\n"
-                "  Nothing was changed: the VM stays paused here. If you are sure the destination process is gone\n"
-                "  (it cannot be running the VM), run again with --destination-gone to resume it here.",
+                "  Nothing was changed: the VM stays paused here. If the destination's host is gone for good and\n"
+                "  COMMIT never left this host, --destination-gone resumes it here.",
                 to, q.error().what());
   }
   if (auto told = call(vm, json{{"cmd", "resolve"}, {"migrated", r.migrated}}); !told)

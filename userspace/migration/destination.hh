@@ -7,7 +7,9 @@
 // If the source disappears after READY and before COMMIT, the VM is held
 // paused (it may or may not be running on the source: only an operator can
 // tell) and the listening socket answers resolvers (`ferry resolve`): a
-// QUERY is told "holding", an ABORT discards the VM here.
+// QUERY is told "holding", an ABORT after it discards the VM here. With the
+// source gone for good, the operator commits it forward here instead
+// (IncomingControl). Both are recorded first (ReceiveOptions::records).
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -22,6 +24,9 @@
 #include "userspace/transport/connection.hh"
 
 namespace ferry::migration {
+
+class IncomingControl;
+class SessionRecords;
 
 struct ReceiveOptions {
   kvm::HugePages huge_pages = kvm::HugePages::kOff;
@@ -38,6 +43,13 @@ struct ReceiveOptions {
   std::chrono::milliseconds hello_deadline{kHelloDeadline};
   // Progress lines for the terminal ("receiving round 3: ...").
   std::function<void(const std::string&)> progress;
+  // Where COMMIT and discards are recorded before they are acted on, and
+  // where resolvers' questions about other sessions are answered from
+  // (session_records.hh); null: nothing is recorded.
+  const SessionRecords* records = nullptr;
+  // The process's handle on the session for its API (incoming_control.hh);
+  // null: none.
+  IncomingControl* control = nullptr;
 };
 
 struct ReceivedFigures {
@@ -75,11 +87,12 @@ Result<IncomingSession> receive_migration(transport::Listener& listener, const R
                                           IncomingHost& host);
 
 // After a successful receive: answers resolvers on the listening socket
-// ("running" for our session, "unknown" for any other) and refuses new
+// ("running" for our session, a recorded outcome or "unknown" for any
+// other) and refuses new
 // migrations, until destroyed.
 class ResolveResponder {
  public:
-  ResolveResponder(transport::Listener& listener, std::uint64_t session);
+  ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records = nullptr);
   ~ResolveResponder();
   ResolveResponder(const ResolveResponder&) = delete;
   ResolveResponder& operator=(const ResolveResponder&) = delete;
@@ -87,6 +100,7 @@ class ResolveResponder {
  private:
   transport::Listener& listener_;
   std::uint64_t session_;
+  const SessionRecords* records_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

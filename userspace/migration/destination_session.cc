@@ -16,9 +16,11 @@
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/digest.hh"
 #include "userspace/migration/incoming.hh"
+#include "userspace/migration/incoming_control.hh"
 #include "userspace/migration/page_ledger.hh"
 #include "userspace/migration/page_path.hh"
 #include "userspace/migration/precheck.hh"
+#include "userspace/migration/session_records.hh"
 
 namespace ferry::migration {
 namespace {
@@ -54,6 +56,10 @@ class Session {
   Status finish_and_ready(const State& state, std::optional<VerifyDigest> digest);
   Result<IncomingSession> wait_commit(std::uint64_t last_heartbeat);
   Result<IncomingSession> hold();
+  // COMMIT (or, with the source gone, the operator) decided: recorded,
+  // then the VM resumes here.
+  Status record(SessionOutcome o);
+  Result<IncomingSession> run_here(std::uint64_t last_heartbeat, bool confirm);
   Result<IncomingSession> abort_with(Error e);
   void stop_streams();
   template <class T>
@@ -82,6 +88,7 @@ class Session {
   std::vector<std::uint64_t> written_;  // pages this side wrote data into (bits; one 64-page word per stream)
   ReceivedFigures fig_;
   Clock::time_point t0_;
+  std::uint64_t last_heartbeat_ = 0;  // the source's last beat before the pause (STATE)
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -98,6 +105,7 @@ Status Session::enter(IncomingPhase to) {
   }
   spdlog::debug("receive: {} -> {}", incoming_phase_name(phase_), incoming_phase_name(to));
   phase_ = to;
+  if (o_.control) o_.control->set_phase(to);
   return {};
 }
 
@@ -110,8 +118,8 @@ Status Session::accept_control() {
       // Nothing received yet: whatever they ask about is not here. On a
       // thread of its own, which owns the stream: a resolver that then says
       // nothing must not hold up the source.
-      std::thread([s = std::move(in->stream)] {
-        serve_resolver(*s, 0, [] { return SessionOutcome::kUnknown; }, {});
+      std::thread([s = std::move(in->stream), records = o_.records] {
+        serve_resolver(*s, 0, [records](std::uint64_t token) { return recorded_outcome(records, token); }, {});
       }).detach();
       continue;
     }
@@ -125,6 +133,7 @@ Status Session::accept_control() {
     streams_[0].io = std::move(in->stream);
     fig_.session = hello_.session;
     fig_.source_host = hello_.host;
+    if (o_.control) o_.control->set_session(hello_.session, hello_.host);
     fig_.streams = hello_.stream_count;
     t0_ = Clock::now();
     char host[256] = {};
@@ -343,6 +352,7 @@ Status Session::finish_and_ready(const State& state, std::optional<VerifyDigest>
 }
 
 Result<IncomingSession> Session::wait_commit(std::uint64_t last_heartbeat) {
+  last_heartbeat_ = last_heartbeat;
   auto f = next_control(o_.idle_timeout, /*after_ready=*/true);
   if (!f) {
     spdlog::error("receive: READY sent, then: {}. Holding the VM paused until `ferry resolve` decides", f.error());
@@ -358,6 +368,21 @@ Result<IncomingSession> Session::wait_commit(std::uint64_t last_heartbeat) {
   if (f->type != FrameType::kCommit) return hold();
   auto c = decode_commit(f->payload);
   if (!c || c->token != hello_.session) return hold();
+  // The record first: once the VM has run here, a receiver restarted on the
+  // same state directory must say so. Without it, hold: a resolver decides.
+  if (auto ok = record(SessionOutcome::kCommitted); !ok) {
+    spdlog::error("receive: COMMIT arrived, but it could not be recorded ({}); holding the VM paused", ok.error());
+    return hold();
+  }
+  return run_here(last_heartbeat, /*confirm=*/true);
+}
+
+Status Session::record(SessionOutcome o) {
+  if (!o_.records) return {};
+  return o_.records->write(hello_.session, o, hello_.host);
+}
+
+Result<IncomingSession> Session::run_here(std::uint64_t last_heartbeat, bool confirm) {
   if (auto ok = enter(IncomingPhase::kRunning); !ok) return std::unexpected(ok.error());
   if (auto ok = vm_->resume(); !ok) return std::unexpected(ok.error());
   const std::uint64_t resumed = wall_now_ns();
@@ -367,8 +392,9 @@ Result<IncomingSession> Session::wait_commit(std::uint64_t last_heartbeat) {
   const std::uint64_t first_beat = vm_->first_heartbeat_wall_ns(std::chrono::milliseconds(500));
   if (first_beat && last_heartbeat && first_beat > last_heartbeat)
     fig_.guest_downtime_ms = static_cast<double>(first_beat - last_heartbeat) / 1e6;
-  if (auto ok = reply(FrameType::kConfirmed, Confirmed{hello_.session, resumed, first_beat}); !ok)
-    spdlog::warn("receive: the VM runs here, but CONFIRMED did not reach the source ({}); it will ask", ok.error());
+  if (confirm)
+    if (auto ok = reply(FrameType::kConfirmed, Confirmed{hello_.session, resumed, first_beat}); !ok)
+      spdlog::warn("receive: the VM runs here, but CONFIRMED did not reach the source ({}); it will ask", ok.error());
   stop_streams();
   fig_.refused_connections = acceptor_.refused();
   return IncomingSession{std::move(vm_), fig_};
@@ -380,19 +406,43 @@ Result<IncomingSession> Session::hold() {
   if (auto ok = enter(IncomingPhase::kHolding); !ok) return std::unexpected(ok.error());
   stop_streams();
   for (;;) {
-    auto in = acceptor_.next(std::chrono::milliseconds(0));
+    // The operator may commit forward (the source is gone for good).
+    if (o_.control && o_.control->take_commit_request()) {
+      auto ok = record(SessionOutcome::kCommitted);
+      if (ok) {
+        spdlog::warn("receive: committed forward by the operator (the source is gone); the VM runs here");
+        auto r = run_here(last_heartbeat_, /*confirm=*/false);
+        o_.control->commit_done(r ? Status{} : Status(std::unexpected(r.error())));
+        return r;
+      }
+      o_.control->commit_done(std::unexpected(std::move(ok.error()).context("recording the commit")));
+      continue;
+    }
+    auto in = acceptor_.next(std::chrono::milliseconds(o_.control ? 200 : 0));
+    if (!in && in.error().sys_errno() == ETIMEDOUT) continue;
     if (!in) return std::unexpected(in.error());
     if (in->hello->purpose != HelloPurpose::kResolve) {
       (void)in->stream->send_now(FrameType::kAbort, Abort{"this destination holds a VM and serves only resolvers"});
       continue;
     }
     bool discarded = false;
-    serve_resolver(*in->stream, hello_.session,
-                   [&] { return discarded ? SessionOutcome::kDiscarded : SessionOutcome::kHolding; },
-                   [&] {
-                     discarded = true;
-                     return true;
-                   });
+    serve_resolver(
+        *in->stream, hello_.session,
+        [&](std::uint64_t token) -> Result<SessionOutcome> {
+          if (token != hello_.session) return recorded_outcome(o_.records, token);
+          return discarded ? SessionOutcome::kDiscarded : SessionOutcome::kHolding;
+        },
+        [&] {
+          // Recorded before the copy is dropped: a restarted receiver must
+          // not later say "unknown" while the source runs it.
+          if (auto ok = record(SessionOutcome::kDiscarded); !ok) {
+            spdlog::error("receive: a resolver asked to drop the VM, but that could not be recorded ({}); "
+                          "still holding it", ok.error());
+            return false;
+          }
+          discarded = true;
+          return true;
+        });
     if (discarded) {
       (void)enter(IncomingPhase::kDiscarded);
       (void)vm_->stop("discarded by a resolver: the VM runs on the source");

@@ -29,11 +29,19 @@ struct Incoming {
 Result<Incoming> open_incoming(transport::Connection c, std::string sender_name, std::chrono::milliseconds read_timeout,
                                std::chrono::milliseconds hello_deadline = kHelloDeadline);
 
-// Serves one resolver whose HELLO was read: QUERY, then maybe ABORT.
-// `outcome` says what this process knows; `discard` is called on an ABORT
-// while holding and returns whether the VM was dropped.
-void serve_resolver(MigrationStream& s, std::uint64_t session, const std::function<SessionOutcome()>& outcome,
+// Serves one resolver whose HELLO was read: QUERYs, then maybe ABORT.
+// `outcome(token)` says what this process knows of any session (its own,
+// or one on record); an error (an unreadable record) is answered with
+// ABORT and its reason, never with a guess. `discard` is called on an
+// ABORT while holding `session`, and only on a connection that asked
+// about `session` first; it returns whether the VM was dropped.
+using OutcomeOf = std::function<Result<SessionOutcome>(std::uint64_t token)>;
+void serve_resolver(MigrationStream& s, std::uint64_t session, const OutcomeOf& outcome,
                     const std::function<bool()>& discard);
+class SessionRecords;
+// What this process can say of a session that is not the one it runs or
+// holds: its record's outcome, or unknown.
+Result<SessionOutcome> recorded_outcome(const SessionRecords* records, std::uint64_t token);
 
 // The destination's phases. The VM runs here only in kRunning, which only
 // COMMIT reaches; from kReady a lost source leads to kHolding, which only a

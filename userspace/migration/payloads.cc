@@ -382,6 +382,7 @@ std::string_view session_outcome_name(SessionOutcome o) {
     case SessionOutcome::kHolding: return "holding";
     case SessionOutcome::kUnknown: return "unknown";
     case SessionOutcome::kDiscarded: return "discarded";
+    case SessionOutcome::kCommitted: return "committed";
   }
   return "?";
 }
@@ -398,7 +399,7 @@ Result<QueryResult> decode_query_result(std::span<const std::byte> payload) {
   return decode_as<QueryResult>(payload, "query result", [](ByteReader& r, QueryResult& m) -> Status {
     std::uint8_t outcome = 0;
     if (auto s = r.get(m.token, outcome); !s) return s;
-    if (outcome < 1 || outcome > 4) return fail("unknown outcome {}", outcome);
+    if (outcome < 1 || outcome > 5) return fail("unknown outcome {}", outcome);
     m.outcome = static_cast<SessionOutcome>(outcome);
     auto detail = get_string(r, "detail", kMaxReason);
     if (!detail) return std::unexpected(detail.error());

@@ -179,6 +179,10 @@ enum class SessionOutcome : std::uint8_t {
   kHolding = 2,    // READY sent, no COMMIT: paused here, waiting for a decision
   kUnknown = 3,    // no such session (or it failed before READY): nothing runs here
   kDiscarded = 4,  // the resolver's ABORT was applied: the VM was dropped here
+  // On record (session_records.hh): COMMIT was applied here and the VM
+  // resumed, and the process that ran it has since ended. The source must
+  // not resume: the guest ran on past the source's copy.
+  kCommitted = 5,
 };
 std::string_view session_outcome_name(SessionOutcome o);
 struct QueryResult {

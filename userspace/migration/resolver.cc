@@ -15,6 +15,7 @@
 #include "userspace/base/unique_fd.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/incoming.hh"
+#include "userspace/migration/session_records.hh"
 
 namespace ferry::migration {
 
@@ -41,7 +42,9 @@ bool incoming_transition_allowed(IncomingPhase from, IncomingPhase to) {
     // After READY the source decides: COMMIT runs the VM here, ABORT drops
     // it; silence (or anything else) holds it for a resolver.
     case kReady: return to == kRunning || to == kHolding || to == kFailed;
-    case kHolding: return to == kDiscarded;
+    // A resolver's ABORT drops it; the operator, with the source gone for
+    // good, commits it forward.
+    case kHolding: return to == kDiscarded || to == kRunning;
     case kRunning:
     case kFailed:
     case kDiscarded: return false;
@@ -123,20 +126,36 @@ Result<Incoming> open_incoming(transport::Connection c, std::string sender_name,
   return in;
 }
 
-void serve_resolver(MigrationStream& s, std::uint64_t session, const std::function<SessionOutcome()>& outcome,
+void serve_resolver(MigrationStream& s, std::uint64_t session, const OutcomeOf& outcome,
                     const std::function<bool()>& discard) {
+  bool asked_ours = false;
   for (;;) {
     auto f = s.in().next_frame();
     if (!f || !*f) return;
     if ((*f)->type == FrameType::kQuery) {
       auto q = decode_query((*f)->payload);
       if (!q) return;
-      const SessionOutcome o = q->token == session ? outcome() : SessionOutcome::kUnknown;
-      (void)s.send_now(FrameType::kQueryResult, QueryResult{q->token, o, std::string(session_outcome_name(o))});
+      auto o = outcome(q->token);
+      if (!o) {
+        spdlog::error("resolve: session {:#x}: {}", q->token, o.error());
+        (void)s.send_now(FrameType::kAbort, Abort{o.error().what().substr(0, kMaxReason)});
+        return;
+      }
+      asked_ours = asked_ours || (session != 0 && q->token == session);
+      (void)s.send_now(FrameType::kQueryResult, QueryResult{q->token, *o, std::string(session_outcome_name(*o))});
     } else if ((*f)->type == FrameType::kAbort) {
-      const bool dropped = outcome() == SessionOutcome::kHolding && discard && discard();
-      const SessionOutcome o = dropped ? SessionOutcome::kDiscarded : outcome();
-      (void)s.send_now(FrameType::kQueryResult, QueryResult{session, o, std::string(session_outcome_name(o))});
+      // Only a resolver that asked about this very session may drop it:
+      // a bare ABORT from anyone who reached the port changes nothing.
+      if (!asked_ours) {
+        spdlog::warn("resolve: refused an ABORT that did not follow a QUERY for session {:#x}", session);
+        (void)s.send_now(FrameType::kAbort, Abort{"ABORT refused: ask about the session (QUERY) first"});
+        return;
+      }
+      auto now = outcome(session);
+      const bool dropped = now && *now == SessionOutcome::kHolding && discard && discard();
+      auto after = dropped ? Result<SessionOutcome>(SessionOutcome::kDiscarded) : outcome(session);
+      if (!after) return;
+      (void)s.send_now(FrameType::kQueryResult, QueryResult{session, *after, std::string(session_outcome_name(*after))});
       return;
     } else {
       return;
@@ -144,8 +163,15 @@ void serve_resolver(MigrationStream& s, std::uint64_t session, const std::functi
   }
 }
 
-ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t session)
-    : listener_(listener), session_(session) {
+Result<SessionOutcome> recorded_outcome(const SessionRecords* records, std::uint64_t token) {
+  if (!records) return SessionOutcome::kUnknown;
+  auto r = records->find(token);
+  if (!r) return std::unexpected(r.error());
+  return r->value_or(SessionOutcome::kUnknown);
+}
+
+ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records)
+    : listener_(listener), session_(session), records_(records) {
   thread_ = std::thread([this] {
     name_this_thread("mig-resolve");
     while (!stop_.load()) {
@@ -157,7 +183,12 @@ ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t 
         (void)in->stream->send_now(FrameType::kAbort, Abort{"this destination already received its VM"});
         continue;
       }
-      serve_resolver(*in->stream, session_, [] { return SessionOutcome::kRunning; }, {});
+      serve_resolver(
+          *in->stream, session_,
+          [this](std::uint64_t token) -> Result<SessionOutcome> {
+            return token == session_ ? SessionOutcome::kRunning : recorded_outcome(records_, token);
+          },
+          {});
     }
   });
 }

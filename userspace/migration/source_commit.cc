@@ -78,6 +78,7 @@ Status SourceMigration::Impl::switchover_and_commit(Precopy& pre) {
   // The point of no return: from here on the source never resumes by itself.
   const auto t_commit = Clock::now();
   auto commit_sent = control.send_now(FrameType::kCommit, Commit{session});
+  if (commit_sent) ctx.update([](MigrationStatus& s) { s.commit_sent = true; });
   // Cancelling is over: wait with a flag that nothing sets.
   static const std::atomic<bool> never{false};
   auto confirmed =

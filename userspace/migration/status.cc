@@ -57,6 +57,7 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
           {"error", s.error},
           {"to", s.to},
           {"session", fmt::format("{:#018x}", s.session)},
+          {"commit_sent", s.commit_sent},
           {"streams", s.streams},
           {"dirty_backend", s.dirty_backend},
           {"memory_bytes", s.memory_bytes},
@@ -126,6 +127,7 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
   s.phase = parse_phase(j.value("phase", std::string()));
   s.error = j.value("error", "");
   s.to = j.value("to", "");
+  s.commit_sent = j.value("commit_sent", false);
   s.streams = j.value("streams", 1u);
   s.dirty_backend = j.value("dirty_backend", "");
   s.memory_bytes = j.value("memory_bytes", std::uint64_t{0});

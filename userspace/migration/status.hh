@@ -65,6 +65,13 @@ struct MigrationStatus {
   std::string error;  // why it failed / was cancelled / is unknown
   std::string to;
   std::uint64_t session = 0;
+  // COMMIT left in full (every byte handed to the kernel): from then on the
+  // destination may have resumed the VM, so the source never resumes it
+  // without the destination's word. A COMMIT whose send failed never
+  // reached the destination whole, and a partial frame is never applied.
+  // Kept in memory only: the source's copy of the VM lives in this process
+  // and dies with it, so the record lasts exactly as long as that copy.
+  bool commit_sent = false;
   std::uint32_t streams = 1;
   std::string dirty_backend;
   std::uint64_t memory_bytes = 0;
