@@ -46,12 +46,15 @@ struct Receiver {
   std::string api, listen;
 };
 
-Receiver start_receiver(const TempDir& dir, const std::string& name) {
+// Its records go to `state_dir` (default: a directory of its own in `dir`).
+Receiver start_receiver(const TempDir& dir, const std::string& name, std::string state_dir = "",
+                        const std::string& listen = "127.0.0.1:0") {
   Receiver r;
   r.api = dir.path + "/" + name + ".sock";
+  if (state_dir.empty()) state_dir = dir.path + "/" + name + "-state";
   r.p = std::make_unique<BackgroundProcess>(std::vector<std::string>{
-      FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", r.api, "--json", "--serial-log",
-      dir.path + "/" + name + "-serial.log"});
+      FERRY_BIN, "receive", "--listen", listen, "--api", r.api, "--json", "--serial-log",
+      dir.path + "/" + name + "-serial.log", "--state-dir", state_dir});
   auto ev = wait_output(*r.p, [](const std::string& out) -> std::optional<std::string> {
     auto j = find_event(out, "listening");
     if (j.is_null()) return std::nullopt;
@@ -363,6 +366,84 @@ TEST(Migration, AnUnconfirmedCommitWaitsForResolveAndExactlyOneSideRuns) {
     EXPECT_EQ(d2["totals"]["failures"], 0);
     ctl({"quit", "--vm", dst.api});
     EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+  }
+}
+
+// The fault sequences that used to lose the VM or run it twice, each with
+// real processes. (1) COMMIT lost, then the source process killed: the
+// destination holds the only copy; its API answers while it holds, SIGTERM
+// does not end it, and `ferry resolve --source-gone` on its socket commits
+// it forward. (2) CONFIRMED lost, then the destination process killed:
+// --destination-gone is refused (COMMIT left the source), and a receiver
+// restarted on the same state directory says "committed", so the source
+// stops instead of running a second copy of a guest that ran on.
+TEST(Migration, FaultSequencesNeverLoseTheVmNorRunItTwice) {
+  TempDir dir;
+  {
+    const std::string api = dir.path + "/src1.sock";
+    auto src = std::make_unique<BackgroundProcess>(source_argv(dir, api));
+    ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
+        << src->output();
+    auto dst = start_receiver(dir, "held");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "cut-at-frame:COMMIT");
+    ASSERT_FALSE(to.empty());
+    auto r = migrate(api, to);
+    EXPECT_EQ(r.exit_code, 3) << r.describe();
+    auto held = wait_status(dst.api, [](const json& j) { return j["incoming"]["phase"] == "holding"; }, 120s);
+    ASSERT_EQ(held["incoming"]["phase"], "holding") << held.dump() << dst.p->output();
+    EXPECT_EQ(held["state"], "incoming");
+    src->signal(SIGKILL);  // the source's host dies: its copy is gone
+    (void)src->wait(30s);
+    dst.p->signal(SIGTERM);  // an operator's SIGTERM must not drop the only copy
+    std::this_thread::sleep_for(1s);
+    ASSERT_TRUE(dst.p->running()) << dst.p->output();
+    EXPECT_NE(dst.p->output().find("ignoring signal"), std::string::npos) << dst.p->output();
+    auto res = run_process({FERRY_BIN, "resolve", "--vm", dst.api, "--source-gone", "--json"}, 120s);
+    ASSERT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_EQ(json::parse(res.out)["resolved"], "committed") << res.out;
+    auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+    ASSERT_EQ(d["state"], "running") << d.dump() << dst.p->output();
+    auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
+    EXPECT_GE(verified(d2), verified(d) + 100) << "the guest stopped verifying after the commit";
+    EXPECT_EQ(d2["totals"]["failures"], 0);
+    EXPECT_TRUE(std::filesystem::exists(dir.path + "/held-state")) << "no record of the commit";
+    ctl({"quit", "--vm", dst.api});
+    EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+  }
+  {
+    const std::string api = dir.path + "/src2.sock";
+    BackgroundProcess src(source_argv(dir, api));
+    ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
+        << src.output();
+    const std::string state = dir.path + "/dst-state";
+    auto dst = start_receiver(dir, "dst", state);
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "drop-from-dest-after:CONFIRMED");
+    ASSERT_FALSE(to.empty());
+    auto r = migrate(api, to);
+    EXPECT_EQ(r.exit_code, 3) << r.describe();
+    auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+    ASSERT_EQ(d["state"], "running") << dst.p->output();
+    dst.p->signal(SIGKILL);  // the destination's host dies after running the guest
+    (void)dst.p->wait(30s);
+    auto gone = run_process({FERRY_BIN, "resolve", "--vm", api, "--to", dst.listen, "--destination-gone"}, 120s);
+    EXPECT_EQ(gone.exit_code, 1) << gone.describe();
+    EXPECT_NE(gone.err.find("could run the guest twice"), std::string::npos) << gone.describe();
+    EXPECT_EQ(status(api)["state"], "paused") << "--destination-gone resumed a VM the destination may have run";
+    // The receiver restarted on the same state directory and port.
+    auto again = start_receiver(dir, "dst-again", state, dst.listen);
+    ASSERT_FALSE(again.listen.empty()) << again.p->output();
+    auto res = run_process({FERRY_BIN, "resolve", "--vm", api, "--to", dst.listen, "--json"}, 120s);
+    ASSERT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_EQ(json::parse(res.out)["resolved"], "migrated") << res.out;
+    EXPECT_NE(json::parse(res.out)["why"].get<std::string>().find("committed"), std::string::npos) << res.out;
+    auto src_end = src.wait(60s);
+    EXPECT_EQ(src_end.exit_code, 0) << "the source must stop, never resume\n" << src_end.describe();
+    again.p->signal(SIGTERM);  // before any migration reached it: it just ends
+    EXPECT_EQ(again.p->wait(60s).exit_code, 1);
   }
 }
 

@@ -36,6 +36,9 @@ class BackgroundProcess {
   // Waits for exit (SIGKILL after `timeout`) and returns status and output.
   ProcessResult wait(std::chrono::seconds timeout);
   std::string output() const;  // stdout + stderr so far, for messages
+  void signal(int sig) const {  // SIGKILL: a host that dies; SIGTERM: an operator
+    if (child_) child_->signal(sig);
+  }
 
  private:
   std::optional<harness::Child> child_;
