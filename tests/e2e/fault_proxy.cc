@@ -108,6 +108,9 @@ in the source->destination direction. The destination sends HELLO, ABORT and
                               the entry if absent; FN and INDEX take 0x hex
   extra-device:KIND:ID        in PRECHECK, add a device (KIND, ID, no config)
                               to the source VM's device list
+  delay-at-frame:TYPE:MS      hold the first TYPE frame MS milliseconds before
+                              forwarding it (and what follows it on its
+                              connection and direction)
   drop-from-dest-after:TYPE   when the destination starts a TYPE frame (one
                               that it sends), forward neither it nor anything
                               after it in either direction; shut down the
@@ -170,6 +173,7 @@ enum class Kind {
   kCpuidBit,
   kExtraDevice,
   kDropFromDestAfter,
+  kDelayAtFrame,
 };
 
 struct Fault {
@@ -178,6 +182,7 @@ struct Fault {
   std::uint64_t bytes = 0;        // cut-after-bytes
   FrameType type = FrameType::kInvalid;  // cut-at-frame, corrupt-frame, drop-from-dest-after
   std::uint64_t nth = 1;          // cut-at-frame, corrupt-page (from 1)
+  std::uint64_t delay_ms = 0;     // delay-at-frame
   std::uint16_t major = 0, minor = 0;
   std::uint32_t function = 0, index = 0;
   std::string reg;  // eax, ebx, ecx, edx
@@ -194,7 +199,8 @@ struct Fault {
       case Kind::kCpuidBit:
       case Kind::kExtraDevice: return upstream;
       case Kind::kCutAtFrame:
-      case Kind::kCorruptFrame: return upstream != destination_only(type);
+      case Kind::kCorruptFrame:
+      case Kind::kDelayAtFrame: return upstream != destination_only(type);
       case Kind::kDropFromDestAfter: return !upstream;
     }
     return false;
@@ -289,6 +295,15 @@ Result<Fault> parse_fault(std::string_view text) {
                     mig::frame_type_name(f.type), type_names(true));
       }
     }
+  } else if (name == "delay-at-frame") {
+    if (auto s = want(2, 2, "delay-at-frame:TYPE:MS"); !s) return std::unexpected(s.error());
+    auto t = parse_type(parts[1]);
+    if (!t) return context(t.error());
+    auto ms = parse_number(parts[2], "MS", 600000);
+    if (!ms) return context(ms.error());
+    f.kind = Kind::kDelayAtFrame;
+    f.type = *t;
+    f.delay_ms = *ms;
   } else if (name == "corrupt-page") {
     if (auto s = want(1, 1, "corrupt-page:K"); !s) return std::unexpected(s.error());
     auto k = parse_number(parts[1], "K", UINT64_MAX);
@@ -586,6 +601,14 @@ class FrameEditor {
         if (type == FrameType::kPrecheck && length_ <= mig::kMaxPayload) {
           action_ = Action::kBuffer;
           frame_.assign(h.begin(), h.end());
+        }
+        break;
+      case Kind::kDelayAtFrame:
+        if (type == fault_.type && nth_ == 1 && s_.claim()) {
+          // Holds this direction of this connection back: nothing behind
+          // the frame overtakes it.
+          log("injected delay-at-frame in {}: holding it {} ms", where(), fault_.delay_ms);
+          std::this_thread::sleep_for(std::chrono::milliseconds(fault_.delay_ms));
         }
         break;
       case Kind::kDropFromDestAfter:

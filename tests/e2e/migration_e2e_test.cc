@@ -447,6 +447,76 @@ TEST(Migration, FaultSequencesNeverLoseTheVmNorRunItTwice) {
   }
 }
 
+// A quit or SIGTERM that races the switchover never ends the source while
+// COMMIT may be on its way. (1) READY held back: the quit comes before
+// COMMIT; the migration is cancelled first (the destination drops its copy
+// on ABORT), the source resumes, then quits. (2) CONFIRMED held back: COMMIT
+// has left; quit is refused, SIGTERM ignored, and the migration completes:
+// the one VM runs at the destination and keeps verifying.
+TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
+  TempDir dir;
+  auto in_phase = [](const std::string& api, const std::string& phase) {
+    return wait_status(api, [&](const json& j) { return j.contains("migration") && j["migration"]["phase"] == phase; },
+                       300s);
+  };
+  {
+    const std::string api = dir.path + "/src1.sock";
+    BackgroundProcess src(source_argv(dir, api));
+    ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
+        << src.output();
+    auto dst = start_receiver(dir, "d1");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "delay-at-frame:READY:5000");
+    ASSERT_FALSE(to.empty());
+    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"});
+    auto sw = in_phase(api, "switchover");
+    ASSERT_EQ(sw["migration"]["phase"], "switchover") << sw.dump() << mig.output();
+    auto q = run_process({FERRY_BIN, "quit", "--vm", api, "--json"}, 60s);
+    ASSERT_EQ(q.exit_code, 0) << q.describe();
+    EXPECT_EQ(json::parse(q.out)["after"], "the migration settles") << q.out;
+    auto m = mig.wait(120s);
+    EXPECT_EQ(m.exit_code, 1) << m.describe();
+    auto s = src.wait(120s);
+    EXPECT_EQ(s.exit_code, 0) << s.describe();
+    // Cancelled by the quit, and only then stopped (the reason comes from the
+    // migration's own log line).
+    EXPECT_NE((s.out + s.err).find("the VM is quitting (quit through the API)"), std::string::npos) << s.describe();
+    EXPECT_EQ(find_event(s.out, "stopped")["ok"], true) << s.out;
+    auto d = dst.p->wait(120s);
+    EXPECT_EQ(d.exit_code, 1) << "the destination kept a copy of a cancelled migration\n" << d.describe();
+  }
+  {
+    const std::string api = dir.path + "/src2.sock";
+    BackgroundProcess src(source_argv(dir, api));
+    ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
+        << src.output();
+    auto dst = start_receiver(dir, "d2");
+    ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+    std::unique_ptr<BackgroundProcess> proxy;
+    const auto to = start_proxy(proxy, dst.listen, "delay-at-frame:CONFIRMED:5000");
+    ASSERT_FALSE(to.empty());
+    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"});
+    auto c = in_phase(api, "committing");
+    ASSERT_EQ(c["migration"]["phase"], "committing") << c.dump() << mig.output();
+    auto q = run_process({FERRY_BIN, "quit", "--vm", api}, 60s);
+    EXPECT_EQ(q.exit_code, 1) << "quit after COMMIT left must be refused\n" << q.describe();
+    src.signal(SIGTERM);
+    auto m = mig.wait(120s);
+    EXPECT_EQ(m.exit_code, 0) << m.describe();
+    EXPECT_EQ(last_event(m.out)["phase"], "migrated") << m.out;
+    auto s = src.wait(120s);
+    EXPECT_EQ(s.exit_code, 0) << s.describe();
+    auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+    ASSERT_EQ(d["state"], "running") << dst.p->output();
+    auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
+    EXPECT_GE(verified(d2), verified(d) + 100);
+    EXPECT_EQ(d2["totals"]["failures"], 0);
+    ctl({"quit", "--vm", dst.api});
+    EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+  }
+}
+
 // Dirtying above the link's capacity: the guest rewrites its working set as
 // fast as its vCPU can, and the link is capped at half the rate it was
 // measured to dirty at (at most 16 MiB/s), with a working set at least four

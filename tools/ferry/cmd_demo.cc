@@ -173,7 +173,8 @@ Result<json> MigrationRig::wait_source(const std::function<bool(const json&)>& d
 }
 
 Result<std::string> MigrationRig::start_destination() {
-  auto c = FerryChild::start({"receive", "--listen", "127.0.0.1:0", "--api", dst_api_, "--json"},
+  auto c = FerryChild::start({"receive", "--listen", "127.0.0.1:0", "--api", dst_api_, "--json", "--state-dir",
+                              dir_ + "/destination-state"},
                              dir_ + "/destination.out", dir_ + "/destination.err");
   if (!c) return std::unexpected(c.error());
   dst_ = std::move(*c);

@@ -369,6 +369,15 @@ void add_restore(CLI::App& app, Globals& g) {
 namespace ferry::cli {
 namespace {
 
+// Where `ferry receive` keeps its session records unless told: the
+// system's state directory for root, the user's own otherwise.
+std::string default_state_dir() {
+  if (::geteuid() == 0) return "/var/lib/ferry/sessions";
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return std::string(x) + "/ferry/sessions";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/ferry/sessions";
+  return "/var/lib/ferry/sessions";
+}
+
 // The receiving process's API until the VM runs here: status says how far
 // the incoming migration got, and a VM held after READY can be committed
 // forward when its source is gone for good (`ferry resolve --vm SOCKET
@@ -414,7 +423,7 @@ WhileMaking incoming_api(migration::IncomingControl& control) {
 void add_receive(CLI::App& app, Globals& g) {
   struct ReceiveCliOptions : VmProcessOptions {
     std::string listen;
-    std::string state_dir = "/var/lib/ferry/sessions";
+    std::string state_dir = default_state_dir();
     std::vector<std::string> nets;
     bool no_announce = false;
   };
@@ -437,8 +446,9 @@ void add_receive(CLI::App& app, Globals& g) {
                 "(switches then learn its new port only from its own traffic)");
   cmd->add_option("--state-dir", opts->state_dir,
                   "where COMMIT and discarded copies are recorded (fsync'd) before they are acted on; a receiver "
-                  "restarted on the same directory answers `ferry resolve` from these records")
-      ->capture_default_str();
+                  "restarted on the same directory answers `ferry resolve` from these records (default: "
+                  "/var/lib/ferry/sessions for root, else $XDG_STATE_HOME/ferry/sessions or "
+                  "~/.local/state/ferry/sessions)");
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
     auto records = migration::SessionRecords::open(opts->state_dir);

@@ -62,6 +62,18 @@ void VmService::end_now() {
 // ends once a client fetched the final report, or after a grace period.
 void VmService::on_migration_phase() {
   drain(mig_fd_.get());
+  if (mig_ && !quit_pending_.empty() && migration::phase_final(mig_->phase())) {
+    if (mig_->phase() == migration::Phase::kOutcomeUnknown) {
+      spdlog::warn("not quitting ({}): the migration's outcome is unknown and this may be the only copy of the VM; "
+                   "run `ferry resolve`, then quit again",
+                   quit_pending_);
+      quit_pending_.clear();
+    } else if (mig_->phase() != migration::Phase::kMigrated) {
+      quit_reason_ = std::exchange(quit_pending_, {});
+      api_.stop();
+      return;
+    }
+  }
   if (!mig_ || mig_->phase() != migration::Phase::kMigrated || migrated_) return;
   migrated_ = true;
   quit_reason_ = fmt::format("migrated to {}", mig_->status().to);
@@ -159,15 +171,27 @@ Result<json> VmService::execute(const Request& request) {
           return json{{"gpa", r.gpa}, {"bytes", r.bytes.size()}};
         } else {
           static_assert(std::is_same_v<R, QuitRequest>);
-          if (outcome_unknown() || (mig_ && mig_->phase() == migration::Phase::kCommitting))
-            return fail("quit: the migration's outcome is unknown: this may be the only copy of the VM. "
-                        "Run `ferry resolve --vm SOCKET` first");
-          quit_reason_ = "quit through the API";
-          api_.stop();
-          return json{{"state", "stopping"}};
+          return quit("quit through the API");
         }
       },
       request);
+}
+
+Result<json> VmService::quit(std::string reason) {
+  if (outcome_unknown() || (mig_ && mig_->phase() == migration::Phase::kCommitting))
+    return fail("quit: the migration's outcome is unknown: this may be the only copy of the VM. "
+                "Run `ferry resolve --vm SOCKET` first");
+  if (migration_active()) {
+    // Racing the switchover: the migration may send COMMIT before the
+    // cancel reaches it. Ending now would drop the VM here while the
+    // destination may lack COMMIT; wait for the outcome instead.
+    quit_pending_ = std::move(reason);
+    mig_->cancel(fmt::format("the VM is quitting ({})", quit_pending_));
+    return json{{"state", "stopping"}, {"after", "the migration settles"}};
+  }
+  quit_reason_ = std::move(reason);
+  api_.stop();
+  return json{{"state", "stopping"}};
 }
 
 VmService::Outcome VmService::serve() {
@@ -179,15 +203,11 @@ VmService::Outcome VmService::serve() {
   api_.watch(signal_fd_, [this] {
     signalfd_siginfo si{};
     [[maybe_unused]] const ssize_t n = ::read(signal_fd_, &si, sizeof si);
-    if (outcome_unknown() || (mig_ && mig_->phase() == migration::Phase::kCommitting)) {
-      // Ending now could drop the only copy of the VM (a destination that
-      // never got COMMIT can only discard its own).
+    // Ending with the outcome unknown could drop the only copy of the VM (a
+    // destination that never got COMMIT can only discard its own).
+    if (auto q = quit(fmt::format("signal {}", ::strsignal(static_cast<int>(si.ssi_signo)))); !q)
       spdlog::warn("ignoring signal {}: a migration's outcome is unknown; run `ferry resolve` (SIGKILL still works)",
                    ::strsignal(static_cast<int>(si.ssi_signo)));
-      return;
-    }
-    quit_reason_ = fmt::format("signal {}", ::strsignal(static_cast<int>(si.ssi_signo)));
-    api_.stop();
   });
   Outcome out;
   out.served = api_.serve([this](const std::string& cmd, const json& req) -> Result<json> {

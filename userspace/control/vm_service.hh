@@ -67,6 +67,12 @@ class VmService {
   std::unique_ptr<migration::SourceMigration> mig_;
   bool migrated_ = false;
   std::string quit_reason_;
+  // A quit or signal that came while a migration ran: the migration is
+  // cancelled and the process ends once it settles, never before (it may
+  // already have sent COMMIT). Empty: none pending.
+  std::string quit_pending_;
+  // Quit now, or (during a migration) once it settles; the API's answer.
+  Result<nlohmann::json> quit(std::string reason);
   // A migrated VM's process ends when its final report was fetched, or
   // after kExitAfterMigration: the timer thread stops the API then.
   std::mutex exit_mu_;
