@@ -7,11 +7,17 @@
 // source paused until `ferry resolve` asks the destination.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <numeric>
 #include <thread>
@@ -22,6 +28,9 @@
 #include "tests/e2e/process.hh"
 #include "tests/e2e/vm_client.hh"
 #include "tests/temp_dir.hh"
+#include "userspace/base/crc32c.hh"
+#include "userspace/base/unique_fd.hh"
+#include "userspace/migration/protocol.hh"
 
 namespace ferry::test {
 namespace {
@@ -515,6 +524,104 @@ TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
     ctl({"quit", "--vm", dst.api});
     EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
   }
+}
+
+// A TCP connection to HOST:PORT (IPv4), or an invalid fd.
+UniqueFd dial_tcp(const std::string& hostport) {
+  const auto colon = hostport.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(std::stoi(hostport.substr(colon + 1))));
+  ::inet_pton(AF_INET, hostport.substr(0, colon).c_str(), &a.sin_addr);
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
+  return fd;
+}
+
+std::uint64_t rss_kib(int pid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("VmRSS:")) return std::stoull(line.substr(6));
+  return 0;
+}
+
+// A 32-byte header with valid CRCs that claims a 64 MiB payload, as type
+// `t` (the header CRC recomputed after the type is patched in).
+std::vector<std::byte> claim_64mib(migration::FrameType t) {
+  auto h = migration::encode_header(migration::FrameType::kState, 0, migration::kMaxPayload, 0);
+  const auto type = static_cast<std::uint16_t>(t);
+  h[8] = static_cast<std::byte>(type & 0xff);
+  h[9] = static_cast<std::byte>(type >> 8);
+  const std::uint32_t crc = crc32c(std::span<const std::byte>(h).first(migration::kHeaderCrcOffset));
+  for (int i = 0; i < 4; ++i) h[migration::kHeaderCrcOffset + i] = static_cast<std::byte>(crc >> (8 * i));
+  return {h.begin(), h.end()};
+}
+
+// Strangers on the destination's port, before and during a real migration:
+// a port scan, garbage, a wrong version, headers that claim 64 MiB (as the
+// first frame and as HELLO), a silent peer and a trickling one. None costs
+// the receiver memory (its RSS, read from /proc, barely moves), none is
+// built a VM, and the migration they surround completes.
+TEST(Migration, StrangersOnThePortCostOnlyTheirConnectionsDuringARealMigration) {
+  TempDir dir;
+  const std::string api = dir.path + "/src.sock";
+  BackgroundProcess src(source_argv(dir, api));
+  ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u) << src.output();
+  auto dst = start_receiver(dir, "dst");
+  ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
+  const int pid = find_event(dst.p->output(), "listening")["pid"].get<int>();
+  const std::uint64_t rss0 = rss_kib(pid);
+  ASSERT_GT(rss0, 0u);
+  std::vector<UniqueFd> held;
+  auto send_bytes = [&](std::span<const std::byte> b) {
+    auto fd = dial_tcp(dst.listen);
+    ASSERT_TRUE(fd) << "connect to " << dst.listen;
+    EXPECT_EQ(::send(fd.get(), b.data(), b.size(), MSG_NOSIGNAL), static_cast<ssize_t>(b.size()));
+    held.push_back(std::move(fd));  // kept open: the receiver must close them, not us
+  };
+  for (int i = 0; i < 8; ++i) {
+    (void)dial_tcp(dst.listen);  // a port scan: connect, close
+    send_bytes(claim_64mib(migration::FrameType::kState));
+    send_bytes(claim_64mib(migration::FrameType::kHello));
+  }
+  const std::string garbage = "GET / HTTP/1.1\r\nHost: ferry\r\n\r\n";
+  send_bytes(std::as_bytes(std::span(garbage)));
+  auto wrong = migration::encode_frame(migration::FrameType::kHello, 0, {});
+  wrong[4] = std::byte{2};  // version 2.0
+  send_bytes(wrong);
+  std::this_thread::sleep_for(2s);
+  const std::uint64_t rss1 = rss_kib(pid);
+  EXPECT_LT(rss1, rss0 + 16 * 1024) << "16 headers claiming 64 MiB each grew the receiver from " << rss0 << " to "
+                                    << rss1 << " KiB";
+  // During the migration: one peer that says nothing, one that trickles a
+  // byte every 200 ms, each reconnecting when cut off.
+  std::atomic<bool> stop{false};
+  std::thread pests([&] {
+    UniqueFd silent, trickle;
+    while (!stop) {
+      if (!silent) silent = dial_tcp(dst.listen);
+      if (!trickle) trickle = dial_tcp(dst.listen);
+      if (trickle && ::send(trickle.get(), "F", 1, MSG_NOSIGNAL) != 1) trickle = UniqueFd();
+      char b;
+      if (silent && ::recv(silent.get(), &b, 1, MSG_DONTWAIT) == 0) silent = UniqueFd();
+      std::this_thread::sleep_for(200ms);
+    }
+  });
+  auto r = migrate(api, dst.listen, {"--verify"});
+  stop = true;
+  pests.join();
+  ASSERT_EQ(r.exit_code, 0) << r.describe() << dst.p->output();
+  const json received = find_event(dst.p->output(), "received");
+  EXPECT_GE(received["refused_connections"].get<int>(), 18) << received.dump();
+  EXPECT_EQ(received["verified"], true);
+  auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
+  ASSERT_EQ(d["state"], "running") << dst.p->output();
+  auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
+  EXPECT_GE(verified(d2), verified(d) + 100);
+  EXPECT_EQ(d2["totals"]["failures"], 0);
+  EXPECT_EQ(src.wait(60s).exit_code, 0);
+  ctl({"quit", "--vm", dst.api});
+  EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
 }
 
 // Dirtying above the link's capacity: the guest rewrites its working set as
