@@ -40,6 +40,7 @@ PACKAGES=(
   ca-certificates xz-utils
   python3  # tools/bench-vs-qemu, tools/report-to-policy-trace (Debian's interpreter goes into the sandbox)
   chromium  # headless: the HTML report's browser test (ctest e2e.report_html)
+  clang-19 libclang-rt-19-dev  # libFuzzer harnesses (tests/fuzz/run; clang 14 cannot compile <expected>)
 )
 
 # Modules the sandbox needs, paths relative to lib/modules/<version>/.

@@ -54,6 +54,16 @@ TEST(ControlRequests, FieldsAreTypedAndChecked) {
             "migrate: downtime_limit_ms must be positive");
   EXPECT_TRUE(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"verify", "yes"}}).starts_with("migrate: bad field"));
 
+  // Numbers that do not fit the field are refused, not converted (a double
+  // beyond an unsigned field's range was undefined behaviour: fuzz_control).
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"streams", 2.5}}),
+            "migrate: streams must be a whole number from 0 to 65536");
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"timeout_s", -3}}),
+            "migrate: timeout_s must be a whole number from 0 to 604800");
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"timeout_s", 1e30}}),
+            "migrate: timeout_s must be a whole number from 0 to 604800");
+  EXPECT_EQ(error_of("dirty-rate", {{"seconds", 0.5}, {"harvest_ms", 5.7777777777777777e19}}),
+            "dirty-rate: harvest_ms must be at least 10 and at most the duration");
   EXPECT_EQ(error_of("dirty-rate", {{"seconds", 61}}), "dirty-rate: seconds must be in (0, 60]");
   EXPECT_EQ(error_of("dirty-rate", {{"seconds", 1}, {"harvest_ms", 5}}),
             "dirty-rate: harvest_ms must be at least 10 and at most the duration");

@@ -24,6 +24,16 @@ std::optional<std::uint64_t> count_field(const json& req, const char* name) {
   return std::nullopt;
 }
 
+// A whole number field of at most `max`, or the error naming it: a float or
+// a negative value is refused rather than converted (a JSON number beyond
+// the target type's range would be undefined behaviour; found by
+// tests/fuzz/fuzz_control).
+Result<std::uint32_t> whole_field(const json& req, const char* name, std::uint32_t max, std::string_view cmd) {
+  const auto v = count_field(req, name);
+  if (!v || *v > max) return fail("{}: {} must be a whole number from 0 to {}", cmd, name, max);
+  return static_cast<std::uint32_t>(*v);
+}
+
 // `migrate` fields -> options; unknown values are errors.
 Result<migration::MigrateOptions> migrate_options(const json& req) {
   migration::MigrateOptions mo;
@@ -35,8 +45,16 @@ Result<migration::MigrateOptions> migrate_options(const json& req) {
   try {
     if (req.contains("downtime_limit_ms")) mo.downtime_limit = migration::Millis(req["downtime_limit_ms"].get<double>());
     if (req.contains("max_bandwidth_bytes_per_s")) mo.max_bandwidth = req["max_bandwidth_bytes_per_s"].get<double>();
-    if (req.contains("streams")) mo.streams = req["streams"].get<std::uint32_t>();
-    if (req.contains("timeout_s")) mo.timeout = std::chrono::seconds(req["timeout_s"].get<std::uint32_t>());
+    if (req.contains("streams")) {
+      auto n = whole_field(req, "streams", 1u << 16, "migrate");
+      if (!n) return std::unexpected(n.error());
+      mo.streams = *n;
+    }
+    if (req.contains("timeout_s")) {
+      auto n = whole_field(req, "timeout_s", 7 * 24 * 3600, "migrate");
+      if (!n) return std::unexpected(n.error());
+      mo.timeout = std::chrono::seconds(*n);
+    }
     if (req.contains("on_timeout")) {
       const auto a = req["on_timeout"].get<std::string>();
       if (a != "cancel" && a != "switchover") return fail("migrate: on_timeout is \"cancel\" or \"switchover\"");
@@ -69,7 +87,11 @@ Result<migration::DirtyRateOptions> dirty_rate_options(const json& req) {
       if (!(secs > 0 && secs <= 60)) return fail("dirty-rate: seconds must be in (0, 60]");
       dro.duration = std::chrono::milliseconds(static_cast<long>(secs * 1000));
     }
-    if (req.contains("harvest_ms")) dro.harvest = std::chrono::milliseconds(req["harvest_ms"].get<std::uint32_t>());
+    if (req.contains("harvest_ms")) {
+      auto n = whole_field(req, "harvest_ms", 60000, "dirty-rate");
+      if (!n) return fail("dirty-rate: harvest_ms must be at least 10 and at most the duration");
+      dro.harvest = std::chrono::milliseconds(*n);
+    }
   } catch (const json::exception& e) {
     return fail("dirty-rate: bad field: {}", e.what());
   }
