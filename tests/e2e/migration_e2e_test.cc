@@ -242,7 +242,7 @@ TEST(Migration, AVmmWriteDuringPreCopyReachesTheDestination) {
 struct FailureCase {
   std::string name, fault, expect;
   std::vector<std::string> migrate_args;
-  enum { kNone, kKillDestination, kCancel } action = kNone;
+  enum { kNone, kKillDestination, kTermDestination, kCancel } action = kNone;
 };
 
 TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
@@ -263,6 +263,9 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
       {"connection dropped mid-round", "cut-after-bytes:1500000", "", {"--max-bandwidth", "4M"}},
       {"connection dropped during state transfer", "cut-at-frame:STATE", "", {}},
       {"destination killed mid-round", "", "", {"--max-bandwidth", "1M"}, FailureCase::kKillDestination},
+      // An operator's SIGTERM before READY gives the migration up there.
+      {"destination told to stop (SIGTERM) mid-round", "", "", {"--max-bandwidth", "1M"},
+       FailureCase::kTermDestination},
       {"cancel", "", "cancel", {"--max-bandwidth", "1M"}, FailureCase::kCancel},
   };
   for (const auto& c : cases) {
@@ -285,6 +288,8 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
         }, 120s);
         if (c.action == FailureCase::kKillDestination)
           dst.p.reset();  // SIGKILL
+        else if (c.action == FailureCase::kTermDestination)
+          dst.p->signal(SIGTERM);
         else
           run_process({FERRY_BIN, "cancel", "--vm", api}, 60s);
       });
@@ -307,6 +312,10 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
     } else if (dst.p) {
       auto end = dst.p->wait(120s);
       EXPECT_EQ(end.exit_code, 1) << end.describe();
+      if (c.action == FailureCase::kTermDestination) {
+        EXPECT_NE(end.err.find("giving it up (the VM keeps running on the source)"), std::string::npos)
+            << end.describe();
+      }
     }
   }
   EXPECT_EQ(ctl({"quit", "--vm", api})["state"], "stopping");
