@@ -620,7 +620,14 @@ TEST(Migration, StrangersOnThePortCostOnlyTheirConnectionsDuringARealMigration) 
   stop = true;
   pests.join();
   ASSERT_EQ(r.exit_code, 0) << r.describe() << dst.p->output();
-  const json received = find_event(dst.p->output(), "received");
+  // The source is done at CONFIRMED; the destination prints its event after.
+  const auto ev = wait_output(*dst.p, [](const std::string& out) -> std::optional<json> {
+    auto j = find_event(out, "received");
+    if (j.is_null()) return std::nullopt;
+    return j;
+  }, 60s);
+  ASSERT_TRUE(ev) << "no received event\n" << dst.p->output();
+  const json received = *ev;
   EXPECT_GE(received["refused_connections"].get<int>(), 18) << received.dump();
   EXPECT_EQ(received["verified"], true);
   auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
