@@ -33,7 +33,7 @@ EOF
 PACKAGES=(
   build-essential cmake pkg-config g++ clang llvm libbpf-dev bpftool
   liburing-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
-  nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev
+  nlohmann-json3-dev libcli11-dev libxxhash-dev libzstd-dev libisal-dev libssl-dev
   libmnl-dev  # tests: a client network namespace on a veth (netlink), tests/e2e/netns.cc
   iperf3  # tools/bench-net: TCP throughput to the guest and between namespaces
   qemu-system-x86 busybox-static cpio kmod iproute2 binutils file

@@ -10,6 +10,7 @@
 #include "userspace/transport/connection.hh"
 #include "userspace/transport/local.hh"
 #include "userspace/transport/tcp.hh"
+#include "userspace/transport/tls.hh"
 
 namespace ferry::transport {
 namespace {
@@ -47,14 +48,14 @@ void expect_connected(Connection& a, Connection& b) {
 TEST(TcpTransport, ListenerAndDialerByScheme) {
   auto ep = parse_endpoint("tcp://127.0.0.1:0");
   ASSERT_TRUE(ep);
-  auto listener = listen(*ep);
+  auto listener = listen(*ep, Security{});
   ASSERT_TRUE(listener) << listener.error().what();
   const std::string where = (*listener)->address();
   EXPECT_TRUE(where.starts_with("127.0.0.1:")) << where;
   EXPECT_FALSE(where.ends_with(":0")) << "the port that was picked, not 0";
   auto to = parse_endpoint(where);
   ASSERT_TRUE(to);
-  auto dialer = dialer_for(*to);
+  auto dialer = dialer_for(*to, Security{});
   ASSERT_TRUE(dialer);
   auto out = (*dialer)->dial(*to, 2s);
   ASSERT_TRUE(out) << out.error().what();

@@ -14,6 +14,7 @@
 #include "userspace/control/api.hh"
 #include "userspace/control/resolve.hh"
 #include "tools/ferry/commands.hh"
+#include "tools/ferry/security_flags.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/control/migration_follower.hh"
 #include "userspace/migration/report_html.hh"
@@ -57,11 +58,18 @@ struct MigrateCli {
   double downtime_limit_ms = 300;
   std::uint32_t streams = 1, timeout_s = 600;
   bool verify = false, json = false, no_zero_copy = false, no_ebpf = false;
+  SecurityFlags security;
 };
 
 int run_migrate(const MigrateCli& o) {
+  auto security = security_of(o.security, transport::TlsRole::kClient);
+  if (!security) {
+    fmt::print(stderr, "ferry migrate: {}\n", security.error());
+    return 2;
+  }
   json req{{"cmd", "migrate"},
            {"to", o.to},
+           {"security", {{"mode", transport::security_mode_name(security->kind)}, {"path", security->path}}},
            {"downtime_limit_ms", o.downtime_limit_ms},
            {"streams", o.streams},
            {"timeout_s", o.timeout_s},
@@ -201,6 +209,7 @@ void add_migrate(CLI::App& app, Globals& g) {
   cmd->add_option("--on-timeout", o->on_timeout, "cancel (keep running here) or switchover (force it)")
       ->check(CLI::IsMember({"cancel", "switchover"}))
       ->capture_default_str();
+  add_security_flags(cmd, o->security);
   cmd->add_flag("--verify", o->verify, "compare whole-memory digests of both sides before the destination resumes");
   cmd->add_flag("--no-zero-copy", o->no_zero_copy, "plain sends only (zero-copy is used where the kernel really avoids the copy)");
   cmd->add_option("--policy", o->policy,

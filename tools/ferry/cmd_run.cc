@@ -21,6 +21,7 @@
 #include "userspace/control/api.hh"
 #include "userspace/control/vm_service.hh"
 #include "tools/ferry/commands.hh"
+#include "tools/ferry/security_flags.hh"
 #include "tools/ferry/sandbox_exec.hh"
 #include "tools/ferry/vm_report.hh"
 #include "kvm/machine.hh"
@@ -424,6 +425,7 @@ void add_receive(CLI::App& app, Globals& g) {
   struct ReceiveCliOptions : VmProcessOptions {
     std::string listen;
     std::string state_dir = default_state_dir();
+    SecurityFlags security;
     std::vector<std::string> nets;
     bool no_announce = false;
   };
@@ -449,8 +451,15 @@ void add_receive(CLI::App& app, Globals& g) {
                   "restarted on the same directory answers `ferry resolve` from these records (default: "
                   "/var/lib/ferry/sessions for root, else $XDG_STATE_HOME/ferry/sessions or "
                   "~/.local/state/ferry/sessions)");
+  add_security_flags(cmd, opts->security);
   add_process_options(cmd, *opts);
   cmd->callback([opts, &g] {
+    auto security = security_of(opts->security, transport::TlsRole::kServer);
+    if (!security) {
+      fmt::print(stderr, "ferry receive: {}\n", security.error());
+      g.rc = 2;
+      return;
+    }
     auto records = migration::SessionRecords::open(opts->state_dir);
     if (!records) {
       fmt::print(stderr, "ferry receive: --state-dir: {}\n", records.error());
@@ -470,7 +479,7 @@ void add_receive(CLI::App& app, Globals& g) {
       g.rc = 2;
       return;
     }
-    auto listener = transport::listen(*ep);
+    auto listener = transport::listen(*ep, *security);
     if (!listener) {
       fmt::print(stderr, "ferry receive: {}\n", listener.error());
       g.rc = 1;
@@ -478,9 +487,14 @@ void add_receive(CLI::App& app, Globals& g) {
     }
     const std::string where = (*listener)->address();
     if (opts->json)
-      fmt::print("{}\n", json{{"event", "listening"}, {"listen", where}, {"pid", ::getpid()}}.dump());
+      fmt::print("{}\n", json{{"event", "listening"},
+                              {"listen", where},
+                              {"pid", ::getpid()},
+                              {"security", security->describe()}}
+                             .dump());
     else
-      fmt::print(stderr, "ferry: waiting for a migration on {} (pid {})\n", where, ::getpid());
+      fmt::print(stderr, "ferry: waiting for a migration on {} (pid {}; {})\n", where, ::getpid(),
+                 security->describe());
     std::fflush(stdout);
     std::unique_ptr<migration::ResolveResponder> responder;
     migration::ReceivedFigures figs;

@@ -42,6 +42,19 @@ Result<migration::MigrateOptions> migrate_options(const json& req) {
   if (!to) return std::unexpected(to.error());
   if (to->port == 0) return fail("migrate: \"to\" needs a port");
   mo.to = *to;
+  // Never plain TCP by default: the caller says how (ferry migrate's
+  // --tls-dir, --tls-psk or --insecure).
+  if (!req.contains("security") || !req["security"].is_object() || !req["security"].contains("mode") ||
+      !req["security"]["mode"].is_string()) {
+    return fail("migrate: needs \"security\": {{\"mode\": \"certificates\"|\"psk\"|\"insecure\", \"path\": ...}}");
+  }
+  {
+    const auto& sec = req["security"];
+    auto s = transport::security_from_mode(sec["mode"].get<std::string>(),
+                                           sec.contains("path") && sec["path"].is_string() ? sec["path"].get<std::string>() : "");
+    if (!s) return std::unexpected(std::move(s.error()).context("migrate"));
+    mo.security = *s;
+  }
   try {
     if (req.contains("downtime_limit_ms")) mo.downtime_limit = migration::Millis(req["downtime_limit_ms"].get<double>());
     if (req.contains("max_bandwidth_bytes_per_s")) mo.max_bandwidth = req["max_bandwidth_bytes_per_s"].get<double>();

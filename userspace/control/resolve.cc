@@ -19,7 +19,11 @@ Result<Resolution> resolve_migration(const std::string& vm, const std::string& t
   // another way.
   const std::string to = to_override.empty() ? st->value("to", "") : to_override;
   const std::uint64_t session = std::stoull(st->value("session", "0"), nullptr, 16);
-  auto q = migration::query_destination(to, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
+  // The destination is asked the way the migration reached it.
+  const auto ms = migration::status_from_json(*st);
+  auto security = transport::security_from_mode(ms.security_mode, ms.security_path);
+  if (!security) return std::unexpected(std::move(security.error()).context("the migration's security"));
+  auto q = migration::query_destination(to, *security, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
   Resolution r;
   if (q) {
     using O = migration::SessionOutcome;

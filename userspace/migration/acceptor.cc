@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <system_error>
 
@@ -84,7 +85,22 @@ void Acceptor::handshake(transport::Connection c) {
     if (stop_) return;
     if (guard) handshake_fds_.insert(guard.get());
   }
-  auto in = open_incoming(std::move(c), "stream", o_.read_timeout, o_.hello_deadline);
+  // One deadline for the TLS handshake and HELLO together: a peer that
+  // has not proved who it is gets no buffer, no frame reader, no state.
+  const auto deadline = std::chrono::steady_clock::now() + o_.hello_deadline;
+  auto secured = listener_.secure(std::move(c), deadline);
+  if (!secured) {
+    {
+      std::lock_guard lock(mu_);
+      if (guard) handshake_fds_.erase(guard.get());
+    }
+    spdlog::warn("receive: refused a connection from {}: {}", peer, secured.error().what());
+    ++refused_;
+    return;
+  }
+  const auto left = std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                               deadline - std::chrono::steady_clock::now()));
+  auto in = open_incoming(std::move(*secured), "stream", o_.read_timeout, left);
   {
     std::lock_guard lock(mu_);
     if (guard) handshake_fds_.erase(guard.get());

@@ -21,6 +21,7 @@
 #include "kvm/machine.hh"
 #include "userspace/migration/payloads.hh"
 #include "userspace/migration/vm.hh"
+#include "userspace/transport/tls.hh"
 #include "userspace/transport/connection.hh"
 
 namespace ferry::migration {
@@ -107,8 +108,10 @@ class ResolveResponder {
 
 // The resolver's side (`ferry resolve`): asks the destination at `to` what
 // became of `session`; with discard_if_holding, a destination holding the
-// VM paused drops it (and answers kDiscarded).
-Result<QueryResult> query_destination(const std::string& to, std::uint64_t session, bool discard_if_holding,
+// VM paused drops it (and answers kDiscarded). It connects the way the
+// migration did (`security`).
+Result<QueryResult> query_destination(const std::string& to, const transport::Security& security,
+                                      std::uint64_t session, bool discard_if_holding,
                                       std::chrono::milliseconds timeout);
 Result<QueryResult> query_destination(transport::Dialer& dialer, const transport::Endpoint& to, std::uint64_t session,
                                       bool discard_if_holding, std::chrono::milliseconds timeout);

@@ -175,8 +175,14 @@ ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t 
   thread_ = std::thread([this] {
     name_this_thread("mig-resolve");
     while (!stop_.load()) {
-      auto c = listener_.accept(std::chrono::milliseconds(200));
-      if (!c) continue;
+      auto raw = listener_.accept(std::chrono::milliseconds(200));
+      if (!raw) continue;
+      const std::string peer = raw->peer();
+      auto c = listener_.secure(std::move(*raw), std::chrono::steady_clock::now() + std::chrono::seconds(10));
+      if (!c) {
+        spdlog::warn("resolve: refused a connection from {}: {}", peer, c.error().what());
+        continue;
+      }
       auto in = open_incoming(std::move(*c), "resolver", std::chrono::seconds(10));
       if (!in || !in->hello) continue;
       if (in->hello->purpose == HelloPurpose::kMigrate) {
@@ -198,11 +204,12 @@ ResolveResponder::~ResolveResponder() {
   if (thread_.joinable()) thread_.join();
 }
 
-Result<QueryResult> query_destination(const std::string& to, std::uint64_t session, bool discard_if_holding,
+Result<QueryResult> query_destination(const std::string& to, const transport::Security& security,
+                                      std::uint64_t session, bool discard_if_holding,
                                       std::chrono::milliseconds timeout) {
   auto ep = transport::parse_endpoint(to);
   if (!ep) return std::unexpected(ep.error());
-  auto dialer = transport::dialer_for(*ep);
+  auto dialer = transport::dialer_for(*ep, security);
   if (!dialer) return std::unexpected(dialer.error());
   return query_destination(**dialer, *ep, session, discard_if_holding, timeout);
 }

@@ -106,6 +106,8 @@ namespace {
 MigrationStatus initial_status(const SourceVm& vm, const MigrateOptions& o) {
   MigrationStatus st;
   st.to = o.to.str();
+  st.security_mode = std::string(transport::security_mode_name(o.security.kind));
+  st.security_path = o.security.path;
   st.streams = o.streams;
   st.max_bandwidth = o.max_bandwidth;
   st.downtime_limit_ms = o.downtime_limit.count();

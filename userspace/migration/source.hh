@@ -23,11 +23,14 @@
 #include "userspace/transport/connection.hh"
 #include "userspace/transport/endpoint.hh"
 #include "userspace/transport/sender.hh"
+#include "userspace/transport/tls.hh"
 
 namespace ferry::migration {
 
 struct MigrateOptions {
   transport::Endpoint to;
+  // How to secure the connections (TLS or, when asked, plain TCP).
+  transport::Security security;
   Millis downtime_limit{300};
   double max_bandwidth = 0;  // bytes/s; 0: no cap
   std::uint32_t streams = 1;

@@ -31,7 +31,7 @@ Status SourceMigration::Impl::connect() {
   limiter = std::make_unique<transport::RateLimiter>(o.max_bandwidth);
   transport::Dialer* dialer = o.dialer;
   if (!dialer) {
-    auto d = transport::dialer_for(o.to);
+    auto d = transport::dialer_for(o.to, o.security);
     if (!d) return std::unexpected(d.error());
     own_dialer = std::move(*d);
     dialer = own_dialer.get();
@@ -51,6 +51,7 @@ Status SourceMigration::Impl::connect() {
   for (std::uint32_t i = 0; i < o.streams; ++i) {
     auto c = dialer->dial(o.to, o.connect_timeout);
     if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("connect to {}", o.to.str())));
+    if (i == 0) ctx.update([&](MigrationStatus& s) { s.channel = c->security(); });
     MigrationStream::Options so;
     so.zero_copy = o.zero_copy;
     so.limiter = limiter.get();

@@ -56,6 +56,7 @@ nlohmann::json to_json(const MigrationStatus& s, std::size_t from, std::size_t c
   return {{"phase", phase_name(s.phase)},
           {"error", s.error},
           {"to", s.to},
+          {"security", {{"mode", s.security_mode}, {"path", s.security_path}, {"channel", s.channel}}},
           {"session", fmt::format("{:#018x}", s.session)},
           {"commit_sent", s.commit_sent},
           {"streams", s.streams},
@@ -127,6 +128,11 @@ MigrationStatus status_from_json(const nlohmann::json& j) {
   s.phase = parse_phase(j.value("phase", std::string()));
   s.error = j.value("error", "");
   s.to = j.value("to", "");
+  if (j.contains("security") && j["security"].is_object()) {
+    s.security_mode = j["security"].value("mode", "");
+    s.security_path = j["security"].value("path", "");
+    s.channel = j["security"].value("channel", "");
+  }
   s.commit_sent = j.value("commit_sent", false);
   s.streams = j.value("streams", 1u);
   s.dirty_backend = j.value("dirty_backend", "");

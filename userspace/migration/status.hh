@@ -64,6 +64,10 @@ struct MigrationStatus {
   Phase phase = Phase::kConnecting;
   std::string error;  // why it failed / was cancelled / is unknown
   std::string to;
+  // How its connections are secured: the mode and credentials it was given
+  // (`ferry resolve` dials the destination the same way), and what the
+  // first connection ended up with ("TLS 1.3 ... kernel TLS").
+  std::string security_mode, security_path, channel;
   std::uint64_t session = 0;
   // COMMIT left in full (every byte handed to the kernel): from then on the
   // destination may have resumed the VM, so the source never resumes it

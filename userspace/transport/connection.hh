@@ -6,8 +6,11 @@
 // changes. What flows over a Connection afterwards is the io_uring data
 // path's business (sender.hh, receiver.hh): a Connection is a connected,
 // blocking stream socket.
+#include <array>
 #include <chrono>
+#include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "userspace/base/error.hh"
@@ -30,9 +33,23 @@ class Connection {
   // Hands the socket over (to a Sender, which owns it from then on).
   UniqueFd release() { return std::move(fd_); }
 
+  // What protects the bytes: "plain TCP" or the TLS details (tls.hh).
+  const std::string& security() const { return security_; }
+  // A secret both ends derived from an authenticated handshake (TLS's
+  // exporter), never sent: a later connection proves it belongs to the
+  // same session with it. None on plain TCP.
+  using Secret = std::array<std::byte, 32>;
+  const std::optional<Secret>& secret() const { return secret_; }
+  void set_security(std::string what, std::optional<Secret> secret) {
+    security_ = std::move(what);
+    secret_ = secret;
+  }
+
  private:
   UniqueFd fd_;
   std::string peer_;
+  std::string security_ = "plain TCP";
+  std::optional<Secret> secret_;
 };
 
 class Listener {
@@ -41,6 +58,13 @@ class Listener {
   // The next connection; fails with ETIMEDOUT after `timeout` (0: waits
   // forever). Connections that vanish before they are accepted are skipped.
   virtual Result<Connection> accept(std::chrono::milliseconds timeout) = 0;
+  // What must happen on an accepted connection before a single byte of it
+  // reaches the protocol (the TLS handshake), before `deadline`. Called on
+  // the connection's own thread, so a slow peer holds up nobody else.
+  // Plain transports hand the connection back as it is.
+  virtual Result<Connection> secure(Connection c, std::chrono::steady_clock::time_point /*deadline*/) {
+    return c;
+  }
   // What it listens on, as users would dial it ("host:port", the port
   // resolved when 0 was asked for).
   virtual std::string address() const = 0;
@@ -53,8 +77,9 @@ class Dialer {
   virtual Result<Connection> dial(const Endpoint& to, std::chrono::milliseconds timeout) = 0;
 };
 
-// The transport an endpoint's scheme names (tcp today).
-Result<std::unique_ptr<Listener>> listen(const Endpoint& where);
-Result<std::unique_ptr<Dialer>> dialer_for(const Endpoint& to);
+struct Security;
+// The transport an endpoint's scheme names (tcp), secured as asked (tls.hh).
+Result<std::unique_ptr<Listener>> listen(const Endpoint& where, const Security& security);
+Result<std::unique_ptr<Dialer>> dialer_for(const Endpoint& to, const Security& security);
 
 }  // namespace ferry::transport
