@@ -52,6 +52,10 @@ SANDBOX_MODULES=(
   kernel/arch/x86/kvm/kvm.ko
   kernel/arch/x86/kvm/kvm-amd.ko
   kernel/net/tls/tls.ko
+  kernel/crypto/ctr.ko  # kernel TLS's AES-GCM: the gcm template and its parts,
+  kernel/crypto/ghash-generic.ko  # and AES-NI's (no modprobe in the sandbox
+  kernel/crypto/gcm.ko  # to load them when TLS asks for gcm(aes))
+  kernel/arch/x86/crypto/aesni-intel.ko
   kernel/net/sched/sch_netem.ko
   kernel/drivers/net/veth.ko
   kernel/drivers/net/tun.ko

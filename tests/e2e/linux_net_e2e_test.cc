@@ -290,8 +290,9 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
   moves.push_back({"without the announce", api_b, api_c, log_c, &c, {"--net", "tap=fc5", "--no-announce"}, 0, 0, ""});
   for (auto& m : moves) {
     SCOPED_TRACE(m.what);
+    // Plain TCP: this test is about the guest's network, not the channel's.
     std::vector<std::string> args = {FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", m.to_api,
-                                     "--serial-log", m.to_log, "--json"};
+                                     "--serial-log", m.to_log, "--json", "--insecure"};
     args.insert(args.end(), m.extra.begin(), m.extra.end());
     const std::string listen = start_receiver(*m.to, args);
     ASSERT_FALSE(listen.empty()) << (*m.to)->output();
@@ -299,7 +300,9 @@ TEST_F(LinuxNet, ATcpStreamSurvivesLiveMigrationsWithAndWithoutTheAnnounce) {
     // --verify: the device writes received frames into guest memory during
     // pre-copy; the digests match only if those pages were tracked.
     auto r = run_process(
-        {FERRY_BIN, "migrate", "--vm", m.from, "--to", listen, "--json", "--downtime-limit", "1000", "--verify"}, 900s);
+        {FERRY_BIN, "migrate", "--vm", m.from, "--to", listen, "--json", "--downtime-limit", "1000", "--verify",
+         "--insecure"},
+        900s);
     ASSERT_EQ(r.exit_code, 0) << r.describe() << "\n" << (*m.to)->output();
     const auto rep = json::parse(r.out);
     m.downtime_ms = rep["downtime_ms"].get<double>();
@@ -342,10 +345,12 @@ TEST_F(LinuxNet, AFailedMigrationKeepsTheConnectionOnTheSource) {
   ASSERT_TRUE(conn->ok());
   ASSERT_EQ(conn->echo("before\n", 20s), "before\n");
   const std::string listen =
-      start_receiver(b, {FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", api_b, "--json", "--net", "tap=fb6"});
+      start_receiver(b, {FERRY_BIN, "receive", "--listen", "127.0.0.1:0", "--api", api_b, "--json", "--net", "tap=fb6",
+                         "--insecure"});
   ASSERT_FALSE(listen.empty());
   // A slow link (1 MiB/s) keeps it in pre-copy long enough to kill the destination there.
-  BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api_a, "--to", listen, "--json", "--max-bandwidth", "1M"});
+  BackgroundProcess mig(
+      {FERRY_BIN, "migrate", "--vm", api_a, "--to", listen, "--json", "--max-bandwidth", "1M", "--insecure"});
   bool precopy = false;
   for (int i = 0; i < 600 && !precopy; ++i) {
     auto st = run_process({FERRY_BIN, "status", "--vm", api_a, "--json"}, 30s);

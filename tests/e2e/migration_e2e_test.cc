@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,15 +56,38 @@ struct Receiver {
   std::string api, listen;
 };
 
+// How a test's migration is secured: TLS with a pre-shared key (as users
+// are made to choose something), or plain TCP where the fault proxy must
+// read the frames it cuts.
+enum class Wire { kTls, kPlain };
+
+// The suite's pre-shared key: one file, mode 600, for the process's life.
+const std::string& test_psk() {
+  static TempDir dir("ferry-psk");
+  static const std::string path = [] {
+    const std::string p = dir.path + "/psk";
+    std::ofstream(p) << "5e1f0c6a2b7d4e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f\n";
+    ::chmod(p.c_str(), 0600);
+    return p;
+  }();
+  return path;
+}
+
+std::vector<std::string> wire_args(Wire w) {
+  if (w == Wire::kPlain) return {"--insecure"};
+  return {"--tls-psk", test_psk()};
+}
+
 // Its records go to `state_dir` (default: a directory of its own in `dir`).
 Receiver start_receiver(const TempDir& dir, const std::string& name, std::string state_dir = "",
-                        const std::string& listen = "127.0.0.1:0") {
+                        const std::string& listen = "127.0.0.1:0", Wire wire = Wire::kTls) {
   Receiver r;
   r.api = dir.path + "/" + name + ".sock";
   if (state_dir.empty()) state_dir = dir.path + "/" + name + "-state";
   r.p = std::make_unique<BackgroundProcess>(std::vector<std::string>{
       FERRY_BIN, "receive", "--listen", listen, "--api", r.api, "--json", "--serial-log",
-      dir.path + "/" + name + "-serial.log", "--state-dir", state_dir});
+      dir.path + "/" + name + "-serial.log", "--state-dir", state_dir, wire_args(wire)[0],
+      wire_args(wire).back()});
   auto ev = wait_output(*r.p, [](const std::string& out) -> std::optional<std::string> {
     auto j = find_event(out, "listening");
     if (j.is_null()) return std::nullopt;
@@ -87,9 +111,14 @@ std::string start_proxy(std::unique_ptr<BackgroundProcess>& proxy, const std::st
   return port.value_or("");
 }
 
+// Over TLS unless `extra` says --insecure.
 ProcessResult migrate(const std::string& api, const std::string& to, std::vector<std::string> extra = {}) {
   std::vector<std::string> argv{FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"};
   argv.insert(argv.end(), extra.begin(), extra.end());
+  if (std::find(extra.begin(), extra.end(), "--insecure") == extra.end()) {
+    const auto tls = wire_args(Wire::kTls);
+    argv.insert(argv.end(), tls.begin(), tls.end());
+  }
   return run_process(argv, 900s);
 }
 
@@ -199,7 +228,8 @@ TEST(Migration, AVmmWriteDuringPreCopyReachesTheDestination) {
   auto dst = start_receiver(dir, "dst");
   ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
   BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", dst.listen, "--json", "--verify",
-                         "--downtime-limit", "0.001", "--timeout", "30", "--on-timeout", "switchover"});
+                         "--downtime-limit", "0.001", "--timeout", "30", "--on-timeout", "switchover", "--tls-psk",
+                         test_psk()});
   // Round 0 sent every page; the write lands in a later round of pre-copy.
   auto during = wait_status(api, [](const json& j) {
     if (!j.contains("migration")) return false;
@@ -270,7 +300,8 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    auto dst = start_receiver(dir, "dst");
+    // The fault proxy reads frames: plain TCP where it sits between.
+    auto dst = start_receiver(dir, "dst", "", "127.0.0.1:0", c.fault.empty() ? Wire::kTls : Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     std::string to = dst.listen;
@@ -294,7 +325,9 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
           run_process({FERRY_BIN, "cancel", "--vm", api}, 60s);
       });
     }
-    auto r = migrate(api, to, c.migrate_args);
+    auto args = c.migrate_args;
+    if (!c.fault.empty()) args.push_back("--insecure");
+    auto r = migrate(api, to, args);
     if (actor.joinable()) actor.join();
     EXPECT_EQ(r.exit_code, 1) << r.describe();
     auto rep = json::parse(r.out, nullptr, false);
@@ -332,12 +365,12 @@ TEST(Migration, AnUnconfirmedCommitWaitsForResolveAndExactlyOneSideRuns) {
   // source does not know. Resolve asks, the destination drops its copy and
   // the source resumes.
   {
-    auto dst = start_receiver(dir, "held");
+    auto dst = start_receiver(dir, "held", "", "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "cut-at-frame:COMMIT");
     ASSERT_FALSE(to.empty());
-    auto r = migrate(api, to);
+    auto r = migrate(api, to, {"--insecure"});
     EXPECT_EQ(r.exit_code, 3) << r.describe();
     EXPECT_EQ(json::parse(r.out)["phase"], "outcome-unknown");
     auto s = status(api);
@@ -364,12 +397,12 @@ TEST(Migration, AnUnconfirmedCommitWaitsForResolveAndExactlyOneSideRuns) {
   // 2. CONFIRMED is lost: the destination runs the VM; the source stays
   // paused until resolve learns that, then stops for good.
   {
-    auto dst = start_receiver(dir, "dst");
+    auto dst = start_receiver(dir, "dst", "", "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "drop-from-dest-after:CONFIRMED");
     ASSERT_FALSE(to.empty());
-    auto r = migrate(api, to);
+    auto r = migrate(api, to, {"--insecure"});
     EXPECT_EQ(r.exit_code, 3) << r.describe();
     EXPECT_EQ(status(api)["state"], "paused");
     auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
@@ -402,12 +435,12 @@ TEST(Migration, FaultSequencesNeverLoseTheVmNorRunItTwice) {
     auto src = std::make_unique<BackgroundProcess>(source_argv(dir, api));
     ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
         << src->output();
-    auto dst = start_receiver(dir, "held");
+    auto dst = start_receiver(dir, "held", "", "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "cut-at-frame:COMMIT");
     ASSERT_FALSE(to.empty());
-    auto r = migrate(api, to);
+    auto r = migrate(api, to, {"--insecure"});
     EXPECT_EQ(r.exit_code, 3) << r.describe();
     auto held = wait_status(dst.api, [](const json& j) { return j["incoming"]["phase"] == "holding"; }, 120s);
     ASSERT_EQ(held["incoming"]["phase"], "holding") << held.dump() << dst.p->output();
@@ -436,12 +469,12 @@ TEST(Migration, FaultSequencesNeverLoseTheVmNorRunItTwice) {
     ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
         << src.output();
     const std::string state = dir.path + "/dst-state";
-    auto dst = start_receiver(dir, "dst", state);
+    auto dst = start_receiver(dir, "dst", state, "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "drop-from-dest-after:CONFIRMED");
     ASSERT_FALSE(to.empty());
-    auto r = migrate(api, to);
+    auto r = migrate(api, to, {"--insecure"});
     EXPECT_EQ(r.exit_code, 3) << r.describe();
     auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
     ASSERT_EQ(d["state"], "running") << dst.p->output();
@@ -452,7 +485,7 @@ TEST(Migration, FaultSequencesNeverLoseTheVmNorRunItTwice) {
     EXPECT_NE(gone.err.find("could run the guest twice"), std::string::npos) << gone.describe();
     EXPECT_EQ(status(api)["state"], "paused") << "--destination-gone resumed a VM the destination may have run";
     // The receiver restarted on the same state directory and port.
-    auto again = start_receiver(dir, "dst-again", state, dst.listen);
+    auto again = start_receiver(dir, "dst-again", state, dst.listen, Wire::kPlain);
     ASSERT_FALSE(again.listen.empty()) << again.p->output();
     auto res = run_process({FERRY_BIN, "resolve", "--vm", api, "--to", dst.listen, "--json"}, 120s);
     ASSERT_EQ(res.exit_code, 0) << res.describe();
@@ -482,12 +515,12 @@ TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
     BackgroundProcess src(source_argv(dir, api));
     ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
         << src.output();
-    auto dst = start_receiver(dir, "d1");
+    auto dst = start_receiver(dir, "d1", "", "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "delay-at-frame:READY:5000");
     ASSERT_FALSE(to.empty());
-    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"});
+    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json", "--insecure"});
     auto sw = in_phase(api, "switchover");
     ASSERT_EQ(sw["migration"]["phase"], "switchover") << sw.dump() << mig.output();
     auto q = run_process({FERRY_BIN, "quit", "--vm", api, "--json"}, 60s);
@@ -509,12 +542,12 @@ TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
     BackgroundProcess src(source_argv(dir, api));
     ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u)
         << src.output();
-    auto dst = start_receiver(dir, "d2");
+    auto dst = start_receiver(dir, "d2", "", "127.0.0.1:0", Wire::kPlain);
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     const auto to = start_proxy(proxy, dst.listen, "delay-at-frame:CONFIRMED:5000");
     ASSERT_FALSE(to.empty());
-    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"});
+    BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json", "--insecure"});
     auto c = in_phase(api, "committing");
     ASSERT_EQ(c["migration"]["phase"], "committing") << c.dump() << mig.output();
     auto q = run_process({FERRY_BIN, "quit", "--vm", api}, 60s);

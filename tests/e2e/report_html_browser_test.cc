@@ -211,7 +211,8 @@ class ReportHtml : public ::testing::Test {
   ProcessResult migrate(const migration::MigrationStatus& status, const std::string& page) {
     StandInVm vm(dir_.path + "/vm.sock", status);
     EXPECT_EQ(vm.error(), "");
-    return run_process({FERRY_BIN, "migrate", "--vm", dir_.path + "/vm.sock", "--to", status.to, "--report", page},
+    return run_process({FERRY_BIN, "migrate", "--vm", dir_.path + "/vm.sock", "--to", status.to, "--report", page,
+                        "--insecure"},
                        60s);
   }
   TempDir dir_{"ferry-report-html"};

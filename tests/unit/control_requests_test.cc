@@ -10,6 +10,8 @@ namespace ferry::control {
 namespace {
 
 using nlohmann::json;
+// The plain-TCP choice every migrate request must spell out.
+const json kPlain = json::array({"security", {{"mode", "insecure"}}});
 
 std::string error_of(const std::string& cmd, const json& req) {
   auto r = parse_request(cmd, req);
@@ -25,7 +27,7 @@ TEST(ControlRequests, TheUnknownCommandErrorListsEveryCommand) {
     // Every listed name parses to the request that reports that name (with
     // the fields the stricter ones need).
     json req{{"path", "x.snap"}, {"input", "ls\n"}, {"gpa", 4096}, {"len", 8}, {"hex", "00ff"},
-             {"to", "127.0.0.1:7000"}, {"migrated", false}};
+             {"to", "127.0.0.1:7000"}, {"migrated", false}, {"security", {{"mode", "insecure"}}}};
     auto r = parse_request(std::string(name), req);
     ASSERT_TRUE(r) << name << ": " << r.error().what();
     EXPECT_EQ(command_name(*r), name);
@@ -39,28 +41,40 @@ TEST(ControlRequests, FieldsAreTypedAndChecked) {
   EXPECT_EQ(error_of("snapshot", json::object()), "snapshot: needs \"path\" (a file name)");
   EXPECT_EQ(error_of("console", {{"input", 3}}), "console: needs \"input\" (a string)");
 
-  auto mig = parse_request("migrate", {{"to", "10.0.0.2:7000"}, {"streams", 4}, {"verify", true}, {"policy", "fixed"}});
+  auto mig = parse_request("migrate", {{"to", "10.0.0.2:7000"},
+                                      {"security", {{"mode", "psk"}, {"path", "/etc/ferry/psk"}}},
+                                      {"streams", 4},
+                                      {"verify", true},
+                                      {"policy", "fixed"}});
   ASSERT_TRUE(mig) << mig.error().what();
   const auto& mo = std::get<MigrateRequest>(*mig).options;
   EXPECT_EQ(mo.to.str(), "10.0.0.2:7000");
   EXPECT_EQ(mo.streams, 4u);
   EXPECT_TRUE(mo.verify);
   EXPECT_EQ(mo.policy, migration::PolicyKind::kFixedThreshold);
+  EXPECT_EQ(mo.security.kind, transport::Security::Kind::kPreSharedKey);
+  EXPECT_EQ(mo.security.path, "/etc/ferry/psk");
+  // Never plain TCP unless asked for.
+  EXPECT_TRUE(error_of("migrate", {{"to", "10.0.0.2:7000"}}).starts_with("migrate: needs \"security\""));
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"security", {{"mode", "tls"}}}}),
+            "migrate: unknown security mode 'tls' (insecure, certificates, psk)");
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"security", {{"mode", "certificates"}}}}),
+            "migrate: security mode certificates needs a path");
   EXPECT_EQ(error_of("migrate", json::object()), "migrate: needs \"to\" (HOST:PORT)");
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"streams", 17}}), "migrate: streams must be 1..16");
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"policy", "yolo"}}),
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"streams", 17}}), "migrate: streams must be 1..16");
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"policy", "yolo"}}),
             "migrate: policy is \"adaptive\" or \"fixed\"");
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"downtime_limit_ms", -1}}),
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"downtime_limit_ms", -1}}),
             "migrate: downtime_limit_ms must be positive");
-  EXPECT_TRUE(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"verify", "yes"}}).starts_with("migrate: bad field"));
+  EXPECT_TRUE(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"verify", "yes"}}).starts_with("migrate: bad field"));
 
   // Numbers that do not fit the field are refused, not converted (a double
   // beyond an unsigned field's range was undefined behaviour: fuzz_control).
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"streams", 2.5}}),
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"streams", 2.5}}),
             "migrate: streams must be a whole number from 0 to 65536");
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"timeout_s", -3}}),
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"timeout_s", -3}}),
             "migrate: timeout_s must be a whole number from 0 to 604800");
-  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, {"timeout_s", 1e30}}),
+  EXPECT_EQ(error_of("migrate", {{"to", "10.0.0.2:7000"}, kPlain, {"timeout_s", 1e30}}),
             "migrate: timeout_s must be a whole number from 0 to 604800");
   EXPECT_EQ(error_of("dirty-rate", {{"seconds", 0.5}, {"harvest_ms", 5.7777777777777777e19}}),
             "dirty-rate: harvest_ms must be at least 10 and at most the duration");

@@ -133,6 +133,7 @@ TEST(Tls, APreSharedKeyAuthenticatesBothEndsOnBothDataPaths) {
     auto p = handshake(psk, psk, kernel);
     expect_secured_pair(p, "pre-shared key");
     const bool want_kernel = kernel && kernel_tls_available();
+    if (p.client) std::cout << "secured: " << p.client->security() << "\n";
     EXPECT_NE(p.client->security().find(want_kernel ? "kernel TLS" : "userspace relay"), std::string::npos)
         << p.client->security();
   }

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -119,6 +120,17 @@ Result<std::unique_ptr<MigrationRig>> MigrationRig::create() {
   r->dir_ = *dir;
   r->src_api_ = r->dir_ + "/source.sock";
   r->dst_api_ = r->dir_ + "/destination.sock";
+  // The rig migrates as users should: TLS 1.3, here with a fresh random
+  // pre-shared key that both sides read (mode 600, in the rig's directory).
+  r->psk_ = r->dir_ + "/migration.psk";
+  {
+    std::random_device rd;
+    std::string hex;
+    for (int i = 0; i < 8; ++i) hex += fmt::format("{:08x}", rd());
+    const UniqueFd fd(::open(r->psk_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd || ::write(fd.get(), hex.data(), hex.size()) != static_cast<ssize_t>(hex.size()))
+      return fail_sys(fmt::format("writing the migration key {}", r->psk_));
+  }
   return r;
 }
 
@@ -174,7 +186,7 @@ Result<json> MigrationRig::wait_source(const std::function<bool(const json&)>& d
 
 Result<std::string> MigrationRig::start_destination() {
   auto c = FerryChild::start({"receive", "--listen", "127.0.0.1:0", "--api", dst_api_, "--json", "--state-dir",
-                              dir_ + "/destination-state"},
+                              dir_ + "/destination-state", "--tls-psk", psk_},
                              dir_ + "/destination.out", dir_ + "/destination.err");
   if (!c) return std::unexpected(c.error());
   dst_ = std::move(*c);
@@ -193,7 +205,7 @@ Result<std::string> MigrationRig::start_destination() {
 
 Result<MigrationRig::Migration> MigrationRig::migrate(const std::vector<std::string>& extra, bool show_progress) {
   if (!src_ || !dst_ || listen_.empty()) return fail("migrate: start the source and the destination first");
-  std::vector<std::string> args{"migrate", "--vm", src_api_, "--to", listen_};
+  std::vector<std::string> args{"migrate", "--vm", src_api_, "--to", listen_, "--tls-psk", psk_};
   args.insert(args.end(), extra.begin(), extra.end());
   if (!show_progress) args.push_back("--json");
   const std::string out = dir_ + "/migrate.out", err = dir_ + "/migrate.err";

@@ -101,6 +101,7 @@ class MigrationRig {
  private:
   MigrationRig() = default;
   std::string dir_, src_api_, dst_api_, listen_;
+  std::string psk_;  // the migration's pre-shared key file
   std::unique_ptr<FerryChild> src_, dst_;
 };
 

@@ -46,7 +46,7 @@ Result<migration::MigrateOptions> migrate_options(const json& req) {
   // --tls-dir, --tls-psk or --insecure).
   if (!req.contains("security") || !req["security"].is_object() || !req["security"].contains("mode") ||
       !req["security"]["mode"].is_string()) {
-    return fail("migrate: needs \"security\": {{\"mode\": \"certificates\"|\"psk\"|\"insecure\", \"path\": ...}}");
+    return fail("migrate: needs \"security\": {\"mode\": \"certificates\"|\"psk\"|\"insecure\", \"path\": ...}");
   }
   {
     const auto& sec = req["security"];

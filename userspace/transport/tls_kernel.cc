@@ -113,7 +113,13 @@ bool kernel_tls_available() {
     UniqueFd c(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!c || ::connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return;
     UniqueFd s(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    available = ::setsockopt(c.get(), SOL_TCP, TCP_ULP, "tls", sizeof "tls") == 0;
+    if (::setsockopt(c.get(), SOL_TCP, TCP_ULP, "tls", sizeof "tls") != 0) return;
+    // The ULP alone is not enough: the kernel also needs gcm(aes) (a
+    // module of its own on some kernels).
+    tls12_crypto_info_aes_gcm_128 probe{};
+    probe.info.version = TLS_1_3_VERSION;
+    probe.info.cipher_type = TLS_CIPHER_AES_GCM_128;
+    available = ::setsockopt(c.get(), SOL_TLS, TLS_TX, &probe, sizeof probe) == 0;
   });
   return available;
 }
