@@ -37,7 +37,8 @@ inline std::vector<std::pair<migration::FrameType, std::vector<std::byte>>> samp
   out.emplace_back(FrameType::kConfirmed, encode(Confirmed{0x1122334455667788, 5, 6}));
   out.emplace_back(FrameType::kAbort, encode(Abort{"cancelled by the operator"}));
   out.emplace_back(FrameType::kVerifyDigest, encode(VerifyDigest{0, 0xdeadbeef}));
-  out.emplace_back(FrameType::kQuery, encode(Query{0x1122334455667788}));
+  out.emplace_back(FrameType::kQuery, encode(Query{0x1122334455667788, std::nullopt}));
+  out.emplace_back(FrameType::kQuery, encode(Query{0x1122334455667788, std::array<std::byte, 32>{std::byte{9}}}));
   out.emplace_back(FrameType::kQueryResult, encode(QueryResult{0x1122334455667788, SessionOutcome::kHolding, "holding"}));
   return out;
 }

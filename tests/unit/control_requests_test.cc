@@ -27,7 +27,8 @@ TEST(ControlRequests, TheUnknownCommandErrorListsEveryCommand) {
     // Every listed name parses to the request that reports that name (with
     // the fields the stricter ones need).
     json req{{"path", "x.snap"}, {"input", "ls\n"}, {"gpa", 4096}, {"len", 8}, {"hex", "00ff"},
-             {"to", "127.0.0.1:7000"}, {"migrated", false}, {"security", {{"mode", "insecure"}}}};
+             {"to", "127.0.0.1:7000"}, {"migrated", false}, {"security", {{"mode", "insecure"}}},
+             {"binding", std::string(64, '0')}};
     auto r = parse_request(std::string(name), req);
     ASSERT_TRUE(r) << name << ": " << r.error().what();
     EXPECT_EQ(command_name(*r), name);

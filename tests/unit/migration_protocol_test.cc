@@ -251,7 +251,14 @@ TEST(MigrationPayload, EveryTypeRoundTripsWithNonTrivialValues) {
   expect_round_trip(Ready{0x0123456789abcdefull, 123456789}, decode_ready);
   expect_round_trip(Commit{0xfedcba9876543210ull}, decode_commit);
   expect_round_trip(Confirmed{0x1122334455667788ull, 1700000000000000001ull, 1700000000000000002ull}, decode_confirmed);
-  expect_round_trip(Query{0x5555}, decode_query);
+  expect_round_trip(Query{0x5555, std::nullopt}, decode_query);
+  std::array<std::byte, 32> proof{};
+  for (std::size_t i = 0; i < proof.size(); ++i) proof[i] = static_cast<std::byte>(i * 7 + 1);
+  expect_round_trip(Query{0x5555, proof}, decode_query);
+  // A proof cut short is no proof.
+  auto cut = encode(Query{0x5555, proof});
+  cut.pop_back();
+  EXPECT_FALSE(decode_query(cut));
   expect_round_trip(sample_query_result(), decode_query_result);
   expect_round_trip(Hello{1, 0, 0, "r", HelloPurpose::kResolve, 7, 0, 0}, decode_hello);
   expect_round_trip(Hello{1, 0, 0, "s", HelloPurpose::kMigrate, 7, 15, 16}, decode_hello);
@@ -332,7 +339,7 @@ std::vector<Case> all_cases() {
       {"confirmed", encode(Confirmed{1}), error_of(decode_confirmed)},
       {"abort", encode(sample_abort()), error_of(decode_abort)},
       {"verify digest", encode(sample_verify_digest()), error_of(decode_verify_digest)},
-      {"query", encode(Query{1}), error_of(decode_query)},
+      {"query", encode(Query{1, std::array<std::byte, 32>{}}), error_of(decode_query)},
       {"query result", encode(sample_query_result()), error_of(decode_query_result)},
   };
 }
@@ -341,6 +348,7 @@ TEST(MigrationPayload, TruncationAtEveryLengthIsRejected) {
   for (const Case& c : all_cases()) {
     ASSERT_EQ(c.error_of(c.valid), "(decoded)") << c.name;
     for (std::size_t n = 0; n < c.valid.size(); ++n) {
+      if (c.name == "query" && n == 8) continue;  // the proofless QUERY (plain TCP, as 1.2 sent it)
       const std::string e = c.error_of(cut(c.valid, n));
       ASSERT_NE(e, "(decoded)") << c.name << " cut at " << n;
       ASSERT_TRUE(e.starts_with(c.name + ": ")) << c.name << " cut at " << n << ": " << e;
@@ -526,7 +534,7 @@ std::vector<Frame> sample_frames() {
       {FrameType::kCommit, encode(Commit{7})},
       {FrameType::kConfirmed, encode(Confirmed{7})},
       {FrameType::kVerifyDigest, encode(sample_verify_digest())},
-      {FrameType::kQuery, encode(Query{7})},
+      {FrameType::kQuery, encode(Query{7, std::nullopt})},
       {FrameType::kQueryResult, encode(sample_query_result())},
       {FrameType::kAbort, encode(Abort{""})},
   };
@@ -739,7 +747,7 @@ TEST(MigrationFrameReader, EachTypeHasALimitThatHoldsItsLargestLegalPayload) {
       {FrameType::kConfirmed, encode(Confirmed{~0ull, ~0ull, ~0ull}).size()},
       {FrameType::kAbort, encode(Abort{reason}).size()},
       {FrameType::kVerifyDigest, encode(VerifyDigest{~0u, ~0ull}).size()},
-      {FrameType::kQuery, encode(Query{~0ull}).size()},
+      {FrameType::kQuery, encode(Query{~0ull, std::array<std::byte, 32>{}}).size()},
       {FrameType::kQueryResult, encode(QueryResult{~0ull, SessionOutcome::kDiscarded, reason}).size()},
       {FrameType::kPages, kPagesFixedSize + kMaxPagesPerFrame * (kPageDescriptorSize + kPageSize)},
   };
@@ -855,7 +863,7 @@ TEST(MigrationFrameReader, DecodesEveryPayloadOfAStreamInRandomChunks) {
   EXPECT_EQ(ok(decode_commit(got[9].payload)).token, 7u);
   EXPECT_EQ(ok(decode_confirmed(got[10].payload)).token, 7u);
   EXPECT_EQ(ok(decode_verify_digest(got[11].payload)), sample_verify_digest());
-  EXPECT_EQ(ok(decode_query(got[12].payload)), Query{7});
+  EXPECT_EQ(ok(decode_query(got[12].payload)), (Query{7, std::nullopt}));
   EXPECT_EQ(ok(decode_query_result(got[13].payload)), sample_query_result());
   EXPECT_EQ(ok(decode_abort(got[14].payload)), Abort{""});
 }

@@ -516,7 +516,7 @@ void add_receive(CLI::App& app, Globals& g) {
           auto r = migration::receive_vm(**listener, ro, console, n);
           if (!r) return std::unexpected(std::move(r.error()).context("migration"));
           figs = r->figures;
-          responder = std::make_unique<migration::ResolveResponder>(**listener, figs.session, &*records);
+          responder = std::make_unique<migration::ResolveResponder>(**listener, figs.session, &*records, figs.secret);
           if (json_out)
             fmt::print("{}\n", json{{"event", "received"},
                                     {"session", fmt::format("{:#018x}", figs.session)},

@@ -140,8 +140,8 @@ const std::vector<std::string_view>& command_names() {
   // The variant's order: command_name() indexes this.
   static const std::vector<std::string_view> names{
       "status",       "pause",      "resume",  "quit",      "snapshot", "console", "memory-read",
-      "memory-write", "dirty-rate", "migrate", "migration", "cancel",   "resolve"};
-  static_assert(std::variant_size_v<Request> == 13);
+      "memory-write", "dirty-rate", "migrate", "migration", "cancel",   "resolve", "resolve-proof"};
+  static_assert(std::variant_size_v<Request> == 14);
   return names;
 }
 
@@ -190,6 +190,16 @@ Result<Request> parse_request(const std::string& cmd, const json& req) {
     if (!req.contains("migrated") || !req["migrated"].is_boolean())
       return fail("resolve: needs \"migrated\": true (the destination runs the VM) or false (resume here)");
     return ResolveRequest{req["migrated"].get<bool>()};
+  }
+  if (cmd == "resolve-proof") {
+    ResolveProofRequest p;
+    auto b = req.contains("binding") && req["binding"].is_string() ? from_hex(req["binding"].get<std::string>())
+                                                                    : Result<std::vector<std::byte>>(fail("missing"));
+    if (!b || b->size() != p.binding.size())
+      return fail("resolve-proof: needs \"binding\": {} hex digits (the resolver connection's secret)",
+                  2 * p.binding.size());
+    std::copy(b->begin(), b->end(), p.binding.begin());
+    return p;
   }
   std::string all;
   for (auto n : command_names()) all += fmt::format("{}{}", all.empty() ? "" : ", ", n);

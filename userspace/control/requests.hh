@@ -56,10 +56,16 @@ struct CancelRequest {
 struct ResolveRequest {
   bool migrated = false;  // true: the destination runs the VM
 };
+// `ferry resolve` over TLS: the proof that this VM's process is the
+// session's source, bound to the resolver's own connection (its secret,
+// `binding`); see migration/session_proof.hh.
+struct ResolveProofRequest {
+  transport::Connection::Secret binding{};
+};
 
 using Request = std::variant<StatusRequest, PauseRequest, ResumeRequest, QuitRequest, SnapshotRequest,
                              ConsoleRequest, MemoryReadRequest, MemoryWriteRequest, DirtyRateRequest,
-                             MigrateRequest, MigrationRequest, CancelRequest, ResolveRequest>;
+                             MigrateRequest, MigrationRequest, CancelRequest, ResolveRequest, ResolveProofRequest>;
 
 // Every command, in the order the unknown-command error lists them.
 const std::vector<std::string_view>& command_names();

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "userspace/base/hex.hh"
 #include "userspace/control/api.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/status.hh"
@@ -23,7 +24,20 @@ Result<Resolution> resolve_migration(const std::string& vm, const std::string& t
   const auto ms = migration::status_from_json(*st);
   auto security = transport::security_from_mode(ms.security_mode, ms.security_path);
   if (!security) return std::unexpected(std::move(security.error()).context("the migration's security"));
-  auto q = migration::query_destination(to, *security, session, /*discard_if_holding=*/true, std::chrono::seconds(10));
+  // Over TLS the destination answers only the session's source: the VM's
+  // process, which holds the session secret, makes the proof for this
+  // connection (the secret never leaves it).
+  auto prove = [&](const transport::Connection::Secret& binding) -> Result<transport::Connection::Secret> {
+    auto p = call(vm, json{{"cmd", "resolve-proof"}, {"binding", to_hex(binding)}});
+    if (!p) return std::unexpected(p.error());
+    auto bytes = from_hex(p->value("proof", ""));
+    transport::Connection::Secret out{};
+    if (!bytes || bytes->size() != out.size()) return fail("the VM's proof is not {} bytes of hex", out.size());
+    std::copy(bytes->begin(), bytes->end(), out.begin());
+    return out;
+  };
+  auto q = migration::query_destination(to, *security, session, /*discard_if_holding=*/true, std::chrono::seconds(10),
+                                        prove);
   Resolution r;
   if (q) {
     using O = migration::SessionOutcome;

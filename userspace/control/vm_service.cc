@@ -141,6 +141,12 @@ Result<json> VmService::execute(const Request& request) {
           if (!outcome_unknown()) return fail("resolve: no migration is waiting for a resolution");
           if (auto ok = mig_->resolve(r.migrated); !ok) return std::unexpected(ok.error());
           return json{{"resolved", r.migrated ? "migrated" : "resumed"}};
+        } else if constexpr (std::is_same_v<R, ResolveProofRequest>) {
+          // Only while the outcome is unknown: the one time a resolver asks.
+          if (!outcome_unknown()) return fail("resolve-proof: no migration is waiting for a resolution");
+          auto p = mig_->session_proof(r.binding);
+          if (!p) return std::unexpected(p.error());
+          return json{{"proof", to_hex(*p)}};
         } else if constexpr (std::is_same_v<R, PauseRequest>) {
           if (auto ok = owned(); !ok) return std::unexpected(ok.error());
           if (auto ok = m_.pause(); !ok) return std::unexpected(ok.error());

@@ -55,6 +55,9 @@ struct ReceiveOptions {
 
 struct ReceivedFigures {
   std::uint64_t session = 0;
+  // The session's secret from its TLS control connection (none over plain
+  // TCP): the ResolveResponder checks resolvers' proofs with it.
+  std::optional<transport::Connection::Secret> secret;
   std::string source_host;
   std::uint32_t streams = 0;
   std::uint32_t rounds = 0;
@@ -93,7 +96,10 @@ Result<IncomingSession> receive_migration(transport::Listener& listener, const R
 // migrations, until destroyed.
 class ResolveResponder {
  public:
-  ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records = nullptr);
+  // `secret`: the session's, from its TLS control connection (none over
+  // plain TCP); resolvers asking about the session must prove they know it.
+  ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records = nullptr,
+                   std::optional<transport::Connection::Secret> secret = std::nullopt);
   ~ResolveResponder();
   ResolveResponder(const ResolveResponder&) = delete;
   ResolveResponder& operator=(const ResolveResponder&) = delete;
@@ -102,6 +108,7 @@ class ResolveResponder {
   transport::Listener& listener_;
   std::uint64_t session_;
   const SessionRecords* records_;
+  std::optional<transport::Connection::Secret> secret_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -109,11 +116,15 @@ class ResolveResponder {
 // The resolver's side (`ferry resolve`): asks the destination at `to` what
 // became of `session`; with discard_if_holding, a destination holding the
 // VM paused drops it (and answers kDiscarded). It connects the way the
-// migration did (`security`).
+// migration did (`security`). Over TLS, `prove` turns the new connection's
+// secret into the proof that the asker is the session's source (the
+// source VM's process makes it: session_proof.hh).
+using Prove = std::function<Result<transport::Connection::Secret>(const transport::Connection::Secret& binding)>;
 Result<QueryResult> query_destination(const std::string& to, const transport::Security& security,
                                       std::uint64_t session, bool discard_if_holding,
-                                      std::chrono::milliseconds timeout);
+                                      std::chrono::milliseconds timeout, const Prove& prove = {});
 Result<QueryResult> query_destination(transport::Dialer& dialer, const transport::Endpoint& to, std::uint64_t session,
-                                      bool discard_if_holding, std::chrono::milliseconds timeout);
+                                      bool discard_if_holding, std::chrono::milliseconds timeout,
+                                      const Prove& prove = {});
 
 }  // namespace ferry::migration

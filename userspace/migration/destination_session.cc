@@ -118,8 +118,9 @@ Status Session::accept_control() {
       // Nothing received yet: whatever they ask about is not here. On a
       // thread of its own, which owns the stream: a resolver that then says
       // nothing must not hold up the source.
-      std::thread([s = std::move(in->stream), records = o_.records] {
-        serve_resolver(*s, 0, [records](std::uint64_t token) { return recorded_outcome(records, token); }, {});
+      std::thread([in = std::make_shared<Incoming>(std::move(*in)), records = o_.records] {
+        serve_resolver(*in, 0, std::nullopt, [records](std::uint64_t token) { return recorded_outcome(records, token); },
+                       {});
       }).detach();
       continue;
     }
@@ -132,6 +133,7 @@ Status Session::accept_control() {
     streams_.resize(hello_.stream_count);
     streams_[0].io = std::move(in->stream);
     fig_.session = hello_.session;
+    fig_.secret = in->secret;  // the session secret: its control connection's
     fig_.source_host = hello_.host;
     if (o_.control) o_.control->set_session(hello_.session, hello_.host);
     fig_.streams = hello_.stream_count;
@@ -427,7 +429,7 @@ Result<IncomingSession> Session::hold() {
     }
     bool discarded = false;
     serve_resolver(
-        *in->stream, hello_.session,
+        *in, hello_.session, fig_.secret,
         [&](std::uint64_t token) -> Result<SessionOutcome> {
           if (token != hello_.session) return recorded_outcome(o_.records, token);
           return discarded ? SessionOutcome::kDiscarded : SessionOutcome::kHolding;

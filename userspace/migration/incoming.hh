@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "userspace/base/error.hh"
@@ -20,6 +21,11 @@ namespace ferry::migration {
 struct Incoming {
   std::unique_ptr<MigrationStream> stream;
   Result<Hello> hello;
+  // The connection's own TLS secret (none on plain TCP): for a migration's
+  // control stream the session secret, for a resolver the binding its
+  // proof is made with (session_proof.hh).
+  std::optional<transport::Connection::Secret> secret;
+  std::string peer;  // "host:port", for logs
 };
 // Fails only when the stream itself cannot be set up. Reads are named
 // "incoming" in errors until the HELLO says what the peer is; its replies
@@ -35,9 +41,12 @@ Result<Incoming> open_incoming(transport::Connection c, std::string sender_name,
 // ABORT and its reason, never with a guess. `discard` is called on an
 // ABORT while holding `session`, and only on a connection that asked
 // about `session` first; it returns whether the VM was dropped.
+// `session_secret` is `session`'s (none when it came over plain TCP): then
+// a QUERY about it must carry the proof made with `in.secret`, or the
+// resolver is refused, logged, and learns nothing.
 using OutcomeOf = std::function<Result<SessionOutcome>(std::uint64_t token)>;
-void serve_resolver(MigrationStream& s, std::uint64_t session, const OutcomeOf& outcome,
-                    const std::function<bool()>& discard);
+void serve_resolver(Incoming& in, std::uint64_t session, const std::optional<transport::Connection::Secret>& session_secret,
+                    const OutcomeOf& outcome, const std::function<bool()>& discard);
 class SessionRecords;
 // What this process can say of a session that is not the one it runs or
 // holds: its record's outcome, or unknown.

@@ -1,5 +1,6 @@
 #include "userspace/migration/payloads.hh"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <unordered_set>
@@ -364,7 +365,12 @@ std::vector<std::byte> encode(const Confirmed& m) {
   w.put_u64(m.first_heartbeat_wall_ns);
   return std::move(w).take();
 }
-std::vector<std::byte> encode(const Query& m) { return encode_token(m); }
+std::vector<std::byte> encode(const Query& m) {
+  ByteWriter w;
+  w.put_u64(m.token);
+  if (m.proof) w.put_bytes(*m.proof);
+  return std::move(w).take();
+}
 Result<Ready> decode_ready(std::span<const std::byte> payload) {
   return decode_as<Ready>(payload, "ready", [](ByteReader& r, Ready& m) { return r.get(m.token, m.load_ns); });
 }
@@ -374,7 +380,17 @@ Result<Confirmed> decode_confirmed(std::span<const std::byte> payload) {
     return r.get(m.token, m.resumed_wall_ns, m.first_heartbeat_wall_ns);
   });
 }
-Result<Query> decode_query(std::span<const std::byte> payload) { return decode_token<Query>(payload, "query"); }
+Result<Query> decode_query(std::span<const std::byte> payload) {
+  return decode_as<Query>(payload, "query", [](ByteReader& r, Query& m) -> Status {
+    if (auto s = r.get(m.token); !s) return s;
+    if (r.remaining() == 0) return {};
+    auto p = r.get_bytes(std::tuple_size_v<std::array<std::byte, 32>>);
+    if (!p) return std::unexpected(std::move(p.error()).context("proof"));
+    m.proof.emplace();
+    std::copy(p->begin(), p->end(), m.proof->begin());
+    return {};
+  });
+}
 
 std::string_view session_outcome_name(SessionOutcome o) {
   switch (o) {

@@ -6,6 +6,7 @@
 // Decoders check a count against its limit and against the bytes left
 // before allocating anything, and reject truncation and trailing bytes.
 // Layouts are in docs/protocol.md.
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -168,9 +169,13 @@ struct Confirmed {
   bool operator==(const Confirmed&) const = default;
 };
 
-// QUERY, resolver to destination: what became of session `token`?
+// QUERY, resolver to destination: what became of session `token`? Over
+// TLS it carries the resolver's proof that it belongs to the session
+// (session_proof.hh), 32 bytes after the token; over plain TCP none (the
+// payload is then what 1.2 sent).
 struct Query {
   std::uint64_t token = 0;
+  std::optional<std::array<std::byte, 32>> proof;
   bool operator==(const Query&) const = default;
 };
 // QUERY_RESULT, destination to resolver.

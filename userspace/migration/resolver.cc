@@ -15,6 +15,7 @@
 #include "userspace/base/unique_fd.hh"
 #include "userspace/migration/destination.hh"
 #include "userspace/migration/incoming.hh"
+#include "userspace/migration/session_proof.hh"
 #include "userspace/migration/session_records.hh"
 
 namespace ferry::migration {
@@ -105,9 +106,11 @@ Result<Incoming> open_incoming(transport::Connection c, std::string sender_name,
   so.read_timeout = read_timeout;
   const int fd = c.fd();
   HelloDeadline deadline(fd, hello_deadline);
+  const auto secret = c.secret();
+  const std::string peer = c.peer();
   auto s = MigrationStream::open(std::move(c), so);
   if (!s) return std::unexpected(s.error());
-  Incoming in{std::move(*s), fail("no HELLO")};
+  Incoming in{std::move(*s), fail("no HELLO"), secret, peer};
   in.hello = [&]() -> Result<Hello> {
     // The header first: anything but a HELLO is refused before its payload
     // is read (a first header may claim a 64 MiB STATE).
@@ -126,8 +129,9 @@ Result<Incoming> open_incoming(transport::Connection c, std::string sender_name,
   return in;
 }
 
-void serve_resolver(MigrationStream& s, std::uint64_t session, const OutcomeOf& outcome,
-                    const std::function<bool()>& discard) {
+void serve_resolver(Incoming& in, std::uint64_t session, const std::optional<transport::Connection::Secret>& session_secret,
+                    const OutcomeOf& outcome, const std::function<bool()>& discard) {
+  MigrationStream& s = *in.stream;
   bool asked_ours = false;
   for (;;) {
     auto f = s.in().next_frame();
@@ -135,6 +139,16 @@ void serve_resolver(MigrationStream& s, std::uint64_t session, const OutcomeOf& 
     if ((*f)->type == FrameType::kQuery) {
       auto q = decode_query((*f)->payload);
       if (!q) return;
+      if (session != 0 && q->token == session && session_secret &&
+          !(in.secret && q->proof && proof_matches(*session_secret, *in.secret, *q->proof))) {
+        // It got through TLS, so it holds credentials; it is still not the
+        // source of this migration (or a relay replaying another's proof).
+        spdlog::warn("resolve: refused a QUERY for session {:#x} from {}: {}", session, in.peer,
+                     !in.secret ? "not over TLS" : q->proof ? "its proof is wrong" : "it carries no proof");
+        (void)s.send_now(FrameType::kAbort,
+                         Abort{"not authorised: a resolver must prove it belongs to the session"});
+        return;
+      }
       auto o = outcome(q->token);
       if (!o) {
         spdlog::error("resolve: session {:#x}: {}", q->token, o.error());
@@ -170,8 +184,9 @@ Result<SessionOutcome> recorded_outcome(const SessionRecords* records, std::uint
   return r->value_or(SessionOutcome::kUnknown);
 }
 
-ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records)
-    : listener_(listener), session_(session), records_(records) {
+ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t session, const SessionRecords* records,
+                                   std::optional<transport::Connection::Secret> secret)
+    : listener_(listener), session_(session), records_(records), secret_(secret) {
   thread_ = std::thread([this] {
     name_this_thread("mig-resolve");
     while (!stop_.load()) {
@@ -190,7 +205,7 @@ ResolveResponder::ResolveResponder(transport::Listener& listener, std::uint64_t 
         continue;
       }
       serve_resolver(
-          *in->stream, session_,
+          *in, session_, secret_,
           [this](std::uint64_t token) -> Result<SessionOutcome> {
             return token == session_ ? SessionOutcome::kRunning : recorded_outcome(records_, token);
           },
@@ -206,18 +221,24 @@ ResolveResponder::~ResolveResponder() {
 
 Result<QueryResult> query_destination(const std::string& to, const transport::Security& security,
                                       std::uint64_t session, bool discard_if_holding,
-                                      std::chrono::milliseconds timeout) {
+                                      std::chrono::milliseconds timeout, const Prove& prove) {
   auto ep = transport::parse_endpoint(to);
   if (!ep) return std::unexpected(ep.error());
   auto dialer = transport::dialer_for(*ep, security);
   if (!dialer) return std::unexpected(dialer.error());
-  return query_destination(**dialer, *ep, session, discard_if_holding, timeout);
+  return query_destination(**dialer, *ep, session, discard_if_holding, timeout, prove);
 }
 
 Result<QueryResult> query_destination(transport::Dialer& dialer, const transport::Endpoint& to, std::uint64_t session,
-                                      bool discard_if_holding, std::chrono::milliseconds timeout) {
+                                      bool discard_if_holding, std::chrono::milliseconds timeout, const Prove& prove) {
   auto c = dialer.dial(to, timeout);
   if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("connect to {}", to.str())));
+  Query query{session, std::nullopt};
+  if (c->secret() && prove) {
+    auto p = prove(*c->secret());
+    if (!p) return std::unexpected(std::move(p.error()).context("proving this host is the session's source"));
+    query.proof = *p;
+  }
   MigrationStream::Options so;
   so.name = "resolver";
   so.read_timeout = timeout;
@@ -230,7 +251,7 @@ Result<QueryResult> query_destination(transport::Dialer& dialer, const transport
   h.session = session;
   h.stream_count = 0;
   if (auto ok = stream.send_now(FrameType::kHello, h); !ok) return std::unexpected(ok.error());
-  if (auto ok = stream.send_now(FrameType::kQuery, Query{session}); !ok) return std::unexpected(ok.error());
+  if (auto ok = stream.send_now(FrameType::kQuery, query); !ok) return std::unexpected(ok.error());
   auto read_result = [&]() -> Result<QueryResult> {
     auto f = stream.in().next_frame();
     if (!f) return std::unexpected(f.error());

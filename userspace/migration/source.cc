@@ -2,6 +2,8 @@
 // cancel and resolve (source_session.hh lists where the rest lives).
 #include "userspace/migration/source.hh"
 
+#include "userspace/migration/session_proof.hh"
+
 #include <spdlog/spdlog.h>
 
 #include "userspace/base/thread_name.hh"
@@ -287,6 +289,12 @@ MigrationStatus SourceMigration::status() const { return impl_->ctx.snapshot(); 
 Phase SourceMigration::phase() const { return impl_->ctx.phase(); }
 
 void SourceMigration::cancel(std::string why) { impl_->cancel(std::move(why)); }
+
+Result<transport::Connection::Secret> SourceMigration::session_proof(const transport::Connection::Secret& binding) const {
+  // Asked for only once the outcome is unknown: connect() set it long before.
+  if (!impl_->session_secret) return fail("resolve-proof: the migration ran over plain TCP: there is nothing to prove");
+  return migration::session_proof(*impl_->session_secret, binding);
+}
 
 Status SourceMigration::resolve(bool migrated) {
   if (const Phase p = phase(); p != Phase::kOutcomeUnknown)

@@ -75,6 +75,9 @@ class SourceMigration {
   // (`ferry resolve`): migrated=true stops the source VM for good,
   // false resumes it.
   Status resolve(bool migrated);
+  // The resolver's proof for a connection with secret `binding`
+  // (session_proof.hh); fails when the migration ran over plain TCP.
+  Result<transport::Connection::Secret> session_proof(const transport::Connection::Secret& binding) const;
 
   struct Impl;
 

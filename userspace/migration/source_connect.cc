@@ -51,7 +51,10 @@ Status SourceMigration::Impl::connect() {
   for (std::uint32_t i = 0; i < o.streams; ++i) {
     auto c = dialer->dial(o.to, o.connect_timeout);
     if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("connect to {}", o.to.str())));
-    if (i == 0) ctx.update([&](MigrationStatus& s) { s.channel = c->security(); });
+    if (i == 0) {
+      session_secret = c->secret();
+      ctx.update([&](MigrationStatus& s) { s.channel = c->security(); });
+    }
     MigrationStream::Options so;
     so.zero_copy = o.zero_copy;
     so.limiter = limiter.get();

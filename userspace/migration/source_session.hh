@@ -84,6 +84,9 @@ struct SourceMigration::Impl {
   std::unique_ptr<transport::RateLimiter> limiter;
   std::mutex streams_mu;  // connect() adds while cancel() may abort
   std::vector<std::unique_ptr<MigrationStream>> streams;
+  // The control connection's TLS secret (none over plain TCP): set once by
+  // connect() before anything can ask for a proof.
+  std::optional<transport::Connection::Secret> session_secret;
   Inbox inbox;
   bool paused_by_us = false;
   std::unique_ptr<KernelView> kernel;  // eBPF measurements, or why there are none
