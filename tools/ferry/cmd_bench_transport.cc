@@ -19,10 +19,14 @@
 // Also: a memory of zero pages only through the engine, and what the page
 // checksums cost (this machine's checksum rate against the link rate).
 #include <sys/prctl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <random>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -41,6 +45,7 @@ constexpr double kGB = 1e9;
 constexpr double kZeroOnlyTargetGBs = 10;
 constexpr double kChecksumTargetPercent = 5;
 constexpr std::uint64_t kChecksumSample = 256ull << 20;
+constexpr double kTlsTargetRatio = 0.8;  // the engine over TLS against the engine in clear
 
 struct TransportOptions {
   std::string memory = "1G";
@@ -51,6 +56,7 @@ struct TransportOptions {
   bool fresh_destination = false;
   std::string huge_pages = "auto";
   bool json = false;
+  bool no_tls = false;
 };
 
 double gbs(std::uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / kGB / seconds : 0; }
@@ -75,15 +81,17 @@ void progress(const std::string& line) { fmt::print(stderr, "bench-transport: {}
 
 // One (path, streams) row: engine, zero pages only, raw TCP, memcpy.
 Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const kvm::GuestRegion& src,
-                         const kvm::GuestRegion& zero, const kvm::GuestRegion& dst, double checksum_bps, bool fresh) {
+                         const kvm::GuestRegion& zero, const kvm::GuestRegion& dst, double checksum_bps, bool fresh,
+                         const transport::Security* tls) {
   const std::string where = fmt::format("{}, {} stream(s)", path.name, streams);
   json row{{"path", path.name}, {"streams", streams}};
   // Before each transfer: the destination emptied (and populated), the
   // source's pages touched, then new connections.
-  auto prepare = [&](const kvm::GuestRegion& from) -> Result<std::vector<bench::SocketPair>> {
+  auto prepare = [&](const kvm::GuestRegion& from,
+                     bench::TlsSetup* secured = nullptr) -> Result<std::vector<bench::SocketPair>> {
     if (auto ok = bench::reset_memory(dst, !fresh); !ok) return std::unexpected(ok.error());
     bench::touch_pages(from);
-    return bench::connect_pairs(path, streams);
+    return bench::connect_pairs(path, streams, secured);
   };
 
   // 1. The engine, then the check that everything arrived intact.
@@ -121,6 +129,30 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
       e->zero_pages_received != e->zero_pages)
     return fail("{}: {} of {} pages sent ({} zero), {} verified and {} zero received", where,
                 e->pages + e->zero_pages, src.pages(), e->zero_pages, e->pages_verified, e->zero_pages_received);
+
+  // 1b. The same over TLS, as migrations run by default: what encryption
+  // costs the engine, and what a handshake costs a connection.
+  if (tls) {
+    bench::TlsSetup setup{tls, 0, ""};
+    pairs = prepare(src, &setup);
+    if (!pairs) return std::unexpected(pairs.error());
+    progress(fmt::format("{}: engine over TLS ({})...", where, setup.channel));
+    auto t = [&] {
+      ThreadName name("bt-tls");
+      return bench::run_engine(std::move(*pairs), src, dst);
+    }();
+    if (!t) return std::unexpected(std::move(t.error()).context(fmt::format("engine over TLS ({})", where)));
+    if (bench::first_difference(src, dst) || t->bytes_sent != t->bytes_received || t->pages_verified != t->pages)
+      return fail("{}: the transfer over TLS did not arrive intact", where);
+    const double tls_gbs = gbs(t->bytes_sent, t->t.seconds);
+    row.update({{"engine_tls_gb_s", tls_gbs},
+                {"engine_tls_cpu_seconds", t->t.cpu_seconds},
+                {"ratio_tls_plain", engine_gbs > 0 ? tls_gbs / engine_gbs : 0},
+                {"tls_handshake_ms", setup.handshake_ms},
+                {"tls_channel", setup.channel}});
+    progress(fmt::format("{}: engine over TLS {:.2f} GB/s ({:.2f}x in clear), handshake {:.1f} ms, {:.2f} CPU s", where,
+                         tls_gbs, engine_gbs > 0 ? tls_gbs / engine_gbs : 0, setup.handshake_ms, t->t.cpu_seconds));
+  }
 
   // 2. Zero pages only: the zero test and the markers, no data.
   pairs = prepare(zero);
@@ -211,8 +243,22 @@ std::string text_report(const json& out) {
   t += fmt::format("\n  Fresh memory, first touch: memcpy into it {:.2f} GB/s ({} row), MADV_POPULATE_WRITE {:.2f} GB/s\n",
                    first["memcpy_fresh_gb_s"].get<double>(), first["path"].get<std::string>(),
                    out["populate_gb_s"].get<double>());
+  if (out["rows"][0].contains("engine_tls_gb_s")) {
+    t += fmt::format("\n  Over TLS 1.3 ({}):\n  path      streams  engine GB/s  TLS/clear  handshake ms  CPU s\n",
+                     first["tls_channel"].get<std::string>());
+    double tls_min = 1e300;
+    for (const auto& r : out["rows"]) {
+      tls_min = std::min(tls_min, r["ratio_tls_plain"].get<double>());
+      t += fmt::format("  {:<9} {:>7}  {:>11.2f}  {:>9.2f}  {:>12.1f}  {:>5.2f}\n", r["path"].get<std::string>(),
+                       r["streams"].get<unsigned>(), r["engine_tls_gb_s"].get<double>(),
+                       r["ratio_tls_plain"].get<double>(), r["tls_handshake_ms"].get<double>(),
+                       r["engine_tls_cpu_seconds"].get<double>());
+    }
+    t += fmt::format("  Target: over TLS >= {:g}x the engine in clear: {} (lowest {:.2f}x)\n", kTlsTargetRatio,
+                     tls_min >= kTlsTargetRatio ? "met" : "MISSED", tls_min);
+  }
   t += fmt::format(
-      "  Every row: destination memory equal to the source, bytes received = bytes sent, every page verified.\n"
+      "\n  Every row: destination memory equal to the source, bytes received = bytes sent, every page verified.\n"
       "  Targets: zero pages only >= {:g} GB/s: {} (lowest {:.2f});\n"
       "           checksums < {:g}% of a core per end at the link rate: {} (highest {:.1f}%; {:.1f}% at the hot-chunk "
       "rate)\n",
@@ -266,6 +312,29 @@ int run_bench_transport(const TransportOptions& o) {
   out["destination"] = o.fresh_destination ? "fresh" : "populated";
   out["huge_pages"] = std::string(kvm::huge_pages_name(huge));
 
+  // A fresh random pre-shared key for the TLS transfers, removed at the end.
+  std::optional<transport::Security> tls;
+  std::string psk_path;
+  if (!o.no_tls) {
+    char tmpl[] = "/tmp/ferry-bench-psk-XXXXXX";
+    const int fd = ::mkstemp(tmpl);
+    if (fd < 0) return finish("mkstemp for the TLS key failed");
+    psk_path = tmpl;
+    std::random_device rd;
+    std::string hex;
+    for (int i = 0; i < 8; ++i) hex += fmt::format("{:08x}", rd());
+    const bool written = ::write(fd, hex.data(), hex.size()) == static_cast<ssize_t>(hex.size());
+    ::close(fd);
+    if (!written) return finish("writing the TLS key failed");
+    tls = transport::Security{transport::Security::Kind::kPreSharedKey, psk_path};
+    out["tls"] = {{"kernel_tls", transport::kernel_tls_available()}, {"target_ratio", kTlsTargetRatio}};
+  }
+  struct RemoveKey {
+    std::string path;
+    ~RemoveKey() {
+      if (!path.empty()) ::unlink(path.c_str());
+    }
+  } remove_key{psk_path};
   std::vector<bench::Path> paths;
   std::unique_ptr<bench::VethPair> veth;  // deleted on every way out
   if (o.path != "veth") {
@@ -286,7 +355,7 @@ int run_bench_transport(const TransportOptions& o) {
   }
   for (const auto& p : paths)
     for (std::uint32_t n : streams) {
-      auto row = measure_row(p, n, *src, *zero, *dst, checksum_bps, o.fresh_destination);
+      auto row = measure_row(p, n, *src, *zero, *dst, checksum_bps, o.fresh_destination, tls ? &*tls : nullptr);
       if (!row) return finish(row.error().what());
       out["rows"].push_back(std::move(*row));
     }
@@ -343,6 +412,9 @@ void add_bench_transport(CLI::App& app, Globals& g) {
   cmd->add_flag("--fresh-destination", o->fresh_destination,
                 "send into fresh (unpopulated) destination memory, as an incoming VM's, page faults included");
   cmd->add_flag("--json", o->json, "print the figures as one JSON object (progress stays on stderr)");
+  cmd->add_flag("--no-tls", o->no_tls,
+                "skip the transfer over TLS 1.3 (by default each row also runs the engine over TLS with a fresh "
+                "pre-shared key: kernel TLS where the kernel has it, else the userspace relay)");
   cmd->callback([o, &g] { g.rc = run_bench_transport(*o); });
 }
 

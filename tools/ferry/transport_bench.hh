@@ -14,6 +14,7 @@
 #include "userspace/base/error.hh"
 #include "userspace/base/unique_fd.hh"
 #include "kvm/guest_memory.hh"
+#include "userspace/transport/tls.hh"
 
 namespace ferry::cli::bench {
 
@@ -60,7 +61,15 @@ struct Path {
   std::string tx_netns, rx_netns;  // network namespaces of the ends; empty: this process's
 };
 Path loopback_path();
-Result<std::vector<SocketPair>> connect_pairs(const Path& p, std::uint32_t n);
+// With `tls`, each pair is then secured as a migration's is (TLS 1.3:
+// kernel TLS, or the userspace relay); `handshake_ms` gets the mean
+// handshake time and `channel` what secured them.
+struct TlsSetup {
+  const transport::Security* security = nullptr;
+  double handshake_ms = 0;
+  std::string channel;
+};
+Result<std::vector<SocketPair>> connect_pairs(const Path& p, std::uint32_t n, TlsSetup* tls = nullptr);
 
 // Two network namespaces joined by a veth pair (169.254.77.1/30 and
 // 169.254.77.2/30: link-local, and only inside them). Needs root and `ip`.
