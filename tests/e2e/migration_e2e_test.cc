@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/e2e/migration_rig.hh"
 #include "tests/e2e/process.hh"
 #include "tests/e2e/vm_client.hh"
 #include "tests/temp_dir.hh"
@@ -38,106 +39,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
-
-// Waits for a line of output (JSON event or the proxy's text) and returns it.
-template <class F>
-auto wait_output(BackgroundProcess& p, F&& find, std::chrono::seconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  auto v = find(p.output());
-  while (!v && std::chrono::steady_clock::now() < end && p.running()) {
-    std::this_thread::sleep_for(50ms);
-    v = find(p.output());
-  }
-  return v;
-}
-
-struct Receiver {
-  std::unique_ptr<BackgroundProcess> p;
-  std::string api, listen;
-};
-
-// How a test's migration is secured: TLS with a pre-shared key (as users
-// are made to choose something), or plain TCP where the fault proxy must
-// read the frames it cuts.
-enum class Wire { kTls, kPlain };
-
-// The suite's pre-shared key: one file, mode 600, for the process's life.
-const std::string& test_psk() {
-  static TempDir dir("ferry-psk");
-  static const std::string path = [] {
-    const std::string p = dir.path + "/psk";
-    std::ofstream(p) << "5e1f0c6a2b7d4e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f\n";
-    ::chmod(p.c_str(), 0600);
-    return p;
-  }();
-  return path;
-}
-
-std::vector<std::string> wire_args(Wire w) {
-  if (w == Wire::kPlain) return {"--insecure"};
-  return {"--tls-psk", test_psk()};
-}
-
-// Its records go to `state_dir` (default: a directory of its own in `dir`).
-Receiver start_receiver(const TempDir& dir, const std::string& name, std::string state_dir = "",
-                        const std::string& listen = "127.0.0.1:0", Wire wire = Wire::kTls) {
-  Receiver r;
-  r.api = dir.path + "/" + name + ".sock";
-  if (state_dir.empty()) state_dir = dir.path + "/" + name + "-state";
-  r.p = std::make_unique<BackgroundProcess>(std::vector<std::string>{
-      FERRY_BIN, "receive", "--listen", listen, "--api", r.api, "--json", "--serial-log",
-      dir.path + "/" + name + "-serial.log", "--state-dir", state_dir, wire_args(wire)[0],
-      wire_args(wire).back()});
-  auto ev = wait_output(*r.p, [](const std::string& out) -> std::optional<std::string> {
-    auto j = find_event(out, "listening");
-    if (j.is_null()) return std::nullopt;
-    return j["listen"].get<std::string>();
-  }, 60s);
-  if (ev) r.listen = *ev;
-  return r;
-}
-
-// The fault proxy in front of a receiver; its address, or "" on failure.
-std::string start_proxy(std::unique_ptr<BackgroundProcess>& proxy, const std::string& to, const std::string& fault) {
-  proxy = std::make_unique<BackgroundProcess>(
-      std::vector<std::string>{FERRY_FAULT_PROXY, "--listen", "127.0.0.1:0", "--to", to, "--fault", fault});
-  auto port = wait_output(*proxy, [](const std::string& out) -> std::optional<std::string> {
-    const auto at = out.find("listening on ");
-    if (at == std::string::npos) return std::nullopt;
-    const auto nl = out.find('\n', at);
-    if (nl == std::string::npos) return std::nullopt;
-    return out.substr(at + 13, nl - at - 13);
-  }, 30s);
-  return port.value_or("");
-}
-
-// Over TLS unless `extra` says --insecure.
-ProcessResult migrate(const std::string& api, const std::string& to, std::vector<std::string> extra = {}) {
-  std::vector<std::string> argv{FERRY_BIN, "migrate", "--vm", api, "--to", to, "--json"};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  if (std::find(extra.begin(), extra.end(), "--insecure") == extra.end()) {
-    const auto tls = wire_args(Wire::kTls);
-    argv.insert(argv.end(), tls.begin(), tls.end());
-  }
-  return run_process(argv, 900s);
-}
-
-// The source keeps running and verifying: the one VM that must exist.
-void expect_source_alive_and_verifying(const std::string& api, const std::string& context) {
-  auto before = wait_status(api, [](const json& j) { return j["state"] == "running"; }, 60s);
-  ASSERT_FALSE(before.is_null()) << context;
-  ASSERT_EQ(before["state"], "running") << context << "\n" << before.dump(2);
-  auto after = wait_status(api, [&](const json& j) { return verified(j) >= verified(before) + 100; }, 300s);
-  EXPECT_GE(verified(after), verified(before) + 100) << context << ": the source stopped verifying";
-  EXPECT_EQ(after["totals"]["failures"], 0) << context;
-  EXPECT_TRUE(after["migration"]["phase"] == "failed" || after["migration"]["phase"] == "cancelled")
-      << context << after["migration"].dump(2);
-}
-
-std::vector<std::string> source_argv(const TempDir& dir, const std::string& api) {
-  return {FERRY_BIN, "run", "--vcpus", "2", "--memory", "256M", "--working-set", "4", "--api", api, "--json",
-          "--serial-log", dir.path + "/src-serial.log"};
-}
 
 TEST(Migration, BuiltInGuestMovesLiveAndKeepsVerifying) {
   TempDir dir;
@@ -228,8 +129,7 @@ TEST(Migration, AVmmWriteDuringPreCopyReachesTheDestination) {
   auto dst = start_receiver(dir, "dst");
   ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
   BackgroundProcess mig({FERRY_BIN, "migrate", "--vm", api, "--to", dst.listen, "--json", "--verify",
-                         "--downtime-limit", "0.001", "--timeout", "30", "--on-timeout", "switchover", "--tls-psk",
-                         test_psk()});
+                         "--downtime-limit", "0.001", "--timeout", "30", "--on-timeout", "switchover", "--insecure"});
   // Round 0 sent every page; the write lands in a later round of pre-copy.
   auto during = wait_status(api, [](const json& j) {
     if (!j.contains("migration")) return false;
@@ -300,8 +200,7 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    // The fault proxy reads frames: plain TCP where it sits between.
-    auto dst = start_receiver(dir, "dst", "", "127.0.0.1:0", c.fault.empty() ? Wire::kTls : Wire::kPlain);
+    auto dst = start_receiver(dir, "dst");
     ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
     std::unique_ptr<BackgroundProcess> proxy;
     std::string to = dst.listen;
@@ -325,9 +224,7 @@ TEST(Migration, EveryFailureLeavesExactlyOneRunningVm) {
           run_process({FERRY_BIN, "cancel", "--vm", api}, 60s);
       });
     }
-    auto args = c.migrate_args;
-    if (!c.fault.empty()) args.push_back("--insecure");
-    auto r = migrate(api, to, args);
+    auto r = migrate(api, to, c.migrate_args);
     if (actor.joinable()) actor.join();
     EXPECT_EQ(r.exit_code, 1) << r.describe();
     auto rep = json::parse(r.out, nullptr, false);
@@ -566,111 +463,6 @@ TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
     ctl({"quit", "--vm", dst.api});
     EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
   }
-}
-
-// A TCP connection to HOST:PORT (IPv4), or an invalid fd.
-UniqueFd dial_tcp(const std::string& hostport) {
-  const auto colon = hostport.rfind(':');
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(std::stoi(hostport.substr(colon + 1))));
-  ::inet_pton(AF_INET, hostport.substr(0, colon).c_str(), &a.sin_addr);
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
-  return fd;
-}
-
-std::uint64_t rss_kib(int pid) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  for (std::string line; std::getline(in, line);)
-    if (line.starts_with("VmRSS:")) return std::stoull(line.substr(6));
-  return 0;
-}
-
-// A 32-byte header with valid CRCs that claims a 64 MiB payload, as type
-// `t` (the header CRC recomputed after the type is patched in).
-std::vector<std::byte> claim_64mib(migration::FrameType t) {
-  auto h = migration::encode_header(migration::FrameType::kState, 0, migration::kMaxPayload, 0);
-  const auto type = static_cast<std::uint16_t>(t);
-  h[8] = static_cast<std::byte>(type & 0xff);
-  h[9] = static_cast<std::byte>(type >> 8);
-  const std::uint32_t crc = crc32c(std::span<const std::byte>(h).first(migration::kHeaderCrcOffset));
-  for (int i = 0; i < 4; ++i) h[migration::kHeaderCrcOffset + i] = static_cast<std::byte>(crc >> (8 * i));
-  return {h.begin(), h.end()};
-}
-
-// Strangers on the destination's port, before and during a real migration:
-// a port scan, garbage, a wrong version, headers that claim 64 MiB (as the
-// first frame and as HELLO), a silent peer and a trickling one. None costs
-// the receiver memory (its RSS, read from /proc, barely moves), none is
-// built a VM, and the migration they surround completes.
-TEST(Migration, StrangersOnThePortCostOnlyTheirConnectionsDuringARealMigration) {
-  TempDir dir;
-  const std::string api = dir.path + "/src.sock";
-  BackgroundProcess src(source_argv(dir, api));
-  ASSERT_GT(verified(wait_status(api, [](const json& j) { return verified(j) > 200; }, 300s)), 200u) << src.output();
-  auto dst = start_receiver(dir, "dst");
-  ASSERT_FALSE(dst.listen.empty()) << dst.p->output();
-  const int pid = find_event(dst.p->output(), "listening")["pid"].get<int>();
-  const std::uint64_t rss0 = rss_kib(pid);
-  ASSERT_GT(rss0, 0u);
-  std::vector<UniqueFd> held;
-  auto send_bytes = [&](std::span<const std::byte> b) {
-    auto fd = dial_tcp(dst.listen);
-    ASSERT_TRUE(fd) << "connect to " << dst.listen;
-    EXPECT_EQ(::send(fd.get(), b.data(), b.size(), MSG_NOSIGNAL), static_cast<ssize_t>(b.size()));
-    held.push_back(std::move(fd));  // kept open: the receiver must close them, not us
-  };
-  for (int i = 0; i < 8; ++i) {
-    (void)dial_tcp(dst.listen);  // a port scan: connect, close
-    send_bytes(claim_64mib(migration::FrameType::kState));
-    send_bytes(claim_64mib(migration::FrameType::kHello));
-  }
-  const std::string garbage = "GET / HTTP/1.1\r\nHost: ferry\r\n\r\n";
-  send_bytes(std::as_bytes(std::span(garbage)));
-  auto wrong = migration::encode_frame(migration::FrameType::kHello, 0, {});
-  wrong[4] = std::byte{2};  // version 2.0
-  send_bytes(wrong);
-  std::this_thread::sleep_for(2s);
-  const std::uint64_t rss1 = rss_kib(pid);
-  EXPECT_LT(rss1, rss0 + 16 * 1024) << "16 headers claiming 64 MiB each grew the receiver from " << rss0 << " to "
-                                    << rss1 << " KiB";
-  // During the migration: one peer that says nothing, one that trickles a
-  // byte every 200 ms, each reconnecting when cut off.
-  std::atomic<bool> stop{false};
-  std::thread pests([&] {
-    UniqueFd silent, trickle;
-    while (!stop) {
-      if (!silent) silent = dial_tcp(dst.listen);
-      if (!trickle) trickle = dial_tcp(dst.listen);
-      if (trickle && ::send(trickle.get(), "F", 1, MSG_NOSIGNAL) != 1) trickle = UniqueFd();
-      char b;
-      if (silent && ::recv(silent.get(), &b, 1, MSG_DONTWAIT) == 0) silent = UniqueFd();
-      std::this_thread::sleep_for(200ms);
-    }
-  });
-  auto r = migrate(api, dst.listen, {"--verify"});
-  stop = true;
-  pests.join();
-  ASSERT_EQ(r.exit_code, 0) << r.describe() << dst.p->output();
-  // The source is done at CONFIRMED; the destination prints its event after.
-  const auto ev = wait_output(*dst.p, [](const std::string& out) -> std::optional<json> {
-    auto j = find_event(out, "received");
-    if (j.is_null()) return std::nullopt;
-    return j;
-  }, 60s);
-  ASSERT_TRUE(ev) << "no received event\n" << dst.p->output();
-  const json received = *ev;
-  EXPECT_GE(received["refused_connections"].get<int>(), 18) << received.dump();
-  EXPECT_EQ(received["verified"], true);
-  auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
-  ASSERT_EQ(d["state"], "running") << dst.p->output();
-  auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
-  EXPECT_GE(verified(d2), verified(d) + 100);
-  EXPECT_EQ(d2["totals"]["failures"], 0);
-  EXPECT_EQ(src.wait(60s).exit_code, 0);
-  ctl({"quit", "--vm", dst.api});
-  EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
 }
 
 // Dirtying above the link's capacity: the guest rewrites its working set as

@@ -64,6 +64,7 @@ struct BenchOptions {
   bool in_sandbox = false;
   bool force_sandbox = false;
   bool working_set_given = false;
+  bool tls = false;  // migrate over TLS (default plain TCP, like the raw TCP it is compared with)
 };
 
 // ---------------------------------------------------------------------------
@@ -225,6 +226,7 @@ int run_bench(BenchOptions o) {
 
   json out{{"benchmark", "migrate"},
            {"where", o.in_sandbox ? "kvm-sandbox" : "native"},
+           {"tls", o.tls},
            {"ok", false},
            {"error", ""},
            {"machine", machine_facts(o.in_sandbox)}};
@@ -280,7 +282,7 @@ int run_bench(BenchOptions o) {
                   o.vcpus, *mem >> 20, o.working_set_mib,
                   o.dirty_rate_mib_s > 0 ? fmt::format("{:g} MiB/s", o.dirty_rate_mib_s) : std::string("full speed")));
   if (!ws_note.empty()) say(fmt::format("    ({})\n", ws_note));
-  auto r = MigrationRig::create();
+  auto r = MigrationRig::create(o.tls);
   if (!r) return finish(r.error().what());
   rig = std::move(*r);
   if (auto ok = rig->start_source(spec); !ok) return finish(ok.error().what());
@@ -432,6 +434,8 @@ void add_bench(CLI::App& app, Globals& g) {
   cmd->add_option("--warmup-limit", o->warmup_limit_s, "seconds to wait for the guest to write its working set")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as one JSON object");
+  cmd->add_flag("--tls", o->tls,
+                "migrate over TLS 1.3 with a fresh pre-shared key (default: plain TCP, like the raw TCP baseline)");
   cmd->add_flag("--sandbox", o->force_sandbox, "run inside tools/kvm-sandbox even when /dev/kvm exists");
   cmd->add_flag("--in-sandbox", o->in_sandbox, "(internal) we already are inside the sandbox")->group("");
   cmd->callback([o, &g] {
@@ -444,6 +448,7 @@ void add_bench(CLI::App& app, Globals& g) {
       if (o->working_set_given) args.insert(args.end(), {"--working-set", std::to_string(o->working_set_mib)});
       if (!o->max_bandwidth.empty()) args.insert(args.end(), {"--max-bandwidth", o->max_bandwidth});
       if (o->json) args.push_back("--json");
+      if (o->tls) args.push_back("--tls");
       if (!run_here_or_in_sandbox({"bench-migrate", o->in_sandbox, o->force_sandbox, o->json,
                                    "running the benchmark inside tools/kvm-sandbox (QEMU emulation: ratios only)",
                                    std::move(args)})) {

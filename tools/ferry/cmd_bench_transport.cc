@@ -131,9 +131,10 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
                 e->pages + e->zero_pages, src.pages(), e->zero_pages, e->pages_verified, e->zero_pages_received);
 
   // 1b. The same over TLS, as migrations run by default: what encryption
-  // costs the engine, and what a handshake costs a connection.
-  if (tls) {
-    bench::TlsSetup setup{tls, 0, ""};
+  // costs the engine, and what a handshake costs a connection. Where the
+  // kernel has TLS, the userspace relay too (what hosts without it get).
+  auto over_tls = [&](bool userspace) -> Result<json> {
+    bench::TlsSetup setup{tls, 0, "", userspace};
     pairs = prepare(src, &setup);
     if (!pairs) return std::unexpected(pairs.error());
     progress(fmt::format("{}: engine over TLS ({})...", where, setup.channel));
@@ -145,13 +146,27 @@ Result<json> measure_row(const bench::Path& path, std::uint32_t streams, const k
     if (bench::first_difference(src, dst) || t->bytes_sent != t->bytes_received || t->pages_verified != t->pages)
       return fail("{}: the transfer over TLS did not arrive intact", where);
     const double tls_gbs = gbs(t->bytes_sent, t->t.seconds);
-    row.update({{"engine_tls_gb_s", tls_gbs},
-                {"engine_tls_cpu_seconds", t->t.cpu_seconds},
-                {"ratio_tls_plain", engine_gbs > 0 ? tls_gbs / engine_gbs : 0},
-                {"tls_handshake_ms", setup.handshake_ms},
-                {"tls_channel", setup.channel}});
     progress(fmt::format("{}: engine over TLS {:.2f} GB/s ({:.2f}x in clear), handshake {:.1f} ms, {:.2f} CPU s", where,
                          tls_gbs, engine_gbs > 0 ? tls_gbs / engine_gbs : 0, setup.handshake_ms, t->t.cpu_seconds));
+    return json{{"gb_s", tls_gbs},
+                {"cpu_seconds", t->t.cpu_seconds},
+                {"ratio_to_clear", engine_gbs > 0 ? tls_gbs / engine_gbs : 0},
+                {"handshake_ms", setup.handshake_ms},
+                {"channel", setup.channel}};
+  };
+  if (tls) {
+    auto k = over_tls(false);
+    if (!k) return std::unexpected(k.error());
+    row.update({{"engine_tls_gb_s", (*k)["gb_s"]},
+                {"engine_tls_cpu_seconds", (*k)["cpu_seconds"]},
+                {"ratio_tls_plain", (*k)["ratio_to_clear"]},
+                {"tls_handshake_ms", (*k)["handshake_ms"]},
+                {"tls_channel", (*k)["channel"]}});
+    if (transport::kernel_tls_available()) {
+      auto u = over_tls(true);
+      if (!u) return std::unexpected(u.error());
+      row["tls_userspace_relay"] = *u;
+    }
   }
 
   // 2. Zero pages only: the zero test and the markers, no data.
@@ -253,6 +268,13 @@ std::string text_report(const json& out) {
                        r["streams"].get<unsigned>(), r["engine_tls_gb_s"].get<double>(),
                        r["ratio_tls_plain"].get<double>(), r["tls_handshake_ms"].get<double>(),
                        r["engine_tls_cpu_seconds"].get<double>());
+      if (r.contains("tls_userspace_relay")) {
+        const auto& u = r["tls_userspace_relay"];
+        t += fmt::format("  {:<9} {:>7}  {:>11.2f}  {:>9.2f}  {:>12.1f}  {:>5.2f}   (userspace relay, for comparison)\n",
+                         r["path"].get<std::string>(), r["streams"].get<unsigned>(), u["gb_s"].get<double>(),
+                         u["ratio_to_clear"].get<double>(), u["handshake_ms"].get<double>(),
+                         u["cpu_seconds"].get<double>());
+      }
     }
     t += fmt::format("  Target: over TLS >= {:g}x the engine in clear: {} (lowest {:.2f}x)\n", kTlsTargetRatio,
                      tls_min >= kTlsTargetRatio ? "met" : "MISSED", tls_min);

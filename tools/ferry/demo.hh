@@ -58,7 +58,9 @@ struct SourceSpec {
 class MigrationRig {
  public:
   using json = nlohmann::json;
-  static Result<std::unique_ptr<MigrationRig>> create();
+  // `tls`: the migration runs over TLS 1.3 with a fresh random pre-shared
+  // key; otherwise plain TCP (--insecure).
+  static Result<std::unique_ptr<MigrationRig>> create(bool tls);
   ~MigrationRig();
 
   Status start_source(const SourceSpec& spec);
@@ -101,7 +103,7 @@ class MigrationRig {
  private:
   MigrationRig() = default;
   std::string dir_, src_api_, dst_api_, listen_;
-  std::string psk_;  // the migration's pre-shared key file
+  std::string psk_;  // the migration's pre-shared key file; empty: --insecure
   std::unique_ptr<FerryChild> src_, dst_;
 };
 

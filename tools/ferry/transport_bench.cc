@@ -220,6 +220,10 @@ Result<std::vector<SocketPair>> connect_pairs(const Path& p, std::uint32_t n, Tl
     if (!c || !s) return std::unexpected(c ? s.error() : c.error());
     client.emplace(std::move(*c));
     server.emplace(std::move(*s));
+    if (tls->userspace) {
+      client->disable_kernel_tls();
+      server->disable_kernel_tls();
+    }
   }
   double handshakes_s = 0;
   std::vector<SocketPair> out;

@@ -68,6 +68,7 @@ struct TlsSetup {
   const transport::Security* security = nullptr;
   double handshake_ms = 0;
   std::string channel;
+  bool userspace = false;  // the relay even where the kernel has TLS
 };
 Result<std::vector<SocketPair>> connect_pairs(const Path& p, std::uint32_t n, TlsSetup* tls = nullptr);
 
