@@ -455,13 +455,7 @@ TEST(Migration, AQuitRacingTheSwitchoverWaitsForTheOutcome) {
     EXPECT_EQ(last_event(m.out)["phase"], "migrated") << m.out;
     auto s = src.wait(120s);
     EXPECT_EQ(s.exit_code, 0) << s.describe();
-    auto d = wait_status(dst.api, [](const json& j) { return j["state"] == "running"; }, 60s);
-    ASSERT_EQ(d["state"], "running") << dst.p->output();
-    auto d2 = wait_status(dst.api, [&](const json& j) { return verified(j) >= verified(d) + 100; }, 300s);
-    EXPECT_GE(verified(d2), verified(d) + 100);
-    EXPECT_EQ(d2["totals"]["failures"], 0);
-    ctl({"quit", "--vm", dst.api});
-    EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+    expect_destination_runs_then_quit(dst);
   }
 }
 

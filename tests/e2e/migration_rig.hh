@@ -126,4 +126,16 @@ inline std::vector<std::string> source_argv(const TempDir& dir, const std::strin
           "--serial-log", dir.path + "/src-serial.log"};
 }
 
+// The one VM runs at the destination and its guest goes on verifying (100
+// more pages, no failure); then it is told to quit and must end cleanly.
+inline void expect_destination_runs_then_quit(Receiver& dst) {
+  auto d = wait_status(dst.api, [](const nlohmann::json& j) { return j["state"] == "running"; }, 60s);
+  ASSERT_EQ(d["state"], "running") << dst.p->output();
+  auto d2 = wait_status(dst.api, [&](const nlohmann::json& j) { return verified(j) >= verified(d) + 100; }, 300s);
+  EXPECT_GE(verified(d2), verified(d) + 100) << "the guest stopped verifying at the destination";
+  EXPECT_EQ(d2["totals"]["failures"], 0);
+  ctl({"quit", "--vm", dst.api});
+  EXPECT_EQ(dst.p->wait(60s).exit_code, 0);
+}
+
 }  // namespace ferry::test
