@@ -30,6 +30,9 @@ MigrationStatus migrated() {
   MigrationStatus s;
   s.phase = Phase::kMigrated;
   s.to = "10.0.0.2:4000";
+  s.security_mode = "psk";
+  s.security_path = "/etc/ferry/psk";
+  s.channel = "TLS 1.3 TLS_AES_128_GCM_SHA256 (pre-shared key), kernel TLS";
   s.streams = 2;
   s.memory_bytes = 256ull << 20;
   s.downtime_limit_ms = 300;
@@ -87,8 +90,18 @@ TEST(MigrationReportHtml, ShowsTheHeaderFiguresWithUnits) {
   const auto page = report_html(to_json(migrated()));
   for (const char* want : {"10.0.0.2:4000", "badge migrated", "123.4&nbsp;ms", "131.9&nbsp;ms", "140.2&nbsp;ms",
                            "4321.5&nbsp;ms", "300.0&nbsp;MiB", ">adaptive<", "kernel (eBPF)", ">yes<",
-                           "limit 300.0&nbsp;ms", "destination load 1.5&nbsp;ms", "switch costs"})
+                           "limit 300.0&nbsp;ms", "destination load 1.5&nbsp;ms", "switch costs",
+                           "channel: TLS 1.3 TLS_AES_128_GCM_SHA256 (pre-shared key), kernel TLS"})
     EXPECT_NE(page.find(want), std::string::npos) << want;
+  // The text report says it too, and the JSON round-trips it.
+  const auto text = report_text(migrated());
+  EXPECT_NE(text.find("  channel         TLS 1.3 TLS_AES_128_GCM_SHA256 (pre-shared key), kernel TLS\n"),
+            std::string::npos)
+      << text;
+  const auto back = status_from_json(to_json(migrated()));
+  EXPECT_EQ(back.security_mode, "psk");
+  EXPECT_EQ(back.security_path, "/etc/ferry/psk");
+  EXPECT_EQ(back.channel, migrated().channel);
 }
 
 TEST(MigrationReportHtml, EscapesTextFromThePeer) {

@@ -148,8 +148,12 @@ TEST(Tls, AWrongKeyIsRefusedOnBothSides) {
   const Security a{Security::Kind::kPreSharedKey, write_psk(d, "a", kKeyA)};
   const Security b{Security::Kind::kPreSharedKey, write_psk(d, "b", kKeyB)};
   auto p = handshake(a, b);
-  EXPECT_FALSE(p.client);
+  ASSERT_FALSE(p.client);
   ASSERT_FALSE(p.server);
+  EXPECT_NE(p.server.error().what().find("the peer's pre-shared key is not ours"), std::string::npos)
+      << p.server.error().what();
+  EXPECT_NE(p.client.error().what().find("is the pre-shared key the same on both hosts?"), std::string::npos)
+      << p.client.error().what();
   EXPECT_NE(p.server.error().what().find("TLS with 127.0.0.1:"), std::string::npos) << p.server.error().what();
 }
 
@@ -192,6 +196,11 @@ TEST(Tls, AStrangersCaAndANameThatDoesNotMatchAreRefused) {
     SCOPED_TRACE("a client from a CA the destination does not trust");
     auto p = handshake(c.host("stranger", "theirs"), c.host("dst"));
     ASSERT_FALSE(p.server);
+    EXPECT_NE(p.server.error().what().find("the peer refused our certificate"), std::string::npos)
+        << p.server.error().what();
+    ASSERT_FALSE(p.client);
+    EXPECT_NE(p.client.error().what().find("the peer's certificate is not acceptable"), std::string::npos)
+        << p.client.error().what();
     EXPECT_FALSE(p.client && p.client->secret() && p.server);
   }
   {
@@ -227,6 +236,7 @@ TEST(Tls, APlainPeerOrASilentOneIsRefusedByTheDeadline) {
     auto s = sctx->secure(std::move(*c), "", Clock::now() + 10s);
     ASSERT_FALSE(s);
     EXPECT_LT(Clock::now() - t0, 5s) << "refused at once, not at the deadline";
+    EXPECT_NE(s.error().what().find("the peer does not speak TLS"), std::string::npos) << s.error().what();
   }
   {
     SCOPED_TRACE("a peer that says nothing");

@@ -70,6 +70,10 @@ std::string header(const nlohmann::json& r, std::size_t rounds) {
       to.empty() ? "?" : html_escape(to), html::phase_class(phase), phase.empty() ? "unknown" : html_escape(phase),
       html_escape(text(r, "session")), fmt_bytes(number(r, "memory_bytes")),
       text(r, "dirty_backend").empty() ? "&ndash;" : html_escape(text(r, "dirty_backend")));
+  if (r.contains("security") && r["security"].is_object()) {
+    const std::string channel = text(r["security"], "channel");
+    if (!channel.empty()) out += fmt::format("<div class=\"sub\">channel: {}</div>\n", html_escape(channel));
+  }
   if (!error.empty())
     out += fmt::format("<p class=\"alert\"><strong>Error:</strong> {}</p>\n", html_escape(error));
   if (phase == "outcome-unknown")

@@ -53,7 +53,9 @@ Status SourceMigration::Impl::connect() {
     if (!c) return std::unexpected(std::move(c.error()).context(fmt::format("connect to {}", o.to.str())));
     if (i == 0) {
       session_secret = c->secret();
-      ctx.update([&](MigrationStatus& s) { s.channel = c->security(); });
+      ctx.update([&](MigrationStatus& s) {
+        s.channel = o.security.encrypted() ? c->security() : "plain TCP (--insecure): not authenticated, not encrypted";
+      });
     }
     MigrationStream::Options so;
     so.zero_copy = o.zero_copy;

@@ -245,6 +245,10 @@ std::string report_text(const MigrationStatus& s) {
   line("migration to {}: {}{}", s.to, phase_name(s.phase), s.error.empty() ? "" : " (" + s.error + ")");
   line("  total time      {:.1f} ms, {} round(s), {} stream(s), dirty tracking: {}", s.elapsed_ms, s.rounds.size(),
        s.streams, s.dirty_backend.empty() ? "-" : s.dirty_backend);
+  if (!s.channel.empty() || !s.security_mode.empty())
+    line("  channel         {}", !s.channel.empty()           ? s.channel
+                                 : s.security_mode == "insecure" ? std::string("plain TCP (--insecure)")
+                                                                 : s.security_mode);
   if (s.setup_ms > 0)
     line("  setup           {:.1f} ms before round 0 (connect {:.1f}, precheck {:.1f}, dirty tracking {:.1f}, extent "
          "scan {:.1f})",

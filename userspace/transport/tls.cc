@@ -133,10 +133,29 @@ std::string peer_name(SSL* ssl) {
   return cn;
 }
 
+// OpenSSL's reason, with what it usually means for a migration.
+std::string explain(const std::string& why, Security::Kind kind) {
+  auto has = [&](std::string_view s) { return why.find(s) != std::string::npos; };
+  if (has("binder does not verify")) return fmt::format("the peer's pre-shared key is not ours ({})", why);
+  if (has("wrong version number") || has("packet length too long") || has("unexpected eof") ||
+      has("record layer failure") || has("http request"))
+    return fmt::format("the peer does not speak TLS ({}): is it running with --insecure?", why);
+  if (has("alert") && kind == Security::Kind::kPreSharedKey)
+    return fmt::format("the peer refused the handshake ({}): is the pre-shared key the same on both hosts?", why);
+  if (has("alert unknown ca") || has("alert bad certificate") || has("certificate required") ||
+      has("alert certificate unknown") || has("peer did not return a certificate"))
+    return fmt::format("the peer refused our certificate or sent none ({}): are both hosts' ca.pem the same CA?", why);
+  if (has("no suitable signature algorithm") || has("no shared cipher") || has("alert handshake failure"))
+    return fmt::format("no common ground for a handshake ({}): does the peer use the same mode (--tls-dir or "
+                       "--tls-psk) as this host?",
+                       why);
+  return why;
+}
+
 // Drives SSL_do_handshake on a non-blocking socket until it is done or the
 // deadline passes: one deadline for the whole handshake, so a peer that
 // trickles bytes gains nothing.
-Status run_handshake(SSL* ssl, int fd, Clock::time_point deadline) {
+Status run_handshake(SSL* ssl, int fd, Clock::time_point deadline, Security::Kind kind) {
   for (;;) {
     ERR_clear_error();
     const int r = SSL_do_handshake(ssl);
@@ -147,10 +166,14 @@ Status run_handshake(SSL* ssl, int fd, Clock::time_point deadline) {
     if (e == SSL_ERROR_WANT_WRITE) events = POLLOUT;
     if (events == 0) {
       const long v = SSL_get_verify_result(ssl);
-      if (v != X509_V_OK) return fail("the peer's certificate: {}", X509_verify_cert_error_string(v));
+      if (v != X509_V_OK) {
+        return fail("the peer's certificate is not acceptable: {} (is it signed by our ca.pem, and does it name "
+                    "the address dialled?)",
+                    X509_verify_cert_error_string(v));
+      }
       auto why = ssl_errors();
       if (why.empty()) why = e == SSL_ERROR_SYSCALL && errno != 0 ? std::strerror(errno) : "the peer closed the connection";
-      return fail("{}", why);
+      return fail("{}", explain(why, kind));
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return std::unexpected(Error("no handshake before the deadline", ETIMEDOUT));
@@ -270,7 +293,8 @@ Result<Connection> TlsContext::secure(Connection raw, const std::string& peer_ho
   else SSL_set_accept_state(ssl.get());
   if (auto nb = set_blocking(raw.fd(), false); !nb) return failed(std::move(nb.error()));
   SigpipeBlock no_sigpipe;
-  if (auto hs = run_handshake(ssl.get(), raw.fd(), deadline); !hs) return failed(std::move(hs.error()));
+  if (auto hs = run_handshake(ssl.get(), raw.fd(), deadline, s_->security.kind); !hs)
+    return failed(std::move(hs.error()));
   if (auto b = set_blocking(raw.fd(), true); !b) return failed(std::move(b.error()));
   SSL_set_app_data(ssl.get(), nullptr);
 
