@@ -236,6 +236,10 @@ Result<Security> security_from_mode(std::string_view mode, std::string path) {
 
 Result<TlsContext> TlsContext::load(const Security& s, TlsRole role) {
   if (!s.encrypted()) return fail("TLS asked for without credentials");
+  // No cleanup at exit: relay threads may still be encrypting a connection
+  // when the process ends, and must not find OpenSSL torn down under them.
+  static const bool init = OPENSSL_init_ssl(OPENSSL_INIT_NO_ATEXIT, nullptr) == 1;
+  if (!init) return fail("OpenSSL failed to initialise: {}", ssl_errors());
   auto st = std::make_shared<State>();
   st->role = role;
   st->security = s;
