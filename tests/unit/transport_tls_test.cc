@@ -5,6 +5,7 @@
 // everywhere), and what crosses the wire: never the cleartext.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -215,6 +216,41 @@ TEST(Tls, AStrangersCaAndANameThatDoesNotMatchAreRefused) {
     ASSERT_FALSE(p.client);
     EXPECT_NE(p.client.error().what().find("IP address mismatch"), std::string::npos) << p.client.error().what();
   }
+}
+
+// A TLS 1.3 server may skip the offered key and present a certificate
+// instead; a client that holds only a key must not take that for proof.
+TEST(Tls, APreSharedKeyClientNeverSettlesForACertificate) {
+  Certs c;
+  ASSERT_TRUE(c.ok) << "tools/tls-certs failed";
+  test::TempDir d;
+  const Security psk{Security::Kind::kPreSharedKey, write_psk(d, "psk", kKeyA)};
+  auto p = handshake(psk, c.host("dst"));
+  ASSERT_FALSE(p.client) << "a PSK client accepted a server that did not use the key: " << p.client->security();
+  EXPECT_FALSE(p.server && p.client);
+}
+
+// When the engine closes its end and the peer stays silent, the relay waits
+// in poll, not in a loop (a closed socketpair end reports POLLHUP to every
+// poll): the process burns next to no CPU meanwhile.
+TEST(Tls, ARelayWhoseEngineClosedWaitsWithoutSpinning) {
+  test::TempDir d;
+  const Security psk{Security::Kind::kPreSharedKey, write_psk(d, "psk", kKeyA)};
+  auto p = handshake(psk, psk, /*kernel=*/false);
+  ASSERT_TRUE(p.client && p.server);
+  UniqueFd(p.client->release());  // the engine is done; the peer says nothing
+  std::this_thread::sleep_for(100ms);
+  auto cpu = [] {
+    rusage u{};
+    ::getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+  };
+  const double before = cpu();
+  std::this_thread::sleep_for(1s);
+  EXPECT_LT(cpu() - before, 0.3) << "a relay thread spins";
+  // The peer learns the end: its read sees the stream close.
+  char b;
+  EXPECT_EQ(::recv(p.server->fd(), &b, 1, 0), 0);
 }
 
 TEST(Tls, APlainPeerOrASilentOneIsRefusedByTheDeadline) {

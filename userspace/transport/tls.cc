@@ -264,6 +264,11 @@ Result<TlsContext> TlsContext::load(const Security& s, TlsRole role) {
     st->psk = std::move(*key);
     if (role == TlsRole::kClient) SSL_CTX_set_psk_use_session_callback(ctx, use_psk);
     else SSL_CTX_set_psk_find_session_callback(ctx, find_psk);
+    // A TLS 1.3 server may ignore the offered key and present a certificate
+    // instead: with no CA to check it against, the client fails such a
+    // handshake (and secure() also insists the key was used). The server,
+    // without a certificate of its own, can only complete PSK handshakes.
+    if (role == TlsRole::kClient) SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   }
   return TlsContext(std::move(st));
 }
@@ -301,6 +306,10 @@ Result<Connection> TlsContext::secure(Connection raw, const std::string& peer_ho
     return failed(std::move(hs.error()));
   if (auto b = set_blocking(raw.fd(), true); !b) return failed(std::move(b.error()));
   SSL_set_app_data(ssl.get(), nullptr);
+  if (s_->security.kind == Security::Kind::kPreSharedKey && SSL_session_reused(ssl.get()) != 1) {
+    // Whoever finished a handshake without our key did not prove anything.
+    return failed(Error("the peer completed the handshake without the pre-shared key: refused"));
+  }
 
   Connection::Secret secret{};
   if (SSL_export_keying_material(ssl.get(), reinterpret_cast<unsigned char*>(secret.data()), secret.size(),

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <system_error>
@@ -25,6 +26,8 @@ namespace {
 
 constexpr std::size_t kBuffer = 256 * 1024;
 constexpr int kPairBuffer = 4 * 1024 * 1024;
+// How long the peer has to close its side after the engine closed ours.
+constexpr std::chrono::seconds kPeerCloseWait{30};
 
 struct Relay {
   SslPtr ssl;
@@ -41,6 +44,7 @@ void Relay::run() {
   std::size_t up_len = 0, up_off = 0, down_len = 0, down_off = 0;
   bool plain_eof = false, tls_eof = false, sent_close = false, closed_plain = false;
   bool write_wants_read = false, write_wants_write = false, read_wants_write = false;
+  std::chrono::steady_clock::time_point close_deadline{};
   std::string why;
   while (why.empty()) {
     bool progress = false;
@@ -64,13 +68,21 @@ void Relay::run() {
         const int e = SSL_get_error(ssl.get(), r);
         if (e == SSL_ERROR_WANT_WRITE) write_wants_write = true;
         else if (e == SSL_ERROR_WANT_READ) write_wants_read = true;
-        else why = fmt::format("sending: {}", ssl_errors().empty() ? std::strerror(errno) : ssl_errors());
+        else {
+          const int err = errno;
+          const std::string q = ssl_errors();
+          why = fmt::format("sending: {}", q.empty() ? std::strerror(err) : q);
+        }
       }
     }
     if (plain_eof && up_len == 0 && !sent_close) {
-      (void)SSL_shutdown(ssl.get());  // close_notify: the peer reads a clean end
+      // close_notify: the peer reads a clean end. One record in a socket
+      // buffer that had room for the engine's data; if it does not fit now
+      // the peer sees the end of the stream without it.
+      (void)SSL_shutdown(ssl.get());
       ::shutdown(tcp.get(), SHUT_WR);
       sent_close = true, progress = true;
+      close_deadline = std::chrono::steady_clock::now() + kPeerCloseWait;
     }
     if (!tls_eof && down_len == 0) {
       read_wants_write = false;
@@ -80,8 +92,17 @@ void Relay::run() {
       } else {
         const int e = SSL_get_error(ssl.get(), r);
         if (e == SSL_ERROR_WANT_WRITE) read_wants_write = true;
-        else if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)) tls_eof = true, progress = true;
-        else if (e != SSL_ERROR_WANT_READ) why = fmt::format("receiving: {}", ssl_errors());
+        else if (e == SSL_ERROR_ZERO_RETURN) tls_eof = true, progress = true;  // close_notify: a clean end
+        else if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+          // A kernel-TLS peer closes without close_notify: the stream ended
+          // at a record boundary, which the engine's framing judges.
+          ERR_clear_error();
+          tls_eof = true, progress = true;
+        } else if (e != SSL_ERROR_WANT_READ) {
+          const int err = errno;
+          const std::string q = ssl_errors();
+          why = fmt::format("receiving: {}", q.empty() ? std::strerror(err) : q);
+        }
       }
     }
     if (down_off < down_len) {
@@ -102,9 +123,23 @@ void Relay::run() {
     pollfd p[2] = {{plain.get(), 0, 0}, {tcp.get(), 0, 0}};
     if (!plain_eof && up_len == 0) p[0].events |= POLLIN;
     if (down_off < down_len) p[0].events |= POLLOUT;
+    // An engine end that was closed reports POLLHUP whatever is asked: with
+    // nothing to read from it or write to it, leave it out, or poll would
+    // return at once, forever.
+    if (p[0].events == 0) p[0].fd = -1;
     if ((!tls_eof && down_len == 0) || write_wants_read) p[1].events |= POLLIN;
     if (write_wants_write || read_wants_write) p[1].events |= POLLOUT;
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) why = fmt::format("poll: {}", std::strerror(errno));
+    if (p[1].events == 0) p[1].fd = -1;  // likewise a socket shut down both ways
+    // Once the engine is done, the peer has a while to close its side; a
+    // peer that never does must not keep the thread (and the socket).
+    int timeout_ms = -1;
+    if (sent_close) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(close_deadline -
+                                                                              std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      timeout_ms = static_cast<int>(left.count());
+    }
+    if (::poll(p, 2, timeout_ms) < 0 && errno != EINTR) why = fmt::format("poll: {}", std::strerror(errno));
   }
   // Why it ended is not logged: the engine reports its own side of it, and
   // a relay may end while the process exits (no logger to write to then).
