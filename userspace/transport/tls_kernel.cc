@@ -24,13 +24,20 @@ namespace {
 // HKDF-Expand-Label(secret, label, "", length) with SHA-256.
 Result<std::vector<unsigned char>> expand_label(std::span<const std::byte> secret, std::string_view label,
                                                 std::size_t length) {
-  std::vector<unsigned char> info;
-  const std::string full = "tls13 " + std::string(label);
-  info.push_back(static_cast<unsigned char>(length >> 8));
-  info.push_back(static_cast<unsigned char>(length & 0xff));
-  info.push_back(static_cast<unsigned char>(full.size()));
-  info.insert(info.end(), full.begin(), full.end());
-  info.push_back(0);  // no context
+  // HkdfLabel: u16 length, u8 label length, "tls13 " + label, u8 0 (no
+  // context). Labels here are "key" and "iv": it always fits.
+  constexpr std::string_view kPrefix = "tls13 ";
+  unsigned char info[4 + kPrefix.size() + 16];
+  if (label.size() > 16) return fail("HKDF label '{}' too long", label);
+  std::size_t n = 0;
+  info[n++] = static_cast<unsigned char>(length >> 8);
+  info[n++] = static_cast<unsigned char>(length & 0xff);
+  info[n++] = static_cast<unsigned char>(kPrefix.size() + label.size());
+  std::memcpy(info + n, kPrefix.data(), kPrefix.size());
+  n += kPrefix.size();
+  std::memcpy(info + n, label.data(), label.size());
+  n += label.size();
+  info[n++] = 0;
   EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
   if (!kdf) return fail("HKDF unavailable: {}", ssl_errors());
   EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
@@ -42,7 +49,7 @@ Result<std::vector<unsigned char>> expand_label(std::span<const std::byte> secre
       OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
       OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(secret.data()), secret.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n),
       OSSL_PARAM_construct_end()};
   std::vector<unsigned char> out(length);
   const int ok = EVP_KDF_derive(kctx, out.data(), out.size(), params);
